@@ -67,8 +67,8 @@ class Backbone(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def lora_target_modules(self) -> list[str]:
-        """Default LoRA target module names: peft-style suffixes (``"q_proj"``, ``"attention.self.query"``)
-        matched against module names inside :meth:`pretrained_modules`."""
+        """Default LoRA targets: peft-style name suffixes (``"q_proj"``, ``"attention.self.query"``) or
+        ``"re:<regex>"`` full-name patterns, matched inside :meth:`pretrained_modules` (see vla_ebt.lora)."""
 
     def pretrained_modules(self) -> dict[str, nn.Module]:
         """Submodules that hold checkpoint weights, by attribute name.

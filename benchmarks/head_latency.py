@@ -1,0 +1,197 @@
+"""Per-chunk action-head latency: EBT (1/2/4/8 steps) vs DDPM-100 vs DDIM-10 vs regression.
+
+All heads share one trunk size and read the same random context (batch 1, ``--context-tokens``
+tokens); the latency is the median wall time of ``--repeats`` ``predict`` calls after
+``--warmup`` untimed ones, interleaved round-robin across methods (on CPU the median process
+CPU time is reported too, as ``<method>_cpu_ms``). "nfe" is what each head reports: trunk
+forwards for diffusion and regression, forward + backward w.r.t. the actions for EBT (including the final energy/gradient
+evaluation its ``predict`` always does). ``trunk_fwd_ms`` / ``trunk_fwd_bwd_ms`` time one bare
+trunk forward and one forward + action-gradient, to convert nfe into forward equivalents.
+
+    python benchmarks/head_latency.py --out head_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from typing import Callable
+
+import torch
+
+from vla_ebt.heads import (
+    Context,
+    DiffusionConfig,
+    DiffusionHead,
+    EBTConfig,
+    EBTHead,
+    RegressionConfig,
+    RegressionHead,
+    TrunkConfig,
+)
+
+EBT_STEPS = (1, 2, 4, 8)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and process-CPU milliseconds per call of each fn.
+
+    Calls are interleaved round-robin (one call of every fn per round), so slow drift in machine
+    load (shared CPUs, thermal state) hits every method alike instead of whichever ran last.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            _sync(device)
+            wall[name].append((time.perf_counter() - t0) * 1e3)
+            cpu[name].append((time.process_time() - c0) * 1e3)
+    med = statistics.median
+    return {k: med(v) for k, v in wall.items()}, {k: med(v) for k, v in cpu.items()}
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".head_latency.", suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but CUDA is not available")
+    torch.manual_seed(args.seed)
+    trunk = TrunkConfig(width=args.width, depth=args.depth, num_heads=args.heads)
+    shared = dict(trunk=trunk, horizon=args.horizon, action_dim=args.action_dim)
+    ebt = EBTHead(EBTConfig(**shared)).to(device).eval()
+    diff = DiffusionHead(DiffusionConfig(**shared)).to(device).eval()
+    reg = RegressionHead(RegressionConfig(**shared)).to(device).eval()
+    ctx = Context(
+        torch.randn(1, args.context_tokens, args.width, device=device),
+        torch.ones(1, args.context_tokens, dtype=torch.bool, device=device),
+    )
+
+    methods: dict[str, Callable] = {}
+    for k in EBT_STEPS:
+        methods[f"ebt_{k}"] = lambda k=k: ebt.predict(ctx, num_steps=k)
+    methods["ddpm_100"] = lambda: diff.predict(ctx, sampler="ddpm", num_steps=100)
+    methods["ddim_10"] = lambda: diff.predict(ctx, sampler="ddim", num_steps=10)
+    methods["regression"] = lambda: reg.predict(ctx)
+
+    # Bare trunk costs, for reading nfe as forward equivalents.
+    a = torch.randn(1, args.horizon, args.action_dim, device=device)
+
+    def trunk_fwd() -> None:
+        with torch.no_grad():
+            ebt.trunk(a, ctx.tokens, ctx.mask)
+
+    def trunk_fwd_bwd() -> None:
+        x = a.clone().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(ebt.trunk(x, ctx.tokens, ctx.mask).mean(), x)
+
+    result: dict = {f"{name}_nfe": int(fn().nfe) for name, fn in methods.items()}
+    timed = {**methods, "trunk_fwd": trunk_fwd, "trunk_fwd_bwd": trunk_fwd_bwd}
+    wall, cpu = time_interleaved(timed, device, args.repeats, args.warmup)
+    for name in timed:
+        result[f"{name}_ms"] = wall[name]
+    if device.type == "cpu":
+        for name in timed:
+            result[f"{name}_cpu_ms"] = cpu[name]
+
+    result["ebt2_over_ddpm100"] = result["ebt_2_ms"] / result["ddpm_100_ms"]
+    result["ebt2_over_ddim10"] = result["ebt_2_ms"] / result["ddim_10_ms"]
+    result["nfe"] = {name: result[f"{name}_nfe"] for name in methods}
+    result["config"] = {
+        "width": args.width,
+        "depth": args.depth,
+        "num_heads": args.heads,
+        "horizon": args.horizon,
+        "action_dim": args.action_dim,
+        "context_tokens": args.context_tokens,
+        "batch": 1,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+    }
+    result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result["threads"] = torch.get_num_threads()
+    result["torch_version"] = torch.__version__
+    return result
+
+
+def print_table(r: dict) -> None:
+    fwd = r["trunk_fwd_ms"]
+    print(f"\nhead latency, batch 1, device={r['device']}, threads={r['threads']}, torch {r['torch_version']}")
+    print(f"{'method':<12}{'ms/chunk':>10}{'nfe':>6}{'x fwd':>8}{'vs DDPM-100':>13}{'vs DDIM-10':>12}")
+    for name in r["nfe"]:
+        ms = r[f"{name}_ms"]
+        print(
+            f"{name:<12}{ms:>10.2f}{r[f'{name}_nfe']:>6}{ms / fwd:>8.1f}"
+            f"{ms / r['ddpm_100_ms']:>13.3f}{ms / r['ddim_10_ms']:>12.3f}"
+        )
+    print(f"trunk forward {fwd:.2f} ms, forward + action-gradient {r['trunk_fwd_bwd_ms']:.2f} ms")
+    if "ddpm_100_cpu_ms" in r:
+        cpu = "  ".join(f"{n} {r[f'{n}_cpu_ms']:.1f}" for n in r["nfe"])
+        print(f"process CPU ms/chunk (excludes time descheduled for other work): {cpu}")
+    print(f"ebt2_over_ddpm100 = {r['ebt2_over_ddpm100']:.3f}  ebt2_over_ddim10 = {r['ebt2_over_ddim10']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=None, help="write results as JSON here (atomically)")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per method (interleaved)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--depth", type=int, default=8)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--horizon", type=int, default=16)
+    p.add_argument("--action-dim", type=int, default=7)
+    p.add_argument("--context-tokens", type=int, default=64)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0 = torch's default). Default 1: batch-1 heads are tiny and extra "
+        "threads mostly add synchronization, badly so on small shared machines",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    result = run(args)
+    print_table(result)
+    if args.out:
+        write_json_atomic(args.out, result)
+        print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

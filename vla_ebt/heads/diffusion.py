@@ -1,0 +1,162 @@
+"""Diffusion action head (Diffusion-Policy-style DDPM / DDIM baseline).
+
+The denoiser is the *same* :class:`~vla_ebt.heads.trunk.ActionTrunk` as the EBT head (same width,
+depth and cross-attention to the same context). The diffusion timestep enters as one extra
+context token (sinusoidal embedding -> MLP -> width) prepended to the context, the way the
+transformer variant of Diffusion Policy feeds its time embedding as a conditioning token.
+
+Noise schedule and samplers are diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` configured as in
+Diffusion Policy: 100 training timesteps, squared-cosine betas, epsilon prediction, predicted x0
+clipped to [-1, 1]; DDPM samples with all 100 steps, DDIM (eta = 0) with 10 by default. Training
+and each sampler own separate scheduler instances, so ``set_timesteps`` in one ``predict`` call
+never leaks into another call or into training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch import Tensor, nn
+
+from .base import ActionHead, ChunkPrediction, Context, masked_mse
+from .trunk import ActionTrunk, TrunkConfig, sinusoidal_embedding
+
+
+@dataclass
+class DiffusionConfig:
+    """Diffusion head hyperparameters (defaults = Diffusion Policy's)."""
+
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)
+    horizon: int = 16
+    action_dim: int = 7
+    num_train_timesteps: int = 100
+    num_inference_steps: int = 100  # DDPM steps at inference
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    ddim_steps: int = 10
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+
+
+def _expand_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """(B, H) or (B, H, D) mask -> (B, H, D) bool."""
+    m = mask.bool()
+    if m.dim() == 2:
+        m = m.unsqueeze(-1)
+    return m.expand_as(like)
+
+
+class DiffusionHead(ActionHead):
+    """Epsilon-predicting denoiser over action chunks. Context (B, T, W) -> chunks (B, H, D)."""
+
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.horizon, self.action_dim = cfg.horizon, cfg.action_dim
+        w = cfg.trunk.width
+        self.trunk = ActionTrunk(cfg.trunk, cfg.horizon, cfg.action_dim, out_dim=cfg.action_dim)
+        self.time_mlp = nn.Sequential(nn.Linear(w, 4 * w), nn.SiLU(), nn.Linear(4 * w, w))
+        common = dict(
+            num_train_timesteps=cfg.num_train_timesteps,
+            beta_schedule=cfg.beta_schedule,
+            prediction_type=cfg.prediction_type,
+            clip_sample=cfg.clip_sample,
+            clip_sample_range=cfg.clip_sample_range,
+        )
+        # One instance per use: set_timesteps mutates scheduler state.
+        self.train_scheduler = DDPMScheduler(**common)
+        self.ddpm_scheduler = DDPMScheduler(**common)
+        self.ddim_scheduler = DDIMScheduler(**common, set_alpha_to_one=True, steps_offset=0)
+
+    # ---------------------------------------------------------------- denoiser
+    def time_tokens(self, t: Tensor) -> Tensor:
+        """Timestep token(s): t (N,) int -> (N, W)."""
+        return self.time_mlp(sinusoidal_embedding(t, self.cfg.trunk.width).to(self.time_mlp[0].weight.dtype))
+
+    def denoise(self, context: Context, noisy: Tensor, t: Tensor) -> Tensor:
+        """Model output (epsilon by default) for noisy chunks (B, H, D) at timesteps t (B,)."""
+        tok = self.time_tokens(t).unsqueeze(1)  # (B, 1, W)
+        ctx = torch.cat([tok.to(context.tokens.dtype), context.tokens], dim=1)
+        ones = torch.ones(context.mask.shape[0], 1, dtype=torch.bool, device=context.mask.device)
+        return self.trunk(noisy, ctx, torch.cat([ones, context.mask.bool()], dim=1))
+
+    # ---------------------------------------------------------------- training
+    def compute_loss(
+        self, context: Context, target: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        sched = self.train_scheduler
+        b = target.shape[0]
+        x0 = target
+        if mask is not None:
+            # Unsupervised entries are zeroed before noising so their (arbitrary) values cannot
+            # leak into the denoiser's input and, through attention, into the supervised loss.
+            x0 = torch.where(_expand_mask(mask, target), target, torch.zeros_like(target))
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), device=target.device)
+        noisy = sched.add_noise(x0, noise, t)
+        out = self.denoise(context, noisy, t)
+        if self.cfg.prediction_type == "epsilon":
+            goal = noise
+        elif self.cfg.prediction_type == "sample":
+            goal = x0
+        else:
+            goal = sched.get_velocity(x0, noise, t)
+        loss = masked_mse(out, goal, mask)
+        return loss, {"loss": loss.item(), "diffusion_loss": loss.item()}
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict(
+        self,
+        context: Context,
+        init: Tensor | None = None,
+        *,
+        num_steps: int | None = None,
+        sampler: Literal["ddpm", "ddim"] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ChunkPrediction:
+        """Denoise from N(0, I). ``init`` (a warm start) is ignored: diffusion has no use for it.
+
+        sampler: "ddpm" (default num_steps = cfg.num_inference_steps) or "ddim" (default
+        num_steps = cfg.ddim_steps, eta = 0).
+        """
+        cfg = self.cfg
+        kind = sampler or cfg.sampler
+        if kind == "ddpm":
+            sched = self.ddpm_scheduler
+            steps = cfg.num_inference_steps if num_steps is None else num_steps
+            step_kw: dict = {"generator": generator}
+        elif kind == "ddim":
+            sched = self.ddim_scheduler
+            steps = cfg.ddim_steps if num_steps is None else num_steps
+            step_kw = {"eta": 0.0, "generator": generator}
+        else:
+            raise ValueError(f"unknown sampler {kind!r}; expected 'ddpm' or 'ddim'")
+        tokens, cmask = context.tokens, context.mask.bool()
+        b, t_ctx, w = tokens.shape
+        device, dtype = tokens.device, tokens.dtype
+        sched.set_timesteps(steps, device="cpu")
+        ts = [int(t) for t in sched.timesteps]
+
+        # Context with one slot for the timestep token, built once; all timestep tokens for the
+        # schedule are embedded in one batched call.
+        ctx = torch.empty(b, t_ctx + 1, w, device=device, dtype=dtype)
+        ctx[:, 1:] = tokens
+        ctx_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=device), cmask], dim=1)
+        temb = self.time_tokens(torch.tensor(ts, device=device)).to(dtype)  # (K, W)
+
+        shape = (b, self.horizon, self.action_dim)
+        x = torch.randn(shape, generator=generator, device=device, dtype=dtype) * sched.init_noise_sigma
+        for i, t in enumerate(ts):
+            ctx[:, 0] = temb[i]
+            out = self.trunk(x, ctx, ctx_mask)
+            x = sched.step(out, t, x, return_dict=False, **step_kw)[0]
+        return ChunkPrediction(
+            actions=x,
+            steps=torch.full((b,), len(ts), dtype=torch.long, device=device),
+            nfe=len(ts),
+        )

@@ -1,0 +1,379 @@
+"""VLAPolicy: backbone + bridge + context tokens + action head + normalizer, one contract.
+
+Training, evaluation and serving all go through this class:
+
+* ``compute_loss(batch) -> (loss, info)``  — a training batch in the schema of
+  :mod:`vla_ebt.schema` (unnormalized actions/states; normalization happens here).
+* ``predict_chunk(obs) -> PolicyOutput``  — unnormalized actions (B, H, D) plus energy, steps,
+  gradient norm, network evaluations and latency.
+* ``select_action(obs) -> (B, D)``        — one action per control step, draining a queue of
+  the last chunk (receding horizon: execute ``n_action_steps`` then re-plan) or temporally
+  ensembling every step's chunk; ``reset()`` clears it between episodes.
+* ``save_pretrained(dir)`` / ``VLAPolicy.from_pretrained(dir)`` — safetensors weights, JSON
+  config, normalizer statistics and the LoRA adapter (or merged weights). Nothing is unpickled.
+
+The prefix (backbone + bridge) is computed once per observation; only the head runs inside the
+EBT energy minimization or the diffusion denoising loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from . import config_io
+from .backbones import BackboneConfig, build_backbone
+from .bridge import Bridge, BridgeConfig
+from .heads.base import ActionHead, Context
+from .heads.diffusion import DiffusionConfig
+from .heads.ebt import EBTConfig
+from .heads.factory import build_head
+from .heads.regression import RegressionConfig
+from .heads.trunk import RMSNorm, TrunkConfig
+from .lora import apply_finetune_mode, load_lora, merge_lora, save_lora
+from .normalize import Normalizer
+from .schema import ObservationSpec, validate_batch, validate_observation
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+ADAPTER_NAME = "adapter_model.safetensors"
+NORMALIZER_NAME = "normalizer.json"
+
+
+@dataclass
+class FinetuneConfig:
+    """How the backbone trains. mode: "frozen" | "lora" | "full" (the head always trains)."""
+
+    mode: Literal["frozen", "lora", "full"] = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None  # None: the backbone family's defaults
+
+
+@dataclass
+class ExecutionConfig:
+    """How chunks become per-step actions (Diffusion Policy's Ta / ACT's temporal ensembling).
+
+    mode:           "receding" executes ``n_action_steps`` of each chunk, then re-plans;
+                    "ensemble" re-plans every step and averages all chunks covering the step
+                    with weights exp(-ensemble_decay * age).
+    warm_start:     EBT only: start the next chunk's minimization from the previous chunk
+                    shifted by the executed steps (last action repeated).
+    """
+
+    mode: Literal["receding", "ensemble"] = "receding"
+    n_action_steps: int = 8
+    ensemble_decay: float = 0.01
+    warm_start: bool = True
+
+
+@dataclass
+class PolicyConfig:
+    """Everything needed to rebuild a policy's architecture (saved as config.json).
+
+    ``trunk``, ``horizon`` and ``action_dim`` are shared by all head kinds so the EBT, diffusion
+    and regression heads compared side by side have identical trunks; the same fields inside
+    ``ebt`` / ``diffusion`` / ``regression`` are overwritten by these. ``bridge.width`` is set to
+    ``trunk.width``.
+    """
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    head: Literal["ebt", "diffusion", "regression"] = "ebt"
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)
+    horizon: int = 16
+    action_dim: int = 7
+    state_dim: int = 8
+    obs_steps: int = 1
+    num_views: int = 1
+    ebt: EBTConfig = field(default_factory=EBTConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+    def head_config(self) -> EBTConfig | DiffusionConfig | RegressionConfig:
+        """The selected head's config with the shared trunk / horizon / action_dim filled in."""
+        sub = getattr(self, self.head)
+        return dataclasses.replace(sub, trunk=self.trunk, horizon=self.horizon, action_dim=self.action_dim)
+
+
+@dataclass
+class PolicyOutput:
+    """One chunk per sample, unnormalized.
+
+    actions:      (B, H, D) unnormalized; dims past the embodiment's own action dim are 0.
+    normalized:   (B, H, D) the head's output in normalized space (used for warm starts).
+    energy:       (B,) final energy (EBT) or None.
+    steps:        (B,) minimization / denoising steps used.
+    grad_norm:    (B,) final ||dE/da|| (EBT) or None.
+    nfe:          head network evaluations for the call.
+    latency_ms:   wall time of the call: prefix + head (+ unnormalize).
+    head_ms:      wall time of the head alone.
+    """
+
+    actions: Tensor
+    normalized: Tensor
+    steps: Tensor
+    nfe: int
+    latency_ms: float
+    head_ms: float
+    energy: Tensor | None = None
+    grad_norm: Tensor | None = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ContextEncoder(nn.Module):
+    """Observation -> Context tokens for the head: [bridge(prefix) | state token | embodiment token].
+
+    images (B, V, 3, H, W) + instructions + normalized state (B, To, S) + embodiment (B,)
+    -> Context(tokens (B, T' + 2, W), mask (B, T' + 2)).
+    """
+
+    def __init__(self, cfg: PolicyConfig, num_embodiments: int) -> None:
+        super().__init__()
+        w = cfg.trunk.width
+        self.backbone = build_backbone(cfg.backbone)
+        self.bridge = Bridge(self.backbone.width, dataclasses.replace(cfg.bridge, width=w))
+        self.state_proj = nn.Sequential(nn.Linear(cfg.obs_steps * cfg.state_dim, w), nn.GELU(), nn.Linear(w, w))
+        self.embodiment = nn.Embedding(num_embodiments, w)
+        self.norm = RMSNorm(w)
+
+    def forward(self, images: Tensor, instructions: list[str], state: Tensor, embodiment: Tensor) -> Context:
+        prefix = self.bridge(self.backbone(images, instructions))
+        extra = torch.stack([self.state_proj(state.flatten(1)), self.embodiment(embodiment)], dim=1)
+        tokens = torch.cat([prefix.tokens, self.norm(extra)], dim=1)
+        mask = torch.cat([prefix.mask, torch.ones(extra.shape[:2], dtype=torch.bool, device=tokens.device)], dim=1)
+        return Context(tokens, mask)
+
+
+class VLAPolicy(nn.Module):
+    """The policy contract (see module docstring). Build with a config and a Normalizer."""
+
+    def __init__(self, cfg: PolicyConfig, normalizer: Normalizer) -> None:
+        super().__init__()
+        if normalizer.max_action_dim != cfg.action_dim or normalizer.max_state_dim != cfg.state_dim:
+            raise ValueError(
+                f"normalizer dims (action {normalizer.max_action_dim}, state {normalizer.max_state_dim}) do not match "
+                f"policy config (action_dim {cfg.action_dim}, state_dim {cfg.state_dim})"
+            )
+        if not 1 <= cfg.execution.n_action_steps <= cfg.horizon:
+            raise ValueError(f"execution.n_action_steps must be in [1, horizon={cfg.horizon}], got {cfg.execution.n_action_steps}")
+        self.cfg = cfg
+        self.normalizer = normalizer
+        self.encoder = ContextEncoder(cfg, normalizer.num_embodiments)
+        self.head: ActionHead = build_head(cfg.head, cfg.head_config())
+        self.lora_modules = apply_finetune_mode(
+            self.encoder.backbone,
+            cfg.finetune.mode,
+            r=cfg.finetune.lora_r,
+            alpha=cfg.finetune.lora_alpha,
+            dropout=cfg.finetune.lora_dropout,
+            target_modules=list(cfg.finetune.target_modules) if cfg.finetune.target_modules else None,
+        )
+        self.spec = ObservationSpec(
+            num_views=cfg.num_views,
+            image_size=cfg.backbone.image_size,
+            obs_steps=cfg.obs_steps,
+            state_dim=cfg.state_dim,
+            action_dim=cfg.action_dim,
+            horizon=cfg.horizon,
+            embodiments=tuple(normalizer.names),
+        )
+        self.reset()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.head.parameters()).device
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, obs: Mapping[str, Any]) -> Context:
+        """Validated observation -> Context. Normalizes the state."""
+        dev = self.device
+        state = self.normalizer.normalize_state(obs["state"].to(dev), obs["embodiment"].to(dev))
+        return self.encoder(obs["images"].to(dev), obs["instruction"], state, obs["embodiment"].to(dev))
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        """batch (training schema) -> (scalar loss, metrics). Loss only on valid steps and dims."""
+        b = validate_batch(batch, self.spec)
+        dev = self.device
+        emb = b["embodiment"].to(dev)
+        target = self.normalizer.normalize_action(b["action"].to(dev), emb)
+        mask = b["action_mask"].to(dev)[:, :, None] & self.normalizer.action_dim_mask(emb)[:, None, :]
+        target = torch.where(mask, target, torch.zeros_like(target))  # masked values never reach the head
+        ctx = self.encode(b)
+        return self.head.compute_loss(ctx, target, mask)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_chunk(self, obs: Mapping[str, Any], warm_start: Tensor | None = None, **head_overrides: Any) -> PolicyOutput:
+        """obs (observation schema) -> PolicyOutput with unnormalized actions (B, H, D).
+
+        warm_start: (B, H, D) normalized initial chunk (EBT only; ignored by other heads).
+        head_overrides: passed to the head's predict (e.g. num_steps=4, min_grad=1e-3, sampler="ddim").
+        """
+        o = validate_observation(obs, self.spec)
+        if not self.training:
+            return self._predict(o, warm_start, head_overrides)
+        self.eval()  # inference always runs in eval mode (dropout off, BatchNorm frozen)
+        try:
+            return self._predict(o, warm_start, head_overrides)
+        finally:
+            self.train()
+
+    def _predict(self, o: dict[str, Any], warm_start: Tensor | None, head_overrides: dict[str, Any]) -> PolicyOutput:
+        dev = self.device
+        _sync(dev)
+        t0 = time.perf_counter()
+        ctx = self.encode(o)
+        _sync(dev)
+        t1 = time.perf_counter()
+        if self.cfg.head == "ebt":
+            pred = self.head.predict(ctx, init=warm_start, **head_overrides)
+        else:
+            pred = self.head.predict(ctx, **head_overrides)
+        _sync(dev)
+        t2 = time.perf_counter()
+        emb = o["embodiment"].to(dev)
+        actions = self.normalizer.unnormalize_action(pred.actions, emb)
+        _sync(dev)
+        t3 = time.perf_counter()
+        return PolicyOutput(
+            actions=actions,
+            normalized=pred.actions,
+            steps=pred.steps,
+            nfe=pred.nfe,
+            latency_ms=(t3 - t0) * 1e3,
+            head_ms=(t2 - t1) * 1e3,
+            energy=pred.energy,
+            grad_norm=pred.grad_norm,
+        )
+
+    def reset(self) -> None:
+        """Forget the action queue, ensemble buffer and warm start (call at episode start)."""
+        self._queue: list[Tensor] = []
+        self._prev_norm: Tensor | None = None
+        self._ensemble: list[tuple[int, Tensor]] = []  # (step the chunk was planned at, chunk (B, H, D))
+        self._t = 0
+        self.last_output: PolicyOutput | None = None
+
+    def _warm_start(self, executed: int) -> Tensor | None:
+        ex = self.cfg.execution
+        if self.cfg.head != "ebt" or not ex.warm_start or self._prev_norm is None:
+            return None
+        prev = self._prev_norm
+        shifted = prev[:, executed:]
+        pad = shifted[:, -1:].expand(-1, executed, -1) if shifted.shape[1] else prev[:, -1:].expand(-1, executed, -1)
+        return torch.cat([shifted, pad], dim=1)[:, : self.cfg.horizon]
+
+    @torch.no_grad()
+    def select_action(self, obs: Mapping[str, Any]) -> Tensor:
+        """One unnormalized action (B, D) for the current control step."""
+        ex = self.cfg.execution
+        if ex.mode == "receding":
+            if not self._queue:
+                out = self.predict_chunk(obs, warm_start=self._warm_start(ex.n_action_steps))
+                self.last_output = out
+                self._prev_norm = out.normalized
+                self._queue = list(out.actions[:, : ex.n_action_steps].unbind(1))
+            return self._queue.pop(0)
+        out = self.predict_chunk(obs, warm_start=self._warm_start(1))
+        self.last_output = out
+        self._prev_norm = out.normalized
+        self._ensemble.append((self._t, out.actions))
+        self._ensemble = [(t0, c) for t0, c in self._ensemble if self._t - t0 < self.cfg.horizon]
+        acts, weights = [], []
+        for t0, chunk in self._ensemble:
+            age = self._t - t0
+            acts.append(chunk[:, age])
+            weights.append(torch.exp(torch.tensor(-ex.ensemble_decay * age)))
+        w = torch.stack(weights).to(acts[0])
+        self._t += 1
+        return (torch.stack(acts) * w[:, None, None]).sum(0) / w.sum()
+
+    # ------------------------------------------------------------------ persistence
+    def _base_weight_prefixes(self) -> list[str]:
+        bb = self.encoder.backbone
+        return [f"encoder.backbone.{name}." for name in bb.pretrained_modules()]
+
+    def _own_state_dict(self, include_backbone_base: bool) -> dict[str, Tensor]:
+        prefixes = self._base_weight_prefixes()
+        out = {}
+        for k, v in self.state_dict().items():
+            if k.startswith("normalizer.") or "lora_" in k:
+                continue  # normalizer travels as JSON; adapters in their own file
+            if not include_backbone_base and any(k.startswith(p) for p in prefixes):
+                continue
+            out[k] = v.detach().contiguous().cpu()
+        return out
+
+    def save_pretrained(self, directory: str | Path, merge_adapter: bool = False) -> Path:
+        """Write config.json, normalizer.json, model.safetensors (+ adapter_model.safetensors).
+
+        Backbone base weights are saved only when they changed: finetune mode "full", or
+        ``merge_adapter=True`` (the adapter is then folded into them, in place, and the saved
+        config says "full" so it loads without adapters). A frozen or LoRA backbone reloads its
+        base weights from ``backbone.model`` (a hub id or local path).
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg
+        lora = cfg.finetune.mode == "lora" and self.lora_modules
+        if merge_adapter and lora:
+            merge_lora(self.encoder.backbone)
+            self.lora_modules = []
+            cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, mode="full"))
+            self.cfg = cfg
+            lora = False
+        include_base = cfg.finetune.mode == "full"
+        tmp = d / f".{WEIGHTS_NAME}.tmp"
+        save_file(self._own_state_dict(include_base), str(tmp), metadata={"format": "pt"})
+        tmp.replace(d / WEIGHTS_NAME)
+        if lora:
+            save_lora(self.encoder.backbone, d / ADAPTER_NAME)
+        elif (d / ADAPTER_NAME).exists():
+            (d / ADAPTER_NAME).unlink()
+        self.normalizer.save_json(d / NORMALIZER_NAME)
+        config_io.save_json(d / CONFIG_NAME, config_io.to_dict(cfg))
+        return d
+
+    @classmethod
+    def load_config(cls, directory: str | Path) -> PolicyConfig:
+        path = Path(directory) / CONFIG_NAME
+        return config_io.from_dict(PolicyConfig, config_io.load_json(path), where=str(path))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "VLAPolicy":
+        """Rebuild from a folder written by save_pretrained; errors name the file and the problem."""
+        d = Path(directory)
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: policy directory not found")
+        cfg = cls.load_config(d)
+        normalizer = Normalizer.load_json(d / NORMALIZER_NAME)
+        policy = cls(cfg, normalizer)
+        weights_path = d / WEIGHTS_NAME
+        if not weights_path.exists():
+            raise FileNotFoundError(f"{weights_path}: weights file not found")
+        state = load_file(str(weights_path), device=str(map_location))
+        expected = policy._own_state_dict(include_backbone_base=cfg.finetune.mode == "full")
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(policy.state_dict()))
+        if missing or unexpected:
+            raise ValueError(f"{weights_path}: missing keys {missing[:10]} / unexpected keys {unexpected[:10]}")
+        policy.load_state_dict(state, strict=False)
+        if cfg.finetune.mode == "lora" and policy.lora_modules:
+            load_lora(policy.encoder.backbone, d / ADAPTER_NAME)
+        return policy.to(map_location).eval()
