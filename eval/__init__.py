@@ -1,0 +1,1 @@
+"""Evaluation: simulated benchmark suites, demonstration collection and closed-loop rollouts."""

@@ -1,0 +1,104 @@
+"""Suite registry and the interface every simulated suite implements.
+
+A *suite* is a family of tasks sharing one embodiment (action/state dims, image size)::
+
+    suite = make_suite("reach2d", image_size=64)
+    env = suite.make_env("reach_red", seed=0)          # a gymnasium.Env
+    obs, info = env.reset()                            # {"image", "state", "instruction"}
+    act = suite.expert("reach_red")(obs, env)          # np.ndarray (action_dim,)
+    suite.instructions("reach_red", split="heldout")   # paraphrases never used for training
+
+Register a new suite with ``@register_suite("name")`` on a :class:`Suite` subclass (or any
+factory returning one).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["Suite", "register_suite", "make_suite", "available_suites", "INSTRUCTION_SPLITS"]
+
+INSTRUCTION_SPLITS = ("train", "heldout")
+
+_REGISTRY: dict[str, Callable[..., "Suite"]] = {}
+
+
+class Suite(abc.ABC):
+    """Interface of a simulated suite.
+
+    Attributes (set by subclasses):
+        name:              registry name.
+        action_dim:        D of the env action.
+        state_dim:         dim of ``obs["state"]``.
+        image_size:        S of ``obs["image"]`` (uint8, (3, S, S)).
+        num_views:         cameras per observation (``obs["image"]`` is one view when 1).
+        max_episode_steps: the env truncates after this many steps.
+    """
+
+    name: str = ""
+    action_dim: int
+    state_dim: int
+    image_size: int
+    num_views: int = 1
+    max_episode_steps: int
+
+    @abc.abstractmethod
+    def task_names(self) -> list[str]:
+        """All task names of the suite."""
+
+    @abc.abstractmethod
+    def make_env(self, task: str, seed: int | None = None, split: str = "train") -> Any:
+        """A gymnasium.Env for ``task``; its first ``reset()`` without a seed uses ``seed``.
+        Each episode's instruction is drawn from the paraphrases of ``split``."""
+
+    @abc.abstractmethod
+    def expert(self, task: str, noise: float = 0.0, seed: int | None = None) -> Callable[[dict, Any], np.ndarray]:
+        """A scripted expert ``fn(obs_dict, env) -> action`` (may read privileged env state)."""
+
+    @abc.abstractmethod
+    def instructions(self, task: str, split: str = "train") -> list[str]:
+        """Paraphrases of the task's instruction; ``split`` is "train" or "heldout"."""
+
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) of the action box, float32 (action_dim,)."""
+        raise NotImplementedError
+
+    def check_task(self, task: str) -> None:
+        names = self.task_names()
+        if task not in names:
+            raise ValueError(f"suite {self.name!r}: unknown task {task!r}; known tasks: {names}")
+
+    def check_split(self, split: str) -> None:
+        if split not in INSTRUCTION_SPLITS:
+            raise ValueError(f"instruction split must be one of {list(INSTRUCTION_SPLITS)}, got {split!r}")
+
+
+def register_suite(name: str) -> Callable[[Callable[..., Suite]], Callable[..., Suite]]:
+    """Decorator registering a Suite class/factory under ``name`` (duplicate names raise)."""
+
+    def deco(factory: Callable[..., Suite]) -> Callable[..., Suite]:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"suite {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available_suites() -> list[str]:
+    """Sorted names of the registered suites."""
+    return sorted(_REGISTRY)
+
+
+def make_suite(name: str, **kwargs: Any) -> Suite:
+    """Build a registered suite; unknown names raise ValueError listing the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown suite {name!r}; available suites: {available_suites()}")
+    return _REGISTRY[name](**kwargs)
+
+
+# Built-in suites register themselves on import (keep at the bottom: they import register_suite).
+from . import reach2d  # noqa: E402,F401
