@@ -8,18 +8,34 @@ iterate with behaviour cloning.
 
 Objectives
 ----------
-``reference``  Start from N(0, I), unroll K = k_min + randint(0, k_rand) steps, loss = mean over
-               steps of MSE(a_k, target). Matches the EBT-Policy paper; because the random start
-               carries no information about *which* demonstrated mode to produce, it learns the
-               average of several modes, exactly like a regression head.
-``shaped``     (default, multimodal) Adds an energy-shaping InfoNCE term: the demonstrated chunk
-               must have lower energy than perturbed copies of itself and than the chain's own
-               predictions, so *every* demonstrated mode is a basin. The unrolled chain starts from
-               the target plus noise of a random scale (the start then says which basin to
-               descend into) instead of pure noise, so descent learns to fall into the nearest
-               basin instead of the mean. Inference samples several starts with Langevin noise and
-               keeps the lowest-energy candidate (best-of-N) or a random one of the low-energy
-               candidates.
+``reference``  (default) Start from N(0, I), unroll K = k_min + randint(0, k_rand) steps, loss = mean over
+               steps of MSE(a_k, target). The EBT-Policy paper's objective. The random start carries
+               no information about *which* demonstrated mode to produce, so the MSE-optimal chain
+               ignores it and lands on the average of the modes, like a regression head. Measured
+               (synthetic goal-reach task, width 64, depth 2, 300 steps, batch 64): bimodal, 100% of
+               random starts land on the average; unimodal MSE at 1/2/4/8 steps
+               0.030/0.0019/0.0009/0.0009 (mean predictor 0.053).
+``denoise``    (opt-in, partial multimodality) The unrolled chain starts at target + sigma * N(0, I), sigma log-uniform in
+               [start_sigma_min, start_sigma_max]; same loss, same cost (one chain per sample). The
+               start now says which mode is nearer, so the chain learns to descend into the nearest
+               demonstrated mode instead of the mean; inference still starts from N(0, I).
+               Measured, same setup, 2 inference steps, 32-64 starts at each of 3 contexts, seeds
+               0/1/2: +mode 20-30% / 23-28% / 14-22%, -mode 9-14% / 17-20% / 14-23%, average
+               28-33% / 25-28% / 25-52%. So both modes are produced (reference: never), but a
+               quarter to half of the starts still end in between, and more steps do not fix it:
+               the learned landscape along the mode axis is nearly flat (alpha*E differs by < 0.1
+               between modes and average) with a small tilt, which Nesterov momentum integrates
+               into a drift to one mode by 8-16 steps; best-of-N by lowest energy likewise picks one
+               mode. Unimodal MSE at 1/2/4/8 steps 0.070/0.0089/0.0010/0.0006: 2 steps beat the
+               mean predictor 6x but are worse than reference (pure-noise starts are the rare end
+               of the training start distribution).
+
+Tried and dropped (measured no multimodality at 300-600 steps): winner-take-all over 4 noise
+chains (100% average: the chains forget their start); an InfoNCE energy-shaping term (tau 1:
+unimodal landscape; tau 0.1: minimizer oscillates, collapses to one mode, ~4x training cost);
+1/sigma^2 weighting of the denoise loss, a logistic ranking term E(target) < E(start), WTA over
+noise chains added to the denoise chain (collapse to one mode), and 6-9 step denoise chains
+(truncated to the last 2: the long chain forgets its start and averages again).
 """
 
 from __future__ import annotations
@@ -29,7 +45,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import ActionHead, ChunkPrediction, Context, masked_mse
@@ -41,39 +56,31 @@ from .trunk import ActionTrunk, TrunkConfig
 class EBTConfig:
     """EBT head hyperparameters. Reference values from the EBT-Policy paper noted inline."""
 
-    trunk: TrunkConfig = field(default_factory=TrunkConfig)
-    horizon: int = 16
-    action_dim: int = 7
-    objective: Literal["reference", "wta", "denoise"] = "wta"
-    start_sigma_min: float = 0.0
-    start_sigma_max: float = 1.0
-    # --- minimizer ---
-    alpha: float = 1000.0  # reference 1000; energy = mean over H*D, so raw gradients are ~1e-3
-    alpha_jitter: float = 1.5  # training: per-sample alpha ~ U[alpha/j, alpha*j]
-    learnable_alpha: bool = False
-    momentum: float = 0.9
-    temperature: float = 1.0
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)  # energy transformer size
+    horizon: int = 16  # H, action-chunk length
+    action_dim: int = 7  # D, (padded) action dimension
+    objective: Literal["reference", "denoise"] = "reference"  # training objective, see module doc
+    # --- minimizer (shared by training and inference) ---
+    alpha: float = 1000.0  # step size; reference 1000 (energy = mean over H*D, raw grads ~1e-3)
+    alpha_jitter: float = 1.5  # training: per-sample alpha ~ U[alpha/j, alpha*j] (1 = off)
+    learnable_alpha: bool = False  # make log(alpha) a trained parameter
+    momentum: float = 0.9  # Nesterov momentum mu
+    temperature: float = 1.0  # T in alpha_eff = alpha * exp(E) / T
     energy_clamp: float = 5.0  # exp(E) in the step size uses E clamped to [-c, c]
     # --- training unroll ---
     train_steps_min: int = 2  # reference 6 (+0..4); 2-3 measured 3x cheaper and as good
     train_steps_rand: int = 2  # K = min + randint(0, rand) (upper bound exclusive)
     truncate: int = 0  # >0: backprop through the last `truncate` steps only
-    langevin_start: float = 0.2
-    langevin_end: float = 0.002
-    # --- wta objective ---
-    num_hypotheses: int = 4  # chains per sample in training; only the best one is fully supervised
-    wta_rest_weight: float = 0.05  # small loss on the other chains keeps them near the data
-    # --- optional energy shaping (InfoNCE), any objective ---
-    nce_weight: float = 0.0
-    nce_negatives: int = 8
-    nce_noise: tuple[float, ...] = (0.05, 0.2, 0.5)
-    nce_temperature: float = 1.0
+    langevin_start: float = 0.2  # training Langevin noise on the iterates, cosine-annealed ...
+    langevin_end: float = 0.002  # ... from langevin_start (first step) to langevin_end (last)
+    start_sigma_min: float = 0.02  # "denoise": chain starts at target + sigma * N(0, I), ...
+    start_sigma_max: float = 1.0  # ... sigma log-uniform in [start_sigma_min, start_sigma_max]
     # --- inference ---
     infer_steps: int = 2  # paper headline: 2 steps
     min_grad: float = 0.0  # early exit when per-sample ||dE/da|| < min_grad (0 = off)
     num_candidates: int = 1  # best-of-N by lowest energy
-    infer_noise: float = 0.0  # Langevin noise at inference (useful with num_candidates > 1)
-    init_scale: float = 1.0  # a0 ~ N(0, init_scale^2)
+    infer_noise: float = 0.0  # Langevin noise per inference step (useful with num_candidates > 1)
+    init_scale: float = 1.0  # a0 ~ N(0, init_scale^2) (inference; "reference" training starts)
 
 
 class EBTHead(ActionHead):
@@ -81,6 +88,8 @@ class EBTHead(ActionHead):
 
     def __init__(self, cfg: EBTConfig) -> None:
         super().__init__()
+        if cfg.objective not in ("reference", "denoise"):
+            raise ValueError(f"unknown EBT objective {cfg.objective!r}")
         self.cfg = cfg
         self.horizon, self.action_dim = cfg.horizon, cfg.action_dim
         self.trunk = ActionTrunk(cfg.trunk, cfg.horizon, cfg.action_dim, out_dim=cfg.action_dim)
@@ -104,27 +113,28 @@ class EBTHead(ActionHead):
             return alpha * (1.0 / j + u * (j - 1.0 / j))
         return alpha.expand(batch)
 
+    def _train_start(self, target: Tensor) -> Tensor:
+        """Where the unrolled training chain starts: noise ("reference") or a noised target."""
+        cfg = self.cfg
+        if cfg.objective == "reference":
+            return torch.randn_like(target) * cfg.init_scale
+        lo, hi = math.log(cfg.start_sigma_min), math.log(cfg.start_sigma_max)
+        u = torch.rand(target.shape[0], 1, 1, device=target.device, dtype=target.dtype)
+        sigma = torch.exp(lo + u * (hi - lo))
+        return target + sigma * torch.randn_like(target)
+
     # ---------------------------------------------------------------- training
     def compute_loss(
         self, context: Context, target: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         cfg = self.cfg
-        b = target.shape[0]
         k = cfg.train_steps_min + int(torch.randint(0, max(cfg.train_steps_rand, 1), ()).item())
-        n = cfg.num_hypotheses if cfg.objective == "wta" else 1
-        ctx = context.repeat_interleave(n) if n > 1 else context
-        tgt = target.repeat_interleave(n, 0) if n > 1 else target
-        msk = mask.repeat_interleave(n, 0) if (n > 1 and mask is not None) else mask
-        if cfg.objective == "denoise":
-            sig = cfg.start_sigma_min + torch.rand(tgt.shape[0], 1, 1) * (cfg.start_sigma_max - cfg.start_sigma_min)
-            a0 = tgt + sig * torch.randn_like(tgt)
-        else:
-            a0 = torch.randn_like(tgt) * cfg.init_scale
+        a0 = self._train_start(target)
         res = minimize_energy(
-            lambda a: self.energy(ctx, a),
+            lambda a: self.energy(context, a),
             a0,
             num_steps=k,
-            alpha=self._alpha(b * n, jitter=True),
+            alpha=self._alpha(target.shape[0], jitter=True),
             momentum=cfg.momentum,
             temperature=cfg.temperature,
             energy_clamp=cfg.energy_clamp,
@@ -132,55 +142,17 @@ class EBTHead(ActionHead):
             create_graph=True,
             truncate=cfg.truncate,
         )
-        # per-chain BC loss, mean over the unrolled steps: (B * n,)
-        per_chain = torch.stack([_per_sample_mse(a, tgt, msk) for a in res.iterates]).mean(0)
-        if n > 1:
-            per_chain = per_chain.view(b, n)
-            best = per_chain.detach().argmin(1)
-            win = per_chain.gather(1, best[:, None]).squeeze(1)
-            bc = win.mean() + cfg.wta_rest_weight * per_chain.mean()
-        else:
-            bc = per_chain.mean()
-        final = res.final.detach().view(b, n, *target.shape[1:])[:, 0]
+        # behaviour cloning on every iterate, mean over the unrolled steps
+        loss = torch.stack([masked_mse(a, target, mask) for a in res.iterates]).mean()
         info = {
-            "bc_loss": bc.item(),
-            "final_mse": masked_mse(final, target, mask).item(),
+            "loss": loss.item(),
+            "bc_loss": loss.item(),
+            "final_mse": masked_mse(res.final.detach(), target, mask).item(),
             "energy_start": res.energies[0].mean().item(),
             "energy_end": res.energies[-1].mean().item(),
             "unroll_steps": float(k),
         }
-        loss = bc
-        if cfg.nce_weight > 0:
-            nce = self._nce_loss(context, target, mask, final)
-            loss = loss + cfg.nce_weight * nce
-            info["nce_loss"] = nce.item()
-        info["loss"] = loss.item()
         return loss, info
-
-    def _nce_loss(self, context: Context, target: Tensor, mask: Tensor | None, pred: Tensor) -> Tensor:
-        """InfoNCE: the target must have the lowest energy among itself and negatives.
-
-        Negatives per sample: perturbed targets at several scales, the chain's own prediction
-        (when it is not already the target) and uniform draws in [-1, 1]. Padded entries of the
-        negatives are copied from the target so padding never tells them apart.
-        """
-        cfg = self.cfg
-        b, h, d = target.shape
-        n = cfg.nce_negatives
-        scales = torch.tensor(cfg.nce_noise, device=target.device)
-        pick = scales[torch.randint(0, len(scales), (b, n - 2), device=target.device)]
-        perturbed = target[:, None] + pick[..., None, None] * torch.randn(b, n - 2, h, d, device=target.device)
-        uniform = torch.rand(b, 1, h, d, device=target.device) * 2 - 1
-        negs = torch.cat([perturbed, pred[:, None], uniform], dim=1)  # (B, n, H, D)
-        if mask is not None:
-            m = mask if mask.dim() == 3 else mask[..., None].expand_as(target)
-            negs = torch.where(m[:, None].bool(), negs, target[:, None])
-        cands = torch.cat([target[:, None], negs], dim=1)  # (B, n+1, H, D)
-        e = self.energy(context.repeat_interleave(n + 1), cands.flatten(0, 1)).view(b, n + 1)
-        # alpha * E is the energy in the units the minimizer steps in (a step moves a by
-        # alpha * dE/da), so the temperature is comparable across alpha settings.
-        logits = -e * self.log_alpha.exp().detach() / cfg.nce_temperature
-        return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=target.device))
 
     # ---------------------------------------------------------------- inference
     def predict(
@@ -248,13 +220,3 @@ class EBTHead(ActionHead):
             energy_trace=trace,
         )
 
-
-def _per_sample_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
-    """Masked MSE per sample: (B, H, D) x2 -> (B,)."""
-    err = (pred - target).pow(2)
-    if mask is None:
-        return err.flatten(1).mean(1)
-    m = mask.to(err.dtype)
-    if m.dim() == 2:
-        m = m.unsqueeze(-1).expand_as(err)
-    return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
