@@ -7,8 +7,6 @@ seeds 0-5. Runtime ~25 s on one CPU thread.
 
 from __future__ import annotations
 
-import math
-import os
 
 import pytest
 import torch
@@ -16,45 +14,11 @@ import torch
 from vla_ebt.heads import Context, DiffusionConfig, DiffusionHead, TrunkConfig
 from vla_ebt.heads.factory import build_head, head_config_for
 
-SEED = int(os.environ.get("VLA_EBT_TEST_SEED", "0"))
-W, H, D, B = 64, 8, 4, 64
-TRUNK = TrunkConfig(width=W, depth=2, num_heads=4)
-RAMP = torch.arange(1, H + 1).float() / H  # (H,)
-MODE = RAMP[:, None] * torch.tensor([0.6, -0.4, 0.6, -0.4])[None]  # (H, D)
+from tests.baseline_tasks import B, D, H, MODE, SEED, TRUNK, W, bimodal_batch, goal_batch, train  # noqa: F401
 
 
 def make_head(**kw) -> DiffusionHead:
     return DiffusionHead(DiffusionConfig(trunk=TRUNK, horizon=H, action_dim=D, **kw))
-
-
-def goal_batch(proj: torch.Tensor, b: int) -> tuple[Context, torch.Tensor]:
-    """Goal g ~ U[-0.8, 0.8]^2 encoded in one context token; target = linear ramp toward g."""
-    g = torch.rand(b, 2) * 1.6 - 0.8
-    ctx = Context((g @ proj).unsqueeze(1), torch.ones(b, 1, dtype=torch.bool))
-    target = RAMP[None, :, None] * torch.cat([g, g], -1)[:, None, :]
-    return ctx, target
-
-
-def bimodal_batch(token: torch.Tensor, b: int) -> tuple[Context, torch.Tensor]:
-    """Same context for every sample; target = +MODE or -MODE with probability 1/2."""
-    sign = (torch.rand(b, 1, 1) < 0.5).float() * 2 - 1
-    return Context(token.expand(b, -1, -1), torch.ones(b, 1, dtype=torch.bool)), sign * MODE
-
-
-def train(head, sample_batch, steps: int = 300, lr: float = 2e-3) -> list[float]:
-    opt = torch.optim.AdamW(head.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
-    losses = []
-    for _ in range(steps):
-        ctx, target = sample_batch(B)
-        loss, info = head.compute_loss(ctx, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(info["loss"])
-    head.eval()
-    return losses
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +26,7 @@ def goal_task():
     torch.manual_seed(SEED)
     proj = torch.randn(2, W)
     head = make_head()
-    losses = train(head, lambda b: goal_batch(proj, b))
+    losses = train(head, lambda b: goal_batch(proj, b), steps=300)
     return head, proj, losses
 
 
@@ -71,7 +35,7 @@ def bimodal_task():
     torch.manual_seed(SEED + 1000)
     token = torch.randn(1, 1, W)
     head = make_head()
-    train(head, lambda b: bimodal_batch(token, b))
+    train(head, lambda b: bimodal_batch(token, b), steps=300)
     return head, token
 
 

@@ -6,8 +6,6 @@ Seeds: VLA_EBT_TEST_SEED (default 0) moves every random draw; thresholds checked
 
 from __future__ import annotations
 
-import math
-import os
 
 import pytest
 import torch
@@ -24,42 +22,11 @@ from vla_ebt.heads import (
     head_config_for,
 )
 
-SEED = int(os.environ.get("VLA_EBT_TEST_SEED", "0"))
-W, H, D, B = 64, 8, 4, 64
-TRUNK = TrunkConfig(width=W, depth=2, num_heads=4)
-RAMP = torch.arange(1, H + 1).float() / H
-MODE = RAMP[:, None] * torch.tensor([0.6, -0.4, 0.6, -0.4])[None]  # (H, D)
+from tests.baseline_tasks import B, D, H, MODE, SEED, TRUNK, W, bimodal_batch, goal_batch, train  # noqa: F401
 
 
 def make_head(**kw) -> RegressionHead:
     return RegressionHead(RegressionConfig(trunk=TRUNK, horizon=H, action_dim=D, **kw))
-
-
-def goal_batch(proj: torch.Tensor, b: int) -> tuple[Context, torch.Tensor]:
-    g = torch.rand(b, 2) * 1.6 - 0.8
-    ctx = Context((g @ proj).unsqueeze(1), torch.ones(b, 1, dtype=torch.bool))
-    return ctx, RAMP[None, :, None] * torch.cat([g, g], -1)[:, None, :]
-
-
-def bimodal_batch(token: torch.Tensor, b: int) -> tuple[Context, torch.Tensor]:
-    sign = (torch.rand(b, 1, 1) < 0.5).float() * 2 - 1
-    return Context(token.expand(b, -1, -1), torch.ones(b, 1, dtype=torch.bool)), sign * MODE
-
-
-def train(head, sample_batch, steps: int = 200, lr: float = 2e-3) -> list[float]:
-    opt = torch.optim.AdamW(head.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
-    losses = []
-    for _ in range(steps):
-        ctx, target = sample_batch(B)
-        loss, info = head.compute_loss(ctx, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(info["loss"])
-    head.eval()
-    return losses
 
 
 def test_shapes_steps_nfe():
@@ -98,7 +65,7 @@ def test_learns_goal_conditioned_chunks(loss_kind):
     torch.manual_seed(SEED)
     proj = torch.randn(2, W)
     head = make_head(loss=loss_kind)
-    losses = train(head, lambda b: goal_batch(proj, b))
+    losses = train(head, lambda b: goal_batch(proj, b), steps=200)
     assert sum(losses[-20:]) < 0.2 * sum(losses[:20]), (losses[:3], losses[-3:])
     ctx, target = goal_batch(proj, 256)
     mean_err = (target - target.mean(0, keepdim=True)).pow(2).mean().item()
@@ -113,7 +80,7 @@ def test_bimodal_predicts_the_average():
     torch.manual_seed(SEED + 1000)
     token = torch.randn(1, 1, W)
     head = make_head()
-    train(head, lambda b: bimodal_batch(token, b))
+    train(head, lambda b: bimodal_batch(token, b), steps=200)
     ctx = Context(token.expand(8, -1, -1), torch.ones(8, 1, dtype=torch.bool))
     actions = head.predict(ctx).actions
     coef = (actions * MODE).flatten(1).sum(1) / MODE.pow(2).sum()  # +1 / -1 at the two modes

@@ -29,8 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 import traceback
 import warnings
@@ -41,6 +39,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+from vla_ebt.config_io import atomic_write_text
 
 from .demos import episode_seed
 from .suites import Suite, make_suite
@@ -205,18 +205,7 @@ class EvalReport:
     def to_json(self, path: str | Path) -> Path:
         """Write the report as JSON atomically (temp file in the same folder + rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
         return path
 
     def to_markdown(self, max_errors: int = 5) -> str:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import Tensor, nn
+
+from ..registry import Registry
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -93,30 +95,25 @@ class Backbone(nn.Module, abc.ABC):
         return self
 
 
-_REGISTRY: dict[str, Callable[[BackboneConfig], Backbone]] = {}
+_REGISTRY: Registry[Callable[[BackboneConfig], Backbone]] = Registry("backbone family")
 
 
 def register_backbone(family: str) -> Callable:
     """Decorator: register ``builder(cfg) -> Backbone`` under ``family``."""
-
-    def deco(fn: Callable[[BackboneConfig], Backbone]) -> Callable[[BackboneConfig], Backbone]:
-        if family in _REGISTRY:
-            raise ValueError(f"backbone family {family!r} registered twice")
-        _REGISTRY[family] = fn
-        return fn
-
-    return deco
+    return _REGISTRY.register(family)
 
 
 def available_backbones() -> list[str]:
     from . import _load_all  # noqa: F401  (imports the family modules so they register)
 
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
     """Build the backbone a config names; unknown families raise with the known ones listed."""
-    known = available_backbones()
-    if cfg.family not in _REGISTRY:
-        raise ValueError(f"backbone.family: unknown backbone family {cfg.family!r}; known: {known}")
-    return _REGISTRY[cfg.family](cfg)
+    available_backbones()  # make sure every family module has registered
+    try:
+        builder = _REGISTRY.get(cfg.family)
+    except ValueError as e:
+        raise ValueError(f"backbone.family: {e}") from None
+    return builder(cfg)

@@ -69,6 +69,19 @@ def _small_text_config(vocab_size: int) -> dict:
     )
 
 
+def _save_pretrained(model, processor, out_dir: str | Path) -> str:
+    """Write an HF model + processor with ``save_pretrained`` into ``out_dir``; return the path."""
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def _small_vision_config(image_size: int, patch_size: int, **extra) -> dict:
+    """A 2-layer, width-64 ViT config shared by the tiny VLM fixtures."""
+    return dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                image_size=image_size, patch_size=patch_size, **extra)
+
+
 def tiny_paligemma(image_size: int = 64, patch_size: int = 16, seed: int = 0):
     """Tiny random-init (PaliGemmaForConditionalGeneration, PaliGemmaProcessor): SigLIP + Gemma, width 64."""
     import torch
@@ -89,16 +102,8 @@ def tiny_paligemma(image_size: int = 64, patch_size: int = 16, seed: int = 0):
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=build_tiny_tokenizer())
     vocab = len(processor.tokenizer)  # includes <image> and the <locXXXX>/<segXXX> tokens the processor adds
     config = PaliGemmaConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-            vision_use_head=False,
-        ),
+        vision_config=_small_vision_config(image_size, patch_size, model_type="siglip_vision_model",
+                                           vision_use_head=False),
         text_config=dict(model_type="gemma", head_dim=32, **_small_text_config(vocab)),
         image_token_index=processor.image_token_id,
         vocab_size=vocab,
@@ -112,10 +117,7 @@ def tiny_paligemma(image_size: int = 64, patch_size: int = 16, seed: int = 0):
 
 def build_tiny_paligemma(out_dir: str | Path, image_size: int = 64, patch_size: int = 16, seed: int = 0) -> str:
     """:func:`tiny_paligemma` saved with ``save_pretrained`` (model + processor) into ``out_dir``; returns it."""
-    model, processor = tiny_paligemma(image_size, patch_size, seed)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return str(out_dir)
+    return _save_pretrained(*tiny_paligemma(image_size, patch_size, seed), out_dir)
 
 
 def tiny_idefics3(image_size: int = 64, patch_size: int = 8, seed: int = 0):
@@ -136,14 +138,7 @@ def tiny_idefics3(image_size: int = 64, patch_size: int = 8, seed: int = 0):
     )
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len)
     config = Idefics3Config(
-        vision_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-        ),
+        vision_config=_small_vision_config(image_size, patch_size),
         text_config=dict(model_type="llama", **_small_text_config(len(processor.tokenizer))),
         image_token_id=processor.image_token_id,
         scale_factor=scale_factor,
@@ -155,10 +150,7 @@ def tiny_idefics3(image_size: int = 64, patch_size: int = 8, seed: int = 0):
 
 def build_tiny_idefics3(out_dir: str | Path, image_size: int = 64, patch_size: int = 8, seed: int = 0) -> str:
     """:func:`tiny_idefics3` saved with ``save_pretrained`` (model + processor) into ``out_dir``; returns it."""
-    model, processor = tiny_idefics3(image_size, patch_size, seed)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return str(out_dir)
+    return _save_pretrained(*tiny_idefics3(image_size, patch_size, seed), out_dir)
 
 
 def tiny_open_clip(image_size: int = 64, patch_size: int = 16, seed: int = 0):

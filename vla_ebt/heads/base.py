@@ -55,18 +55,27 @@ class ChunkPrediction:
     energy_trace: Tensor | None = None  # (K+1, B) energy before the first and after each step
 
 
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean squared error over valid entries only.
+def masked_mean(err: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of an elementwise error (B, H, D) over valid entries only.
 
-    pred, target: (B, H, D); mask: (B, H, D) or (B, H) bool/float, 1 = supervised. Returns a scalar.
+    mask: (B, H, D) or (B, H) bool/float, 1 = supervised. Returns a scalar.
     """
-    err = (pred - target).pow(2)
     if mask is None:
         return err.mean()
     m = mask.to(err.dtype)
     if m.dim() == 2:
         m = m.unsqueeze(-1).expand_as(err)
     return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean squared error over valid entries only. pred, target: (B, H, D)."""
+    return masked_mean((pred - target).pow(2), mask)
+
+
+def masked_l1(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean absolute error over valid entries only. pred, target: (B, H, D)."""
+    return masked_mean((pred - target).abs(), mask)
 
 
 class ActionHead(nn.Module, abc.ABC):

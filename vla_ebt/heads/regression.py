@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .base import ActionHead, ChunkPrediction, Context, masked_mse
+from .base import ActionHead, ChunkPrediction, Context, masked_l1, masked_mse
 from .trunk import ActionTrunk, TrunkConfig
 
 
@@ -27,17 +27,6 @@ class RegressionConfig:
     horizon: int = 16
     action_dim: int = 7
     loss: Literal["mse", "l1"] = "mse"
-
-
-def masked_l1(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean absolute error over valid entries; mask (B, H, D) or (B, H), 1 = supervised."""
-    err = (pred - target).abs()
-    if mask is None:
-        return err.mean()
-    m = mask.to(err.dtype)
-    if m.dim() == 2:
-        m = m.unsqueeze(-1).expand_as(err)
-    return (err * m).sum() / m.sum().clamp_min(1.0)
 
 
 class RegressionHead(ActionHead):

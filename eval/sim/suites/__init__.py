@@ -19,11 +19,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vla_ebt.registry import Registry
+
 __all__ = ["Suite", "register_suite", "make_suite", "available_suites", "INSTRUCTION_SPLITS"]
 
 INSTRUCTION_SPLITS = ("train", "heldout")
 
-_REGISTRY: dict[str, Callable[..., "Suite"]] = {}
+_REGISTRY: Registry[Callable[..., "Suite"]] = Registry("suite")
 
 
 class Suite(abc.ABC):
@@ -78,26 +80,17 @@ class Suite(abc.ABC):
 
 def register_suite(name: str) -> Callable[[Callable[..., Suite]], Callable[..., Suite]]:
     """Decorator registering a Suite class/factory under ``name`` (duplicate names raise)."""
-
-    def deco(factory: Callable[..., Suite]) -> Callable[..., Suite]:
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"suite {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def available_suites() -> list[str]:
     """Sorted names of the registered suites."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def make_suite(name: str, **kwargs: Any) -> Suite:
     """Build a registered suite; unknown names raise ValueError listing the known ones."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown suite {name!r}; available suites: {available_suites()}")
-    return _REGISTRY[name](**kwargs)
+    return _REGISTRY.get(name)(**kwargs)
 
 
 # Built-in suites register themselves on import (keep at the bottom: they import register_suite).
