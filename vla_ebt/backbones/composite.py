@@ -11,6 +11,7 @@ Prefix layout, D_b = ``width``::
 Each modality is projected to D_b by a new Linear. ``extra`` options:
     text_model:  HF id or local directory that replaces the text side of ``model``.
     width:       D_b (default 384).
+    feature_stride: "32" (default, final 1280-channel map), "16" or "8" (earlier, finer feature map).
 ``checkpoint`` (optional) replaces the bundled image-encoder weights ("none": random init).
 """
 
@@ -50,7 +51,9 @@ class CompositeBackbone(Backbone):
         self.max_cameras = cfg.max_cameras
         self.width = int(cfg.extra.get("width", 384))
 
-        self.image_encoder = build_image_encoder(image_name, cfg.image_size, cfg.checkpoint)
+        self.image_encoder = build_image_encoder(
+            image_name, cfg.image_size, cfg.checkpoint, feature_stride=int(cfg.extra.get("feature_stride", 32))
+        )
         self.text_encoder = HFTextEncoder(text_name, max_tokens=cfg.max_text_tokens)
 
         n_img = self.image_encoder.num_tokens
