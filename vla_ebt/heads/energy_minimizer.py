@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -59,7 +59,7 @@ def cosine_sigmas(num_steps: int, start: float, end: float) -> list[float]:
 
 
 def minimize_energy(
-    energy_fn: EnergyFn,
+    energy_fn: EnergyFn | Sequence[EnergyFn],
     a0: Tensor,
     *,
     num_steps: int,
@@ -71,6 +71,7 @@ def minimize_energy(
     create_graph: bool = False,
     truncate: int = 0,
     min_grad: float = 0.0,
+    step_scales: Sequence[float] | None = None,
 ) -> MinimizerResult:
     """Minimize ``energy_fn`` over actions starting from ``a0`` (B, H, D).
 
@@ -78,6 +79,9 @@ def minimize_energy(
     create_graph: keep second-order graph (training). truncate > 0 keeps it for the last
     ``truncate`` steps only; earlier steps run first-order and are detached.
     min_grad > 0: inference early exit; samples whose ||g|| < min_grad stop moving.
+    energy_fn may be a sequence of ``num_steps`` functions, step k using the k-th (an energy
+    conditioned on the step, e.g. the "path" objective's noise level); step_scales (one per step)
+    multiply alpha at each step.
     """
     b = a0.shape[0]
     alpha = alpha.reshape(-1) if alpha.dim() else alpha.reshape(1)
@@ -97,8 +101,9 @@ def minimize_energy(
         look = a + momentum * v
         if not look.requires_grad:
             look = look.requires_grad_(True)
+        fn = energy_fn[k] if isinstance(energy_fn, Sequence) else energy_fn
         with torch.enable_grad():
-            e = energy_fn(look)
+            e = fn(look)
             (g,) = torch.autograd.grad(e.sum(), look, create_graph=graph_here)
         nfe += 1
         gn = g.detach().flatten(1).norm(dim=1)
@@ -110,6 +115,8 @@ def minimize_energy(
                 break
         scale = torch.exp(e.detach().clamp(-energy_clamp, energy_clamp)) / temperature
         step = (alpha * scale).view(b, 1, 1)
+        if step_scales is not None:
+            step = step * step_scales[k]
         if not graph_here:
             step = step.detach()
             g = g.detach()
