@@ -1,0 +1,299 @@
+"""Episode shards: the on-disk schema shared by converted OXE data and this project's sim demos.
+
+A converted dataset is a folder::
+
+    OUT_DIR/
+      manifest.json            finished shards (the only ones a loader reads), counts, skipped episodes
+      stats.json               normalize.save_stats({dataset: DatasetStats}) over all finished shards
+      <dataset>-NNNNN.tar      webdataset shards (one per input TFRecord file / per N sim episodes)
+      _stats/<shard>.npz       per-shard action/state rows, to recompute stats.json on resume
+
+Each shard is a plain tar (webdataset layout). **One sample = one episode**, key
+``<dataset>-NNNNN-EEEEEE`` (no dots), with members:
+
+=========================  ==========================================================================
+``action.npy``             float32 (T, D): standardized, unnormalized actions, one row per step
+``state.npy``              float32 (T, S): standardized, unnormalized robot states, one row per step
+``instruction.txt``        UTF-8 language instruction (non-empty)
+``<role>.<tttt>.jpg|png``  one image per camera role (``primary``, ``secondary``, ``wrist``) and step
+                           ``t`` (zero padded to 4 digits), square ``image_size``
+``meta.json``              ``{"dataset", "embodiment" (= dataset name), "episode_id", "episode_index",
+                           "file_path", "source_file", "num_steps", "action_dim", "state_dim",
+                           "cameras", "image_size", "image_format", "control_hz", "action_encoding",
+                           "state_encoding", "step_ids": [0..T-1]}``
+=========================  ==========================================================================
+
+Atomicity: a shard is written to ``.<name>.tmp`` and renamed when complete; the manifest (written
+atomically after each finished shard) lists finished shards only, so an interrupted conversion
+leaves nothing that a loader reads. :func:`write_episodes` writes sim
+:class:`eval.sim.demos.Episode` lists in the same schema.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from vla_ebt.config_io import save_json
+from vla_ebt.data.oxe_configs import CAMERA_ROLES, get_config, known_datasets
+from vla_ebt.normalize import DatasetStats, FeatureStats, save_stats
+
+from .rlds import StdEpisode, encode_image
+
+__all__ = ["MANIFEST", "STATS", "FORMAT", "ShardWriter", "read_manifest", "write_manifest", "iter_shard",
+           "compute_stats", "write_episodes", "shard_paths"]
+
+MANIFEST = "manifest.json"
+STATS = "stats.json"
+FORMAT = "vla_ebt.episodes/1"
+
+
+def _npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(x), allow_pickle=False)
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Write episodes to ``path`` atomically: ``with ShardWriter(p) as w: w.write(ep, meta)``; the tar
+    appears at ``path`` only when the block exits without an exception. Also writes the per-shard
+    stats rows to ``stats_path`` (npz, same atomicity)."""
+
+    def __init__(self, path: str | os.PathLike, stats_path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path)
+        self.stats_path = Path(stats_path) if stats_path else None
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.episodes = 0
+        self.steps = 0
+        self._actions: list[np.ndarray] = []
+        self._states: list[np.ndarray] = []
+
+    def __enter__(self) -> "ShardWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._f, mode="w", format=tarfile.USTAR_FORMAT)
+        return self
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o444
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def write(self, ep: StdEpisode, key: str, extra_meta: dict[str, Any] | None = None) -> None:
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key must not contain '.' or '/': {key!r}")
+        T = len(ep)
+        if ep.state.shape[0] != T:
+            raise ValueError(f"{ep.dataset} episode {ep.episode_id}: state has {ep.state.shape[0]} rows, action {T}")
+        meta = {
+            "dataset": ep.dataset,
+            "embodiment": ep.dataset,
+            "episode_id": ep.episode_id,
+            "episode_index": self.episodes,
+            "file_path": ep.file_path,
+            "source_file": ep.source_file,
+            "num_steps": T,
+            "action_dim": int(ep.action.shape[1]),
+            "state_dim": int(ep.state.shape[1]),
+            "cameras": sorted(ep.images, key=CAMERA_ROLES.index),
+            "image_format": ep.image_format,
+            "step_ids": list(range(T)),
+        }
+        meta.update(extra_meta or {})
+        self._add(f"{key}.meta.json", json.dumps(meta, sort_keys=True).encode())
+        self._add(f"{key}.instruction.txt", ep.instruction.encode("utf-8"))
+        self._add(f"{key}.action.npy", _npy(ep.action.astype(np.float32)))
+        self._add(f"{key}.state.npy", _npy(ep.state.astype(np.float32)))
+        for role in meta["cameras"]:
+            frames = ep.images[role]
+            if len(frames) != T:
+                raise ValueError(f"{ep.dataset} episode {ep.episode_id}: camera {role!r} has {len(frames)} frames, "
+                                 f"expected {T}")
+            for t, b in enumerate(frames):
+                self._add(f"{key}.{role}.{t:04d}.{ep.image_format}", b)
+        self._actions.append(ep.action.astype(np.float32))
+        self._states.append(ep.state.astype(np.float32))
+        self.episodes += 1
+        self.steps += T
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._tar.close()
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        finally:
+            self._f.close()
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+            return
+        if self.stats_path is not None:
+            self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.stats_path.with_name(f".{self.stats_path.name}.tmp")
+            with open(tmp, "wb") as f:
+                a = np.concatenate(self._actions) if self._actions else np.zeros((0, 0), np.float32)
+                s = np.concatenate(self._states) if self._states else np.zeros((0, 0), np.float32)
+                np.savez(f, action=a, state=s)
+            os.replace(tmp, self.stats_path)
+        os.replace(self.tmp, self.path)
+
+
+def shard_name(dataset: str, index: int) -> str:
+    return f"{dataset}-{index:05d}.tar"
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict | None:
+    p = Path(out_dir) / MANIFEST
+    if not p.exists():
+        return None
+    try:
+        m = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    if m.get("format") != FORMAT:
+        raise ValueError(f"{p}: format {m.get('format')!r}, expected {FORMAT!r}")
+    return m
+
+
+def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> None:
+    save_json(Path(out_dir) / MANIFEST, manifest)
+
+
+def shard_paths(out_dir: str | os.PathLike) -> list[Path]:
+    """Finished shards of a dataset folder (from its manifest), sorted."""
+    m = read_manifest(out_dir)
+    if m is None:
+        raise FileNotFoundError(f"{out_dir}: no {MANIFEST} (not a converted dataset, or conversion never finished a shard)")
+    return [Path(out_dir) / n for n in sorted(m["shards"])]
+
+
+def compute_stats(out_dir: str | os.PathLike, manifest: dict) -> DatasetStats:
+    """Statistics over every step of the finished shards (from the per-shard npz rows)."""
+    acts, sts, eps = [], [], 0
+    for name, info in sorted(manifest["shards"].items()):
+        if info["episodes"] == 0:
+            continue
+        with np.load(Path(out_dir) / info["stats"]) as z:
+            acts.append(z["action"])
+            sts.append(z["state"])
+        eps += info["episodes"]
+    if not acts:
+        raise ValueError(f"{out_dir}: no episodes in finished shards; cannot compute statistics")
+    a, s = np.concatenate(acts), np.concatenate(sts)
+    return DatasetStats(action=FeatureStats.from_array(a), state=FeatureStats.from_array(s) if s.shape[1] else None,
+                        num_episodes=eps, num_steps=int(a.shape[0]))
+
+
+def finalize(out_dir: str | os.PathLike, manifest: dict) -> DatasetStats:
+    stats = compute_stats(out_dir, manifest)
+    save_stats(Path(out_dir) / STATS, {manifest["dataset"]: stats})
+    manifest["num_episodes"] = stats.num_episodes
+    manifest["num_steps"] = stats.num_steps
+    write_manifest(out_dir, manifest)
+    return stats
+
+
+def iter_shard(path: str | os.PathLike, decode_images: bool = False) -> Iterator[dict[str, Any]]:
+    """Episodes of one shard as dicts: ``__key__``, ``meta`` (dict), ``instruction`` (str),
+    ``action``/``state`` (float32 arrays), ``images`` (role -> list of encoded bytes, or of uint8
+    (H, W, 3) arrays with ``decode_images``). Reads members in order; needs nothing but tarfile."""
+    cur: dict[str, Any] | None = None
+    with tarfile.open(path, mode="r|") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.partition(".")
+            data = tar.extractfile(m).read()  # type: ignore[union-attr]
+            if cur is None or cur["__key__"] != key:
+                if cur is not None:
+                    yield _finish(cur, decode_images)
+                cur = {"__key__": key, "images": {}, "__url__": str(path)}
+            if ext == "meta.json":
+                cur["meta"] = json.loads(data)
+            elif ext == "instruction.txt":
+                cur["instruction"] = data.decode("utf-8")
+            elif ext in ("action.npy", "state.npy"):
+                cur[ext[:-4]] = np.load(io.BytesIO(data), allow_pickle=False)
+            else:
+                role = ext.split(".", 1)[0]
+                cur["images"].setdefault(role, []).append(data)
+    if cur is not None:
+        yield _finish(cur, decode_images)
+
+
+def _finish(ep: dict, decode: bool) -> dict:
+    missing = [k for k in ("meta", "instruction", "action", "state") if k not in ep]
+    if missing:
+        raise ValueError(f"{ep['__url__']}: sample {ep['__key__']!r} lacks member(s) {missing}")
+    if decode:
+        from PIL import Image
+
+        ep["images"] = {r: [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in v]
+                        for r, v in ep["images"].items()}
+    return ep
+
+
+def write_episodes(episodes: Sequence[Any], out_dir: str | os.PathLike, dataset_name: str,
+                   episodes_per_shard: int = 64, image_format: str = "png", image_size: int | None = None) -> DatasetStats:
+    """Write sim demos (:class:`eval.sim.demos.Episode`: images uint8 (T, V, 3, S, S), state, action,
+    instruction) as shards in this module's schema, with manifest.json and stats.json. Views map to
+    the dataset config's camera roles when ``dataset_name`` is registered, else to
+    ``primary, secondary, wrist`` in order. PNG by default (lossless for small sim frames).
+    Returns the dataset statistics. Overwrites an existing dataset folder's shards."""
+    from PIL import Image
+
+    from .rlds import resize_image
+
+    eps = [e for e in episodes if len(e) > 0]
+    if not eps:
+        raise ValueError(f"write_episodes({dataset_name!r}): no non-empty episodes")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    V = eps[0].images.shape[1]
+    if dataset_name in known_datasets() and len(get_config(dataset_name).camera_roles()) == V:
+        roles = get_config(dataset_name).camera_roles()
+    elif V <= len(CAMERA_ROLES):
+        roles = list(CAMERA_ROLES[:V])
+    else:
+        raise ValueError(f"write_episodes: {V} views per step; at most {len(CAMERA_ROLES)} camera roles")
+    size = int(image_size or eps[0].images.shape[-1])
+    manifest = {"format": FORMAT, "dataset": dataset_name, "source": "sim", "image_size": size,
+                "image_format": image_format, "shards": {}, "skipped": [], "complete": False}
+    for s0 in range(0, len(eps), episodes_per_shard):
+        idx = s0 // episodes_per_shard
+        name = shard_name(dataset_name, idx)
+        with ShardWriter(out / name, out / "_stats" / f"{name}.npz") as w:
+            for j, e in enumerate(eps[s0:s0 + episodes_per_shard]):
+                if e.images.ndim != 5 or e.images.shape[1] != V:
+                    raise ValueError(f"write_episodes({dataset_name!r}): episode {s0 + j}: images must be (T, {V}, 3, S, S), "
+                                     f"got {e.images.shape}")
+                if not e.instruction.strip():
+                    raise ValueError(f"write_episodes({dataset_name!r}): episode {s0 + j}: empty instruction")
+                if not (np.isfinite(e.action).all() and np.isfinite(e.state).all()):
+                    raise ValueError(f"write_episodes({dataset_name!r}): episode {s0 + j}: non-finite action/state")
+                imgs = {}
+                for v, role in enumerate(roles):
+                    frames = []
+                    for t in range(len(e)):
+                        im = Image.fromarray(np.ascontiguousarray(e.images[t, v].transpose(1, 2, 0)))
+                        frames.append(encode_image(resize_image(im, size), image_format))
+                    imgs[role] = frames
+                std = StdEpisode(dataset=dataset_name, episode_id=f"{idx}:{j}", source_file="sim", record=s0 + j,
+                                 file_path=f"task={e.task};seed={e.seed}", instruction=e.instruction.strip(),
+                                 state=np.asarray(e.state, np.float32).reshape(len(e), -1),
+                                 action=np.asarray(e.action, np.float32).reshape(len(e), -1),
+                                 images=imgs, image_format=image_format)
+                w.write(std, f"{dataset_name}-{idx:05d}-{j:06d}",
+                        {"image_size": size, "task": e.task, "success": bool(e.success)})
+        manifest["shards"][name] = {"source": "sim", "episodes": w.episodes, "steps": w.steps,
+                                    "stats": f"_stats/{name}.npz"}
+        write_manifest(out, manifest)
+    manifest["complete"] = True
+    return finalize(out, manifest)
