@@ -1,0 +1,502 @@
+"""Policy server: a saved VLAPolicy behind a WebSocket, msgpack-numpy on the wire.
+
+::
+
+    python -m eval.real.serve --policy runs/default/policy [--host 127.0.0.1 --port 8000]
+        [--token T | env VLA_EBT_SERVE_TOKEN] [--max-message-mb 16] [--port-file FILE]
+
+Protocol (``PROTOCOL``; every message is one binary msgpack frame, see :mod:`eval.real.msgpack_numpy`):
+
+1. On connect the server sends the **metadata** ``{"type": "metadata", "protocol", "spec"
+   (ObservationSpec.to_dict()), "cameras" (= num_views), "image_size", "obs_steps", "state_dim",
+   "action_dim", "horizon", "embodiments" [names], "embodiment_dims" {name: {action_dim, state_dim}},
+   "head", "execution" {mode, n_action_steps, ensemble_decay}, "max_message_bytes", "auth"}``.
+2. The client sends an **observation** in the schema of :mod:`vla_ebt.schema` with numpy arrays:
+   ``images`` uint8 or float32 in [0, 1] (B, V, 3, S, S), ``instruction`` str or [str] * B, ``state``
+   float (B, To, <= S) or (B, <= S), ``embodiment`` int / [int] * B / embodiment name; optionally
+   ``request_id`` (echoed back). ``{"type": "metadata"}`` asks for the metadata again.
+3. The server answers ``{"type": "result", "request_id", "actions" float32 (B, H, D) unnormalized
+   (dims past the embodiment's own are 0), "energy" (B,) or None, "steps" (B,), "grad_norm" (B,) or
+   None, "nfe", "infer_ms" (model time), "queue_ms" (waiting for the model), "server_ms" (receipt to
+   reply)}`` or ``{"type": "error", "request_id", "kind": "bad_request" | "internal", "error": msg}``;
+   the connection stays open after an error.
+
+Health: plain HTTP ``GET /healthz`` -> 200 JSON (status, counters, uptime; no token needed).
+
+Safety: binds 127.0.0.1 unless ``--host`` says otherwise (a warning is logged when it binds
+elsewhere without a token); with a token, the WebSocket handshake must carry
+``Authorization: Bearer <token>`` (else HTTP 401); messages above ``max_message_bytes`` close the
+connection with code 1009 (the server keeps serving others); every request is validated (keys,
+shapes, dtypes, image size, NaN/inf, value range, batch size) before it reaches the model.
+
+Concurrency: connections are served by one asyncio loop; decoding, validation and inference run
+in a worker thread pool (``workers``, default 1) with a lock around the model, so a slow inference
+never blocks the loop (pings, health checks, other clients' handshakes keep being answered) and
+requests of several clients are served in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import http
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .msgpack_numpy import CodecError, packb, unpackb
+
+__all__ = ["PolicyServer", "RequestError", "PROTOCOL", "DEFAULT_MAX_MESSAGE_BYTES", "main"]
+
+PROTOCOL = "vla_ebt.serve/1"
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20
+OBS_KEYS = ("images", "instruction", "state", "embodiment")
+CONTROL_KEYS = ("request_id", "type")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+log = logging.getLogger("vla_ebt.serve")
+
+
+class RequestError(ValueError):
+    """A request the server refuses (message names the key and the expectation)."""
+
+
+def _np(x: Any) -> np.ndarray | None:
+    """Tensor / array / None -> numpy (CPU) or None."""
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if x.dtype.is_floating_point:
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+class PolicyServer:
+    """Serve ``policy`` (anything with ``spec`` (ObservationSpec) and ``predict_chunk(obs)``
+    returning a PolicyOutput-like object) over WebSocket.
+
+    ``start()`` runs it in a background thread (returns once listening; ``port`` is then the
+    bound port, also for ``port=0``); ``stop()`` shuts it down. ``run()`` serves in the calling
+    thread until SIGINT/SIGTERM.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        token: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_batch: int = 64,
+        workers: int = 1,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        name: str | None = None,
+    ) -> None:
+        if max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be >= 1024, got {max_message_bytes}")
+        if workers < 1 or max_batch < 1:
+            raise ValueError(f"workers and max_batch must be >= 1, got {workers}, {max_batch}")
+        self.policy = policy
+        self.spec = policy.spec
+        self.host, self.port = host, int(port)
+        self.token = token or None
+        self.max_message_bytes = int(max_message_bytes)
+        self.max_batch = int(max_batch)
+        self.workers = int(workers)
+        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.name = name or type(policy).__name__
+        self._model_lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._t_start = time.time()
+        self.requests = 0
+        self.errors = 0
+        self.clients = 0
+        self.connections = 0
+        self.busy = False
+        if host not in LOOPBACK and not self.token:
+            log.warning("serving on %s without a token: anyone who can reach this address can drive the policy", host)
+
+    # ------------------------------------------------------------------ metadata
+    def metadata(self) -> dict[str, Any]:
+        spec = self.spec.to_dict()
+        cfg = getattr(self.policy, "cfg", None)
+        ex = getattr(cfg, "execution", None)
+        norm = getattr(self.policy, "normalizer", None)
+        dims: dict[str, dict[str, int]] = {}
+        for name in spec["embodiments"]:
+            try:
+                dims[name] = {"action_dim": int(norm.action_dim(name)), "state_dim": int(norm.state_dim(name))}
+            except Exception:  # noqa: BLE001 - a policy without a normalizer: the padded dims
+                dims[name] = {"action_dim": spec["action_dim"], "state_dim": spec["state_dim"]}
+        return {
+            "type": "metadata",
+            "protocol": PROTOCOL,
+            "policy": self.name,
+            "spec": spec,
+            "cameras": spec["num_views"],
+            "image_size": spec["image_size"],
+            "obs_steps": spec["obs_steps"],
+            "state_dim": spec["state_dim"],
+            "action_dim": spec["action_dim"],
+            "horizon": spec["horizon"],
+            "embodiments": spec["embodiments"],
+            "embodiment_dims": dims,
+            "head": getattr(cfg, "head", None),
+            "execution": {
+                "mode": getattr(ex, "mode", "receding"),
+                "n_action_steps": int(getattr(ex, "n_action_steps", spec["horizon"])),
+                "ensemble_decay": float(getattr(ex, "ensemble_decay", 0.01)),
+            },
+            "max_message_bytes": self.max_message_bytes,
+            "max_batch": self.max_batch,
+            "auth": self.token is not None,
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "protocol": PROTOCOL,
+            "policy": self.name,
+            "requests": self.requests,
+            "errors": self.errors,
+            "clients": self.clients,
+            "connections": self.connections,
+            "busy": self.busy,
+            "uptime_s": round(time.time() - self._t_start, 3),
+        }
+
+    # ------------------------------------------------------------------ validation
+    def check_observation(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        """Request dict -> observation for ``predict_chunk`` (numpy arrays, canonical forms).
+
+        Checks what :func:`vla_ebt.schema.validate_observation` does not (types from the wire,
+        image size, float image range, batch size, embodiment names, unknown keys); the policy
+        validates shapes, NaN/inf and embodiment ids again.
+        """
+        spec = self.spec
+        unknown = sorted(set(req) - set(OBS_KEYS) - set(CONTROL_KEYS))
+        if unknown:
+            raise RequestError(f"unknown key(s) {unknown}; an observation has keys {list(OBS_KEYS)} "
+                               f"(+ optional {list(CONTROL_KEYS)})")
+        missing = [k for k in OBS_KEYS if k not in req]
+        if missing:
+            raise RequestError(f"missing key(s) {missing}; an observation has keys {list(OBS_KEYS)}")
+        images = req["images"]
+        if not isinstance(images, np.ndarray):
+            raise RequestError(f"'images' must be an array (B, {spec.num_views}, 3, {spec.image_size}, "
+                               f"{spec.image_size}), got {type(images).__name__}")
+        want = (spec.num_views, 3, spec.image_size, spec.image_size)
+        if images.ndim != 5 or tuple(images.shape[1:]) != want:
+            raise RequestError(f"'images' expected shape (B, {', '.join(map(str, want))}), got {tuple(images.shape)}")
+        b = images.shape[0]
+        if not 1 <= b <= self.max_batch:
+            raise RequestError(f"batch size must be in [1, {self.max_batch}], got {b}")
+        if images.dtype == np.uint8:
+            pass
+        elif images.dtype.kind == "f":
+            if not np.isfinite(images).all():
+                raise RequestError("'images' contains NaN or inf")
+            lo, hi = float(images.min()), float(images.max())
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                raise RequestError(f"float 'images' must be in [0, 1] (got [{lo:.3g}, {hi:.3g}]); send uint8 for 0..255")
+            images = images.astype(np.float32, copy=False)
+        else:
+            raise RequestError(f"'images' dtype must be uint8 or float, got {images.dtype}")
+
+        instr = req["instruction"]
+        if isinstance(instr, str):
+            instr = [instr] * b if b > 1 else [instr]
+        if not isinstance(instr, list) or len(instr) != b or not all(isinstance(s, str) for s in instr):
+            raise RequestError(f"'instruction' must be a string or a list of {b} strings, got {str(instr)[:200]}")
+
+        state = req["state"]
+        if isinstance(state, list):
+            try:
+                state = np.asarray(state, np.float32)
+            except (TypeError, ValueError) as e:
+                raise RequestError(f"'state' is not a numeric array: {e}") from None
+        if not isinstance(state, np.ndarray) or state.dtype.kind != "f":
+            got = state.dtype if isinstance(state, np.ndarray) else type(state).__name__
+            raise RequestError(f"'state' must be a float array (B, {spec.obs_steps}, <= {spec.state_dim}), got {got}")
+        if not np.isfinite(state).all():
+            raise RequestError("'state' contains NaN or inf")
+        state = state.astype(np.float32, copy=False)
+
+        emb = req["embodiment"]
+        names = list(spec.embodiments)
+        if isinstance(emb, str):
+            if emb not in names:
+                raise RequestError(f"unknown embodiment {emb!r}; known: {names}")
+            emb = names.index(emb)
+        if isinstance(emb, bool) or (isinstance(emb, np.ndarray) and emb.dtype.kind not in "iu"):
+            raise RequestError(f"'embodiment' must be integer id(s) or a name in {names}")
+        try:
+            emb = np.asarray(emb)
+        except (TypeError, ValueError) as e:
+            raise RequestError(f"'embodiment' is not an id or list of ids: {e}") from None
+        if emb.dtype.kind not in "iu":
+            raise RequestError(f"'embodiment' must be integer id(s) or a name in {names}, got dtype {emb.dtype}")
+        emb = emb.astype(np.int64).reshape(-1)
+        return {"images": images, "instruction": instr, "state": state, "embodiment": emb}
+
+    # ------------------------------------------------------------------ work (worker thread)
+    def _error_reply(self, rid: Any, kind: str, msg: str) -> dict[str, Any]:
+        return {"type": "error", "request_id": rid, "kind": kind, "error": msg}
+
+    def process(self, message: bytes | str, t_recv: float | None = None) -> tuple[bytes, bool]:
+        """One request message -> (reply bytes, ok). Never raises (errors become replies)."""
+        t_recv = time.perf_counter() if t_recv is None else t_recv
+        rid = None
+        try:
+            if isinstance(message, str):
+                raise RequestError("expected a binary msgpack message, got a text frame")
+            req = unpackb(message)
+            if not isinstance(req, dict):
+                raise RequestError(f"a request must be a map, got {type(req).__name__}")
+            rid = req.get("request_id")
+            if not isinstance(rid, (int, str, type(None))):
+                rid = None
+                raise RequestError("'request_id' must be an int or a string")
+            kind = req.get("type", "infer")
+            if kind == "metadata":
+                return packb({**self.metadata(), "request_id": rid}), True
+            if kind != "infer":
+                raise RequestError(f"unknown request type {kind!r}; expected 'infer' or 'metadata'")
+            obs = self.check_observation(req)
+            from vla_ebt.schema import SchemaError  # the policy's own validation errors
+
+            t_wait = time.perf_counter()
+            with self._model_lock:
+                t0 = time.perf_counter()
+                self.busy = True
+                try:
+                    out = self.policy.predict_chunk(obs)
+                except SchemaError as e:
+                    raise RequestError(str(e)) from None
+                finally:
+                    self.busy = False
+                t1 = time.perf_counter()
+            actions = _np(out.actions).astype(np.float32)
+            reply = {
+                "type": "result",
+                "request_id": rid,
+                "actions": actions,
+                "energy": _np(getattr(out, "energy", None)),
+                "steps": _np(getattr(out, "steps", None)),
+                "grad_norm": _np(getattr(out, "grad_norm", None)),
+                "nfe": int(getattr(out, "nfe", 0) or 0),
+                "infer_ms": (t1 - t0) * 1e3,
+                "queue_ms": (t0 - t_recv) * 1e3,
+                "lock_wait_ms": (t0 - t_wait) * 1e3,
+            }
+            reply["server_ms"] = (time.perf_counter() - t_recv) * 1e3
+            return packb(reply), True
+        except (RequestError, CodecError) as e:
+            return packb(self._error_reply(rid, "bad_request", str(e))), False
+        except Exception as e:  # noqa: BLE001 - the server stays up whatever the model does
+            log.error("inference failed:\n%s", traceback.format_exc())
+            return packb(self._error_reply(rid, "internal", f"{type(e).__name__}: {e}")), False
+
+    # ------------------------------------------------------------------ asyncio side
+    def _process_request(self, connection: Any, request: Any) -> Any:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            resp = connection.respond(http.HTTPStatus.OK, json.dumps(self.health()) + "\n")
+            resp.headers["Content-Type"] = "application/json"
+            return resp
+        if self.token is not None:
+            got = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
+                log.warning("refused a connection from %s: missing or wrong token", connection.remote_address)
+                return connection.respond(
+                    http.HTTPStatus.UNAUTHORIZED,
+                    "unauthorized: missing or wrong token (send the header 'Authorization: Bearer <token>')\n",
+                )
+        return None
+
+    async def _handler(self, ws: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        loop = asyncio.get_running_loop()
+        self.clients += 1
+        self.connections += 1
+        peer = ws.remote_address
+        log.info("client connected: %s", peer)
+        try:
+            await ws.send(packb(self.metadata()))
+            async for message in ws:
+                t_recv = time.perf_counter()
+                reply, ok = await loop.run_in_executor(self._executor, self.process, message, t_recv)
+                self.requests += 1
+                if not ok:
+                    self.errors += 1
+                    log.warning("bad request from %s", peer)
+                await ws.send(reply)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients -= 1
+            log.info("client disconnected: %s (close code %s)", peer, getattr(ws, "close_code", None))
+
+    async def serve_async(self, ready: Callable[[int], None] | None = None) -> None:
+        """Serve until :meth:`stop` (or the returned task is cancelled)."""
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="vla-ebt-infer")
+        try:
+            async with serve(
+                self._handler,
+                self.host,
+                self.port,
+                process_request=self._process_request,
+                max_size=self.max_message_bytes,
+                compression=None,  # numpy payloads: deflate costs CPU for little gain
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+            ) as server:
+                self.port = int(server.sockets[0].getsockname()[1])
+                log.info("serving %s on ws://%s:%d (auth %s, max message %.1f MiB)", self.name, self.host, self.port,
+                         "on" if self.token else "off", self.max_message_bytes / 2**20)
+                if ready is not None:
+                    ready(self.port)
+                await self._stop_event.wait()
+        finally:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "PolicyServer":
+        """Serve in a daemon thread; returns once listening (raises if binding failed)."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("server already running")
+        self._ready.clear()
+        self._error = None
+
+        def run() -> None:
+            try:
+                asyncio.run(self.serve_async(ready=lambda _p: self._ready.set()))
+            except BaseException as e:  # noqa: BLE001 - reported to start()
+                self._error = e
+                self._ready.set()
+
+        self._thread = threading.Thread(target=run, name="vla-ebt-serve", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"policy server did not start within {timeout} s")
+        if self._error is not None:
+            raise RuntimeError(f"policy server failed to start: {self._error}") from self._error
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving (closes every connection with 1001 'going away') and join the thread."""
+        if self._loop is not None and self._stop_event is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._stop_event.set)
+            except RuntimeError:  # loop already closed
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> "PolicyServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def run(self, port_file: str | os.PathLike | None = None) -> None:
+        """Serve in this thread until SIGINT / SIGTERM."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, lambda: self._stop_event and self._stop_event.set())
+                except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread / Windows
+                    pass
+
+            def ready(port: int) -> None:
+                print(f"serving on ws://{self.host}:{port}", flush=True)
+                if port_file:
+                    p = Path(port_file)
+                    tmp = p.with_name(f".{p.name}.tmp")
+                    tmp.write_text(str(port))
+                    os.replace(tmp, p)
+
+            await self.serve_async(ready=ready)
+
+        asyncio.run(main())
+
+
+def warmup(policy: Any) -> float:
+    """One dummy inference (zeros) so that the first real request is not the slow one; ms."""
+    s = policy.spec
+    obs = {
+        "images": np.zeros((1, s.num_views, 3, s.image_size, s.image_size), np.uint8),
+        "instruction": ["warm up"],
+        "state": np.zeros((1, s.obs_steps, s.state_dim), np.float32),
+        "embodiment": np.zeros((1,), np.int64),
+    }
+    t0 = time.perf_counter()
+    policy.predict_chunk(obs)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m eval.real.serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--policy", required=True, help="folder written by VLAPolicy.save_pretrained")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port; see --port-file)")
+    p.add_argument("--token", default=os.environ.get("VLA_EBT_SERVE_TOKEN"),
+                   help="shared secret; clients send 'Authorization: Bearer <token>' (default: env VLA_EBT_SERVE_TOKEN)")
+    p.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
+                   help="largest accepted request in MiB (larger ones close the connection with 1009)")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--port-file", default=None, help="write the bound port here once listening")
+    p.add_argument("--no-warmup", action="store_true", help="skip the dummy inference at start")
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+    import torch
+
+    from vla_ebt.policy import VLAPolicy
+
+    torch.set_num_threads(max(1, a.threads))
+    policy = VLAPolicy.from_pretrained(a.policy, map_location=a.device)
+    if not a.no_warmup:
+        log.info("warm-up inference: %.1f ms", warmup(policy))
+    server = PolicyServer(policy, host=a.host, port=a.port, token=a.token,
+                          max_message_bytes=int(a.max_message_mb * 2**20), max_batch=a.max_batch,
+                          name=str(Path(a.policy)))
+    server.run(port_file=a.port_file)
+
+
+if __name__ == "__main__":
+    main()
