@@ -96,3 +96,26 @@ def test_bad_config_rejected() -> None:
         Bridge(8, BridgeConfig(pooling="max"))
     with pytest.raises(ValueError, match="norm"):
         Bridge(8, BridgeConfig(norm="batch"))
+
+
+def test_fusion_layer_makes_image_tokens_depend_on_the_instruction_but_not_on_padding() -> None:
+    torch.manual_seed(0)
+    bridge = Bridge(16, BridgeConfig(width=32, max_prefix_tokens=64, fusion_layers=1, heads=4)).eval()
+    plain = Bridge(16, BridgeConfig(width=32, max_prefix_tokens=64, fusion_layers=0, heads=4)).eval()
+    plain.load_state_dict(bridge.state_dict(), strict=False)
+    tokens = torch.randn(2, 10, 16)  # tokens 0-5 "image", 6-9 "text"; token 9 of sample 1 is padding
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 9] = False
+    other_text = tokens.clone()
+    other_text[:, 6:8] = torch.randn(2, 2, 16)
+    other_pad = tokens.clone()
+    other_pad[1, 9] = 1e3
+    with torch.no_grad():
+        base = bridge(PrefixOutput(tokens, mask)).tokens
+        changed = bridge(PrefixOutput(other_text, mask)).tokens
+        padded = bridge(PrefixOutput(other_pad, mask)).tokens
+        unfused = plain(PrefixOutput(tokens, mask)).tokens, plain(PrefixOutput(other_text, mask)).tokens
+    assert not torch.allclose(base[:, :6], changed[:, :6])  # image tokens see the text
+    torch.testing.assert_close(unfused[0][:, :6], unfused[1][:, :6])  # without fusion they cannot
+    torch.testing.assert_close(base, padded)  # padding never leaks in
+    assert (base[1, 9] == 0).all()

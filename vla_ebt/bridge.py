@@ -26,7 +26,8 @@ class BridgeConfig:
     """width: head width W. max_prefix_tokens: bound on T'. pooling: "attention" | "avg".
     norm: "rms" | "layer". heads: attention heads for "attention" pooling (must divide W).
     always_pool: reduce to exactly max_prefix_tokens even when T is already within the bound
-    (gives a fixed T' when T varies around the bound)."""
+    (gives a fixed T' when T varies around the bound). fusion_layers: self-attention layers over the
+    whole projected prefix before pooling (0 = none), so image tokens can attend to the instruction."""
 
     width: int = 256
     max_prefix_tokens: int = 64
@@ -34,6 +35,7 @@ class BridgeConfig:
     norm: str = "rms"
     heads: int = 4
     always_pool: bool = False
+    fusion_layers: int = 0
 
 
 def _make_norm(kind: str, width: int) -> nn.Module:
@@ -91,6 +93,18 @@ class Bridge(nn.Module):
             raise ValueError(f"bridge.pooling must be 'attention' or 'avg', got {cfg.pooling!r}")
         self.proj = nn.Linear(backbone_width, cfg.width)
         self.norm = _make_norm(cfg.norm, cfg.width)
+        # Optional self-attention over the whole prefix before pooling, so image tokens can become
+        # instruction-aware in backbones whose encoders never see each other (the composite family).
+        self.fusion = (
+            nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, batch_first=True,
+                                           norm_first=True, activation="gelu"),
+                cfg.fusion_layers,
+                enable_nested_tensor=False,
+            )
+            if cfg.fusion_layers > 0
+            else None
+        )
         self.pool = AttentionPool(cfg.width, cfg.max_prefix_tokens, cfg.heads) if cfg.pooling == "attention" else None
         self.out_norm = _make_norm(cfg.norm, cfg.width) if cfg.pooling == "attention" else None
 
@@ -98,6 +112,10 @@ class Bridge(nn.Module):
         mask = prefix.mask.bool()
         raw = prefix.tokens.masked_fill(~mask.unsqueeze(-1), 0.0)
         tokens = self.norm(self.proj(raw)).masked_fill(~mask.unsqueeze(-1), 0.0)
+        if self.fusion is not None:
+            any_valid = mask.any(dim=1, keepdim=True)
+            fused = self.fusion(tokens, src_key_padding_mask=~(mask | ~any_valid))
+            tokens = fused.masked_fill(~mask.unsqueeze(-1), 0.0)
         k = self.cfg.max_prefix_tokens
         if tokens.shape[1] <= k and not self.cfg.always_pool:
             return PrefixOutput(tokens=tokens, mask=mask)
