@@ -52,14 +52,17 @@ def _default() -> TrainConfig:
     """The embedded main job: pretrained EfficientNet-Lite0 + MiniLM with LoRA, EBT head, reach2d
     demonstrations, a few minutes on 2 CPU cores."""
     policy = PolicyConfig(
+        # Stride-16 EfficientNet tokens (4x4 at 64 px, 112 channels): the final stride-32 map is too
+        # coarse and too ImageNet-semantic to localize small targets (measured: held-out error did
+        # not beat 0.5x the target variance with it, 0.03x with stride 16 + fusion).
         backbone=BackboneConfig(family="composite", model="efficientnet_lite0+all-MiniLM-L6-v2", image_size=64,
-                                max_text_tokens=16),
+                                max_text_tokens=16, extra={"feature_stride": "16"}),
         # LoRA on the text encoder (to tell "red" from "blue" instructions apart) and on the image
-        # encoder's last 1x1 conv: backward then stops at the top of the CNN (0.43 vs 1.0 s/step
-        # with adapters on every 1x1 conv, measured on 2 cores).
+        # encoder's 1x1 projection convs (0.38 s/step at batch 32 on 2 cores; 0.32 text-only).
         finetune=FinetuneConfig(mode="lora", lora_r=8, lora_alpha=16,
-                                target_modules=("_conv_head", "query", "key", "value", "dense")),
-        bridge=BridgeConfig(max_prefix_tokens=16),
+                                target_modules=("_project_conv", "query", "key", "value", "dense")),
+        # One self-attention layer over [image | text] tokens lets image tokens see the instruction.
+        bridge=BridgeConfig(max_prefix_tokens=32, fusion_layers=1),
         head="ebt",
         trunk=TrunkConfig(width=128, depth=2, num_heads=4),
         horizon=8,
@@ -70,8 +73,10 @@ def _default() -> TrainConfig:
     )
     return TrainConfig(
         policy=policy,
-        data=DataConfig(suite="reach2d", episodes_per_task=40),
-        optim=OptimConfig(steps=400, batch_size=32, lr=3e-4, warmup_steps=50, ema_decay=0.99),
+        # Many short layouts, not many passes: with 40 episodes per task every head memorized the
+        # layouts (held-out error ~ the target variance); 1,000 per task generalize.
+        data=DataConfig(suite="reach2d", episodes_per_task=1000),
+        optim=OptimConfig(steps=1000, batch_size=32, lr=1e-3, warmup_steps=100, ema_decay=0.995),
         eval=EvalConfig(episodes_per_task=20),
         run_dir="runs/default",
     )

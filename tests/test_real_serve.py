@@ -134,7 +134,7 @@ def test_round_trip_equals_in_process(server, policy):
 
 
 def test_four_concurrent_clients_lose_nothing(server, policy):
-    n_clients, n_req, n_obs = 4, 50, 5
+    n_clients, n_req, n_obs = 4, 200, 5
     obs = {(i, j): obs_np(1, 100 + 10 * i + j, [i % 2]) for i in range(n_clients) for j in range(n_obs)}
     expected = {k: in_process(policy, o) for k, o in obs.items()}
     results: dict[int, dict] = {}
@@ -163,7 +163,7 @@ def test_four_concurrent_clients_lose_nothing(server, policy):
     assert len(rtts) == n_clients * n_req  # nothing lost
     assert sum(r["wrong"] for r in results.values()) == 0  # every reply is its own request's
     p50, p99 = np.percentile(rtts, [50, 99])
-    print(f"\n4 clients x 50 requests: round trip p50 {p50:.1f} ms, p99 {p99:.1f} ms, {len(rtts) / wall:.1f} req/s")
+    print(f"\n4 clients x {n_req} requests: round trip p50 {p50:.1f} ms, p99 {p99:.1f} ms, {len(rtts) / wall:.1f} req/s")
 
 
 @pytest.mark.parametrize(
