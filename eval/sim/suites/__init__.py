@@ -83,15 +83,32 @@ def register_suite(name: str) -> Callable[[Callable[..., Suite]], Callable[..., 
     return _REGISTRY.register(name)
 
 
+# Built-in suites, imported on first use so that e.g. MuJoCo is loaded only by processes that need
+# it: suite name -> module (relative to this package) whose import registers it.
+_BUILTIN_MODULES: dict[str, str] = {
+    "reach2d": ".reach2d",
+    "metaworld": ".metaworld",
+    "pusht": ".pusht",
+    "libero": ".libero",
+}
+
+
+def _ensure_builtin(name: str) -> None:
+    mod = _BUILTIN_MODULES.get(name)
+    if mod is not None and name not in _REGISTRY:
+        import importlib
+
+        importlib.import_module(mod, __name__)
+
+
 def available_suites() -> list[str]:
-    """Sorted names of the registered suites."""
-    return _REGISTRY.names()
+    """Sorted names of the registered and built-in suites."""
+    return sorted(set(_REGISTRY.names()) | set(_BUILTIN_MODULES))
 
 
 def make_suite(name: str, **kwargs: Any) -> Suite:
-    """Build a registered suite; unknown names raise ValueError listing the known ones."""
+    """Build a suite by name; unknown names raise ValueError listing the known ones."""
+    if name not in _REGISTRY and name not in _BUILTIN_MODULES:
+        raise ValueError(f"unknown suite {name!r}; known: {available_suites()}")
+    _ensure_builtin(name)
     return _REGISTRY.get(name)(**kwargs)
-
-
-# Built-in suites register themselves on import (keep at the bottom: they import register_suite).
-from . import reach2d  # noqa: E402,F401
