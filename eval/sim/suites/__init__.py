@@ -87,6 +87,7 @@ def register_suite(name: str) -> Callable[[Callable[..., Suite]], Callable[..., 
 # it: suite name -> module (relative to this package) whose import registers it.
 _BUILTIN_MODULES: dict[str, str] = {
     "reach2d": ".reach2d",
+    "reach2d_detour": ".reach2d_detour",
     "metaworld": ".metaworld",
     "pusht": ".pusht",
     "libero": ".libero",

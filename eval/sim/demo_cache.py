@@ -1,0 +1,120 @@
+"""Cached expert demonstrations, stored in the data pipeline's shard schema.
+
+The first call for a demo configuration rolls out the suite's scripted expert
+(:func:`eval.sim.demos.collect_demos`) and writes the episodes with the same writer and statistics
+as converted OXE data (:func:`data_pipelines.shards.write_episodes`: webdataset tar shards,
+``manifest.json``, ``stats.json``). Later calls with the same configuration read the shards back::
+
+    eps, folder = cached_demos(DemoSpec(suite="reach2d", episodes_per_task=1000), cache_root)
+    # folder/reach2d-00000.tar ..., folder/stats.json, folder/spec.json
+
+The cache key is a hash of the :class:`DemoSpec` (suite, suite kwargs, tasks, episode count, seed,
+noise) plus :data:`CACHE_VERSION`; the folder is written under a temporary name and renamed when
+complete, so a killed generation never leaves a folder that a later run would read. The same
+folder can be streamed by :mod:`vla_ebt.data.stream` (it is an ordinary converted dataset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .demos import Episode, collect_demos
+
+__all__ = ["DemoSpec", "cached_demos", "read_demo_shards", "default_cache_root", "CACHE_VERSION"]
+
+#: bump when the experts or the on-disk layout change so stale caches are not reused
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """What to generate: ``episodes_per_task`` expert episodes per task of ``suite``."""
+
+    suite: str
+    tasks: tuple[str, ...] = ()  # empty: all tasks of the suite
+    episodes_per_task: int = 40
+    seed: int = 0
+    action_noise: float = 0.0
+    suite_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """Stable hash of the spec (hex, 16 chars)."""
+        blob = json.dumps({"v": CACHE_VERSION, **asdict(self)}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_cache_root() -> Path:
+    """``$VLA_EBT_CACHE`` or ``~/.cache/vla_ebt``, plus ``demos/``."""
+    return Path(os.environ.get("VLA_EBT_CACHE", Path.home() / ".cache" / "vla_ebt")) / "demos"
+
+
+def read_demo_shards(folder: str | os.PathLike) -> list[Episode]:
+    """Episodes of a demo folder written by :func:`cached_demos` (shard order, then episode order).
+
+    Images come back as uint8 (T, V, 3, S, S) (PNG: bit-exact); the task and env seed are read from
+    each episode's metadata.
+    """
+    from data_pipelines.shards import iter_shard, shard_paths
+
+    out: list[Episode] = []
+    for path in shard_paths(folder):
+        for ep in iter_shard(path, decode_images=True):
+            meta = ep["meta"]
+            roles = meta.get("cameras") or sorted(ep["images"])
+            missing = [r for r in roles if r not in ep["images"]]
+            if missing:
+                raise ValueError(f"{path}: episode {ep['__key__']!r} lacks camera(s) {missing}")
+            views = [np.stack(ep["images"][r]) for r in roles]  # each (T, S, S, 3)
+            images = np.stack(views, axis=1).transpose(0, 1, 4, 2, 3)  # (T, V, 3, S, S)
+            fp = dict(kv.split("=", 1) for kv in str(meta.get("file_path", "")).split(";") if "=" in kv)
+            out.append(Episode(
+                images=np.ascontiguousarray(images, dtype=np.uint8),
+                state=ep["state"].astype(np.float32),
+                action=ep["action"].astype(np.float32),
+                instruction=ep["instruction"],
+                task=str(meta.get("task", fp.get("task", ""))),
+                success=bool(meta.get("success", True)),
+                seed=int(fp.get("seed", -1)),
+            ))
+    return out
+
+
+def cached_demos(spec: DemoSpec, cache_root: str | os.PathLike | None = None,
+                 log: Any = print) -> tuple[list[Episode], Path]:
+    """Demonstrations for ``spec`` and the shard folder holding them (generated on a cache miss).
+
+    Returns (episodes, folder). ``cache_root`` None: :func:`default_cache_root`.
+    """
+    from data_pipelines.shards import read_manifest, write_episodes
+
+    from .suites import make_suite
+
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    folder = root / f"{spec.suite}-{spec.key()}"
+    manifest = read_manifest(folder) if folder.exists() else None
+    if manifest is not None and manifest.get("complete"):
+        eps = read_demo_shards(folder)
+        if log is not None:
+            log(f"[data] {len(eps)} cached demo episodes from {folder}")
+        return eps, folder
+
+    suite = make_suite(spec.suite, **spec.suite_kwargs)
+    tasks = list(spec.tasks) or suite.task_names()
+    eps = collect_demos(suite, tasks, spec.episodes_per_task, seed=spec.seed, action_noise=spec.action_noise)
+    tmp = root / f".{folder.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_episodes(eps, tmp, spec.suite)
+    (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2, sort_keys=True, default=str))
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an older run
+    os.replace(tmp, folder)
+    if log is not None:
+        log(f"[data] wrote {len(eps)} demo episodes to {folder}")
+    return eps, folder
