@@ -1,0 +1,199 @@
+"""Perturbations for the shift and recovery studies, as gymnasium wrappers on any suite's env.
+
+Observation shift (the policy sees a changed world, the task is unchanged):
+
+- :class:`ImageNoise`:   Gaussian pixel noise, ``sigma`` in [0, 255] units, on every view.
+- :class:`ImageShift`:   the camera moved: every view rolled by ``(dy, dx)`` pixels (edge pixels
+                         repeat instead of wrapping).
+
+Failure injection (the episode is pushed off the demonstrated path mid-way):
+
+- :class:`ActionBurst`:     for ``length`` steps from ``start`` the env executes uniform random
+                            actions from the action box instead of the policy's.
+- :class:`DisplaceObject`:  at step ``at`` the env's ``displace_object(rng, scale)`` hook moves the
+                            task object / target (suites implement it; others raise a clear error).
+- :class:`ForceGripperOpen`: for ``length`` steps from ``start`` action dim ``dim`` is forced to
+                            ``value`` (Meta-World: dim 3 = -1 opens the gripper).
+
+:class:`PerturbedSuite` wraps a suite so that every env it makes carries the wrappers;
+:func:`make_perturbation` builds one from a spec string such as ``"burst:start=10,length=8"``
+(used by the study commands). Perturbation RNGs are seeded from the env's reset seed, so a study
+is reproducible and the same episode gets the same perturbation under every policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+__all__ = ["ImageNoise", "ImageShift", "ActionBurst", "DisplaceObject", "ForceGripperOpen", "PerturbedSuite",
+           "make_perturbation", "PERTURBATIONS"]
+
+
+class _Seeded(gym.Wrapper):
+    """Keeps an RNG re-seeded from each reset's seed (+ a per-wrapper salt) and a step counter."""
+
+    salt = 0
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.rng = np.random.default_rng(self.salt)
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self.rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, self.salt])
+        self.t = 0
+        return super().reset(seed=seed, options=options)
+
+
+class ImageNoise(_Seeded):
+    """obs["image"] uint8 (..., 3, S, S) + N(0, sigma^2), clipped to [0, 255]."""
+
+    salt = 11
+
+    def __init__(self, env: gym.Env, sigma: float = 20.0) -> None:
+        super().__init__(env)
+        self.sigma = float(sigma)
+
+    def _noisy(self, obs: dict[str, Any]) -> dict[str, Any]:
+        img = obs["image"].astype(np.float32) + self.rng.normal(0.0, self.sigma, obs["image"].shape)
+        return {**obs, "image": np.clip(np.rint(img), 0, 255).astype(np.uint8)}
+
+    def reset(self, **kw: Any):
+        obs, info = super().reset(**kw)
+        return self._noisy(obs), info
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        return self._noisy(obs), r, term, trunc, info
+
+
+class ImageShift(gym.Wrapper):
+    """Every view shifted by (dy, dx) pixels (content moves down/right for positive values)."""
+
+    def __init__(self, env: gym.Env, dy: int = 4, dx: int = 4) -> None:
+        super().__init__(env)
+        self.dy, self.dx = int(dy), int(dx)
+
+    def _shift(self, obs: dict[str, Any]) -> dict[str, Any]:
+        img = obs["image"]
+        s = img.shape[-1]
+        rows = np.clip(np.arange(s) - self.dy, 0, s - 1)
+        cols = np.clip(np.arange(s) - self.dx, 0, s - 1)
+        return {**obs, "image": np.ascontiguousarray(img[..., rows, :][..., cols])}
+
+    def reset(self, **kw: Any):
+        obs, info = super().reset(**kw)
+        return self._shift(obs), info
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        return self._shift(obs), r, term, trunc, info
+
+
+class ActionBurst(_Seeded):
+    """Steps [start, start + length): the executed action is uniform in the env's action box."""
+
+    salt = 23
+
+    def __init__(self, env: gym.Env, start: int = 10, length: int = 8) -> None:
+        super().__init__(env)
+        self.start, self.length = int(start), int(length)
+
+    def step(self, action):
+        if self.start <= self.t < self.start + self.length:
+            box = self.env.action_space
+            action = self.rng.uniform(box.low, box.high).astype(np.float32)
+        self.t += 1
+        return self.env.step(action)
+
+
+class DisplaceObject(_Seeded):
+    """At step ``at`` call ``env.unwrapped.displace_object(rng, scale)`` (the suite's hook)."""
+
+    salt = 37
+
+    def __init__(self, env: gym.Env, at: int = 10, scale: float = 0.3) -> None:
+        super().__init__(env)
+        hook = getattr(env.unwrapped, "displace_object", None)
+        if hook is None:
+            raise ValueError(f"{type(env.unwrapped).__name__} has no displace_object(rng, scale) hook; "
+                             "this suite does not support the object-displacement perturbation")
+        self.at, self.scale = int(at), float(scale)
+
+    def step(self, action):
+        if self.t == self.at:
+            self.env.unwrapped.displace_object(self.rng, self.scale)
+        self.t += 1
+        return self.env.step(action)
+
+
+class ForceGripperOpen(_Seeded):
+    """Steps [start, start + length): action[dim] = value (the gripper is forced open)."""
+
+    salt = 41
+
+    def __init__(self, env: gym.Env, start: int = 30, length: int = 10, dim: int = 3, value: float = -1.0) -> None:
+        super().__init__(env)
+        n = int(np.prod(env.action_space.shape))
+        if not 0 <= dim < n:
+            raise ValueError(f"ForceGripperOpen: dim {dim} outside the {n}-dim action")
+        self.start, self.length, self.dim, self.value = int(start), int(length), int(dim), float(value)
+
+    def step(self, action):
+        if self.start <= self.t < self.start + self.length:
+            action = np.array(action, np.float32, copy=True)
+            action[self.dim] = self.value
+        self.t += 1
+        return self.env.step(action)
+
+
+PERTURBATIONS: dict[str, type[gym.Wrapper]] = {
+    "noise": ImageNoise,
+    "shift": ImageShift,
+    "burst": ActionBurst,
+    "displace": DisplaceObject,
+    "gripper_open": ForceGripperOpen,
+}
+
+
+def make_perturbation(spec: str) -> Callable[[gym.Env], gym.Env]:
+    """``"name"`` or ``"name:key=value,key=value"`` -> env wrapper factory (numbers parsed as float/int).
+
+    Names: ``noise`` (sigma), ``shift`` (dy, dx), ``burst`` (start, length), ``displace`` (at, scale),
+    ``gripper_open`` (start, length, dim, value)."""
+    name, _, args = spec.partition(":")
+    if name not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {name!r} in {spec!r}; known: {sorted(PERTURBATIONS)}")
+    kw: dict[str, Any] = {}
+    for part in filter(None, args.split(",")):
+        k, eq, v = part.partition("=")
+        if not eq:
+            raise ValueError(f"perturbation {spec!r}: expected key=value, got {part!r}")
+        kw[k.strip()] = float(v) if any(c in v for c in ".eE") else int(v)
+    cls = PERTURBATIONS[name]
+    return lambda env: cls(env, **kw)
+
+
+class PerturbedSuite:
+    """A suite whose envs are wrapped by ``wrappers`` (applied in order); everything else delegates.
+
+    Runs in-process (``evaluate(..., num_workers=0)``): the wrappers are closures, not picklable.
+    """
+
+    def __init__(self, suite: Any, wrappers: list[Callable[[gym.Env], gym.Env]], tag: str = "") -> None:
+        self._suite = suite
+        self._wrappers = list(wrappers)
+        self.name = f"{suite.name}+{tag}" if tag else suite.name
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self._suite, item)
+
+    def make_env(self, task: str, seed: int | None = None, split: str = "train") -> gym.Env:
+        env = self._suite.make_env(task, seed=seed, split=split)
+        for w in self._wrappers:
+            env = w(env)
+        return env

@@ -1,0 +1,189 @@
+"""Shared study pieces: loading policies, head overrides, per-chunk signal recording, AUROC,
+and writing a study's table (markdown + JSON) and plot atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from vla_ebt.config_io import atomic_write_text
+
+__all__ = ["auroc", "predict_overrides", "SignalRecorder", "load_policy", "write_study", "fmt"]
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool | int]) -> float:
+    """Area under the ROC curve of ``scores`` for predicting ``labels`` (1 = positive).
+
+    Mann-Whitney form: P(score of a random positive > score of a random negative), ties count 1/2.
+    NaN when either class is empty; NaN scores are dropped with their labels.
+    """
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels, bool)
+    if s.shape != y.shape:
+        raise ValueError(f"auroc: {s.shape[0]} scores but {y.shape[0]} labels")
+    keep = np.isfinite(s)
+    s, y = s[keep], y[keep]
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@contextlib.contextmanager
+def predict_overrides(policy: Any, **overrides: Any) -> Iterator[None]:
+    """Within the block, every ``policy.head.predict`` call gets ``overrides`` (e.g. ``num_steps=4``,
+    ``min_grad=1e-3``, ``sampler="ddim"``) unless the caller passes the same keyword."""
+    head = policy.head
+    inner = head.predict
+
+    def predict(context: Any, init: Any = None, **kw: Any) -> Any:
+        return inner(context, init, **{**overrides, **kw})
+
+    restore = _patch_predict(head, predict)
+    try:
+        yield
+    finally:
+        restore()
+
+
+def _patch_predict(head: Any, fn: Any) -> Any:
+    """Shadow ``head.predict`` with ``fn`` (instance attribute); returns a function restoring the
+    previous state (an outer patch, or the class method). Patches nest."""
+    prev = vars(head).get("predict")
+    object.__setattr__(head, "predict", fn)
+
+    def restore() -> None:
+        if prev is None:
+            object.__delattr__(head, "predict")
+        else:
+            object.__setattr__(head, "predict", prev)
+
+    return restore
+
+
+@dataclass
+class ChunkSignals:
+    """Per-chunk candidate uncertainty signals of one episode (lists, one entry per chunk)."""
+
+    energy: list[float] = field(default_factory=list)  # final energy
+    energy_drop: list[float] = field(default_factory=list)  # energy before the first step - final
+    grad_norm: list[float] = field(default_factory=list)  # final ||dE/da||
+    candidate_spread: list[float] = field(default_factory=list)  # std of best-of-N final energies
+    steps: list[float] = field(default_factory=list)
+
+
+class SignalRecorder:
+    """Records :class:`ChunkSignals` for every chunk the policy plans, without changing its actions.
+
+    EBT: the head runs with ``return_trace=True`` (energy before/after each step). With
+    ``spread_candidates = N > 1`` an extra N-chain minimization per chunk (not executed) gives the
+    spread of the candidates' final energies. Diffusion/regression heads record steps only.
+    Use as a context manager around the episodes; call :meth:`new_episode` before each.
+    """
+
+    def __init__(self, policy: Any, spread_candidates: int = 0) -> None:
+        self.policy = policy
+        self.spread_candidates = int(spread_candidates)
+        self.episodes: list[ChunkSignals] = []
+        self._is_ebt = getattr(getattr(policy, "cfg", None), "head", "") == "ebt"
+
+    def new_episode(self) -> None:
+        self.episodes.append(ChunkSignals())
+
+    def __enter__(self) -> "SignalRecorder":
+        head = self.policy.head
+        inner = head.predict
+
+        def predict(context: Any, init: Any = None, **kw: Any) -> Any:
+            if not self.episodes:
+                self.new_episode()
+            sig = self.episodes[-1]
+            if not self._is_ebt:
+                pred = inner(context, init, **kw)
+                sig.steps.append(float(pred.steps.float().mean()))
+                return pred
+            pred = inner(context, init, **{**kw, "return_trace": True})
+            tr = pred.energy_trace  # (K+1, B)
+            sig.energy.append(float(pred.energy[0]))
+            sig.grad_norm.append(float(pred.grad_norm[0]))
+            sig.energy_drop.append(float(tr[0, 0] - tr[-1, 0]) if tr is not None else float("nan"))
+            sig.steps.append(float(pred.steps.float()[0]))
+            if self.spread_candidates > 1:
+                with torch.random.fork_rng():  # the executed chunk's noise stream is unchanged
+                    ctx_n = context.repeat_interleave(self.spread_candidates)  # N independent chains
+                    many = inner(ctx_n, None, **{k: v for k, v in kw.items() if k != "num_candidates"})
+                sig.candidate_spread.append(float(many.energy.std()))
+            return pred
+
+        self._restore = _patch_predict(head, predict)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+
+def load_policy(path: str | Path) -> Any:
+    """``VLAPolicy.from_pretrained(path)`` in eval mode, with a clear error for a bad directory."""
+    from vla_ebt.policy import VLAPolicy
+
+    p = Path(path)
+    if not (p / "config.json").exists():
+        raise FileNotFoundError(f"{p}: not a saved policy directory (no config.json; expected save_pretrained output)")
+    policy = VLAPolicy.from_pretrained(p)
+    policy.eval()
+    return policy
+
+
+def fmt(x: Any, nd: int = 3) -> str:
+    """Table cell: floats rounded, NaN as '-'."""
+    if isinstance(x, float):
+        return "-" if math.isnan(x) else f"{x:.{nd}f}"
+    return str(x)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return _json_safe(x.item())
+    return x
+
+
+def write_study(out_dir: str | Path, name: str, rows: list[dict[str, Any]], columns: Sequence[str],
+                meta: dict[str, Any] | None = None, title: str = "") -> Path:
+    """Write ``OUT/name.json`` ({"meta", "rows"}) and ``OUT/name.md`` (a table of ``columns``);
+    returns the markdown path. Also prints the table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.json", json.dumps(_json_safe({"meta": meta or {}, "rows": rows}), indent=2))
+    lines = [f"# {title or name}", ""]
+    if meta:
+        lines += [", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))), ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / f"{name}.md", text)
+    print(text)
+    return out / f"{name}.md"

@@ -1,0 +1,191 @@
+"""The study building blocks: AUROC math, head overrides, per-chunk signal recording, perturbation
+wrappers, and each study command end to end on a tiny (untrained) policy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eval.sim.perturb import ActionBurst, DisplaceObject, ForceGripperOpen, ImageNoise, ImageShift, PerturbedSuite, make_perturbation
+from eval.sim.rollout import ExpertPolicy, evaluate
+from eval.sim.suites import make_suite
+from eval.studies.common import auroc, predict_overrides
+from eval.studies.episodes import run_study_episodes
+from tests.policy_fixtures import make_policy
+
+
+# ---------------------------------------------------------------------------------------- AUROC
+def test_auroc_known_values():
+    assert auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert auroc([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
+    assert auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5  # ties count one half
+    # hand-computed: positives {0.4, 0.8}, negatives {0.2, 0.6, 0.8}: pairs won 1 + 2.5 of 6
+    assert auroc([0.4, 0.8, 0.2, 0.6, 0.8], [1, 1, 0, 0, 0]) == pytest.approx(3.5 / 6)
+    assert np.isnan(auroc([0.1, 0.2], [1, 1]))
+    with pytest.raises(ValueError, match="labels"):
+        auroc([0.1, 0.2], [1])
+
+
+def test_auroc_matches_pair_counting_on_random_data():
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 60).astype(float)  # many ties
+    y = rng.random(60) < 0.4
+    pos, neg = s[y], s[~y]
+    ref = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert auroc(s, y) == pytest.approx(ref)
+
+
+# --------------------------------------------------------------------------------- perturbations
+def test_perturbation_wrappers_change_what_they_should():
+    suite = make_suite("reach2d")
+    env = suite.make_env("reach_red", seed=1)
+    o0, _ = env.reset(seed=1)
+    noisy = ImageNoise(suite.make_env("reach_red", seed=1), sigma=30)
+    o1, _ = noisy.reset(seed=1)
+    assert o1["image"].dtype == np.uint8 and np.abs(o1["image"].astype(int) - o0["image"]).mean() > 10
+    assert np.array_equal(o1["state"], o0["state"])
+    o1b, _ = ImageNoise(suite.make_env("reach_red", seed=1), sigma=30).reset(seed=1)
+    assert np.array_equal(o1["image"], o1b["image"])  # seeded from the reset seed
+    shifted, _ = ImageShift(suite.make_env("reach_red", seed=1), dy=5, dx=3).reset(seed=1)
+    assert np.array_equal(shifted["image"][:, 5:, 3:], o0["image"][:, :-5, :-3])
+
+    burst = ActionBurst(suite.make_env("reach_red", seed=1), start=0, length=3)
+    burst.reset(seed=1)
+    p0 = burst.unwrapped.agent.copy()
+    burst.step(np.zeros(2, np.float32))
+    assert not np.allclose(burst.unwrapped.agent, p0)  # a zero action moved the agent: replaced
+    for _ in range(2):
+        burst.step(np.zeros(2, np.float32))
+    p3 = burst.unwrapped.agent.copy()
+    burst.step(np.zeros(2, np.float32))
+    assert np.allclose(burst.unwrapped.agent, p3)  # burst over: the policy's action again
+
+    disp = DisplaceObject(suite.make_env("reach_red", seed=1), at=2, scale=0.3)
+    disp.reset(seed=1)
+    g0 = disp.unwrapped.goal.copy()
+    disp.step(np.zeros(2, np.float32))
+    disp.step(np.zeros(2, np.float32))
+    assert np.allclose(disp.unwrapped.goal, g0)
+    disp.step(np.zeros(2, np.float32))
+    assert np.linalg.norm(disp.unwrapped.goal - g0) > 0.05
+    with pytest.raises(ValueError, match="outside"):
+        ForceGripperOpen(suite.make_env("reach_red"), dim=3)
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        make_perturbation("earthquake")
+
+
+def test_expert_recovers_from_injected_failures_through_perturbed_suite():
+    suite = make_suite("reach2d")
+    for spec in ("burst:start=2,length=5", "displace:at=3,scale=0.3"):
+        rep = evaluate(ExpertPolicy(suite), PerturbedSuite(suite, [make_perturbation(spec)], tag=spec),
+                       ["reach_red", "reach_blue"], 4, seed=3)
+        assert rep.success_rate == 1.0, spec  # the closed-loop expert re-plans from wherever it is
+    # a blind open-loop replay of the unperturbed expert's actions does not recover from the burst
+    env = suite.make_env("reach_red", seed=5)
+    obs, _ = env.reset(seed=5)
+    ex = suite.expert("reach_red")
+    acts = []
+    while True:
+        a = ex(obs, env)
+        acts.append(a)
+        obs, _, term, trunc, info = env.step(a)
+        if term or trunc:
+            break
+    penv = make_perturbation("burst:start=1,length=6")(suite.make_env("reach_red", seed=5))
+    penv.reset(seed=5)
+    for a in acts:
+        _, _, term, trunc, info = penv.step(a)
+        if term or trunc:
+            break
+    assert not info["is_success"]
+
+
+# ------------------------------------------------------------------------- overrides and signals
+@pytest.fixture(scope="module")
+def ebt_policy():
+    p = make_policy("ebt")
+    p.eval()
+    return p
+
+
+def test_predict_overrides_and_signal_recorder(ebt_policy):
+    suite = make_suite("reach2d", max_episode_steps=9)
+    with predict_overrides(ebt_policy, num_steps=3):
+        res = run_study_episodes(ebt_policy, suite, ["reach_red"], 2, seed=0, spread_candidates=4,
+                                 env_attrs=("agent",))
+    assert "predict" not in vars(ebt_policy.head) and "begin_episode" not in vars(ebt_policy)  # restored
+    assert len(res.signals) == 2 and all(f["agent"] is not None for f in res.final)
+    for ep, sig in zip(res.episodes, res.signals):
+        n = len(ep.chunk_latency_ms)
+        assert n == 3  # 9 steps, 3 executed per chunk
+        assert len(sig.energy) == len(sig.energy_drop) == len(sig.grad_norm) == len(sig.candidate_spread) == n
+        assert sig.steps == [3.0] * n
+        assert all(np.isfinite(sig.energy)) and all(s >= 0 for s in sig.candidate_spread)
+        assert ep.energy == pytest.approx(sig.energy)  # the executed chunk's energy, unchanged
+
+
+def test_detour_modes_are_read_back_per_episode():
+    suite = make_suite("reach2d_detour")
+    pol = ExpertPolicy(suite)
+    res = run_study_episodes(pol, suite, ["reach_red"], 6, seed=0, env_attrs=("mode",))
+    assert [f["mode"] for f in res.final].count("left") + [f["mode"] for f in res.final].count("right") == 6
+
+
+# --------------------------------------------------------------------------------- study commands
+@pytest.fixture(scope="module")
+def saved_policies(tmp_path_factory):
+    d = tmp_path_factory.mktemp("study_policies")
+    out = {}
+    for head in ("ebt", "regression"):
+        p = make_policy(head)
+        p.save_pretrained(d / head)
+        out[head] = d / head
+    return out
+
+
+def test_dynamic_compute_command(saved_policies, tmp_path):
+    from eval.studies import dynamic_compute
+
+    rows = dynamic_compute.main(["--policy", str(saved_policies["ebt"]), "--suite", "reach2d", "--tasks", "reach_red",
+                                 "--episodes", "2", "--steps", "1", "4", "--min-grad", "0", "1e9", "--out", str(tmp_path)])
+    assert [(r["max_steps"], r["min_grad"]) for r in rows] == [(1, 0.0), (1, 1e9), (4, 0.0), (4, 1e9)]
+    by = {(r["max_steps"], r["min_grad"]): r for r in rows}
+    assert by[(4, 0.0)]["steps_used"] == 4.0 and by[(1, 0.0)]["steps_used"] == 1.0
+    assert by[(4, 1e9)]["steps_used"] < 4.0  # a huge threshold stops early
+    saved = json.loads((tmp_path / "dynamic_compute.json").read_text())
+    assert len(saved["rows"]) == 4 and (tmp_path / "dynamic_compute.md").exists() and (tmp_path / "dynamic_compute.png").exists()
+    with pytest.raises(ValueError, match="EBT"):
+        dynamic_compute.main(["--policy", str(saved_policies["regression"]), "--tasks", "reach_red", "--episodes", "1",
+                              "--out", str(tmp_path)])
+
+
+def test_uncertainty_command(saved_policies, tmp_path):
+    from eval.studies import uncertainty
+
+    res = uncertainty.main(["--policy", str(saved_policies["ebt"]), "--suite", "reach2d", "--episodes", "3",
+                            "--shifts", "heldout", "noise:sigma=40", "--spread-candidates", "3", "--out", str(tmp_path)])
+    names = [r["signal"] for r in res["failure"]]
+    assert set(names) == set(uncertainty.SIGNALS)
+    assert [r["condition"] for r in res["shift"]] == ["in-distribution", "heldout", "noise:sigma=40"]
+    for r in res["shift"][1:]:
+        assert 0.0 <= r["ood_auroc_energy"] <= 1.0
+    for f in ("uncertainty_failure.md", "uncertainty_shift.json", "uncertainty_raw.json", "uncertainty.png"):
+        assert (tmp_path / f).exists(), f
+
+
+def test_recovery_and_language_commands(saved_policies, tmp_path):
+    from eval.studies import language, recovery
+
+    pols = [f"ebt={saved_policies['ebt']}", f"reg={saved_policies['regression']}"]
+    rows = recovery.main(["--policies", *pols, "--tasks", "reach_red", "--episodes", "2",
+                          "--perturbations", "burst:start=2,length=3", "--out", str(tmp_path)])
+    assert [(r["policy"], r["perturbation"]) for r in rows] == [
+        ("ebt", "none"), ("ebt", "burst:start=2,length=3"), ("reg", "none"), ("reg", "burst:start=2,length=3")]
+    assert all(r["episodes"] == 2 for r in rows) and (tmp_path / "recovery.png").exists()
+    rows = language.main(["--policies", pols[0], "--tasks", "reach_red", "--episodes", "2", "--out", str(tmp_path)])
+    assert [r["perturbation"] for r in rows] == ["train paraphrases", "held-out paraphrases"]
+    assert (tmp_path / "language.md").exists()
+    with pytest.raises(ValueError, match="duplicate"):
+        recovery.parse_policies(["a=x", "a=y"])
