@@ -270,6 +270,27 @@ class VLAPolicy(nn.Module):
         self._t = 0
         self.last_output: PolicyOutput | None = None
 
+    def rollout_state(self) -> dict[str, Any]:
+        """The per-episode execution state that ``reset()`` clears: action queue, ensemble buffer,
+        warm-start chunk, step counter and ``last_output`` (shallow copies of the containers; the
+        tensors are shared, never modified in place). With ``load_rollout_state`` one policy can
+        interleave several episodes (e.g. one per env worker)."""
+        return {
+            "queue": list(self._queue),
+            "prev_norm": self._prev_norm,
+            "ensemble": list(self._ensemble),
+            "t": self._t,
+            "last_output": self.last_output,
+        }
+
+    def load_rollout_state(self, state: Mapping[str, Any]) -> None:
+        """Restore a state captured by ``rollout_state()``."""
+        self._queue = list(state["queue"])
+        self._prev_norm = state["prev_norm"]
+        self._ensemble = list(state["ensemble"])
+        self._t = int(state["t"])
+        self.last_output = state["last_output"]
+
     def _warm_start(self, executed: int) -> Tensor | None:
         ex = self.cfg.execution
         if self.cfg.head != "ebt" or not ex.warm_start or self._prev_norm is None:

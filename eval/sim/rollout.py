@@ -20,17 +20,38 @@ A new chunk is counted whenever ``policy.last_output`` changes identity after a
 
 An exception in the env or the policy ends that episode as a failure with the reason in
 ``EpisodeResult.error``; evaluation continues. Episode seeds come from
-:func:`eval.sim.demos.episode_seed` (independent of the task order), so results are reproducible
-and the per-episode jobs are independent (the seam for parallel env workers: ``_run_jobs``).
+:func:`eval.sim.demos.episode_seed` (independent of the task order), and torch's global RNG is
+seeded with the episode seed at each episode start (inside a ``fork_rng``, so the caller's stream
+is untouched): results are reproducible and independent of the episode order and of parallelism.
+
+Parallel evaluation (``num_workers = N > 0``): N env worker processes
+(:mod:`eval.sim.workers`) each build the suite and serve one env at a time; the policy stays in
+this process. Up to N episodes are in flight; whenever a worker answers (an observation), the
+policy's ``select_action`` runs for that episode and the step is sent back at once, so env
+stepping / rendering in the workers overlaps with each other and with policy inference. A policy
+with ``rollout_state()`` / ``load_rollout_state(state)`` (VLAPolicy and the adapters here) has its
+per-episode execution state swapped around every call; a policy without them is assumed to keep
+hidden per-episode state and runs one episode at a time (envs still in workers). The scripted
+expert reads privileged env state, so :class:`ExpertPolicy` runs *inside* the worker (the
+worker returns the expert's action with every observation). Serial and parallel evaluation run
+the same episode code (:class:`_Episode` on the policy side, :class:`eval.sim.workers.EnvSession`
+on the env side) and give identical per-episode results for a deterministic policy.
+
+A worker that crashes (the process dies) or hangs (no reply within ``step_timeout_s`` for a
+step, ``reset_timeout_s`` for make_env + reset) fails its episode with the reason in
+``EpisodeResult.error`` (e.g. ``"env worker crashed (exit code -11) during env.step"``), is
+killed and replaced, and evaluation goes on; ``EvalReport.worker_restarts`` counts replacements.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
 import json
 import math
+import os
 import time
-import traceback
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,6 +65,18 @@ from vla_ebt.config_io import atomic_write_text
 
 from .demos import episode_seed
 from .suites import Suite, make_suite
+from .workers import (
+    EnvOpError,
+    EnvSession,
+    EnvWorkerPool,
+    RemoteEnvHandle,
+    RemoteError,
+    SuiteInfo,
+    WorkerConfig,
+    WorkerFailure,
+    describe_exception,
+    format_error,
+)
 
 __all__ = [
     "evaluate",
@@ -105,11 +138,13 @@ def _nan(x: Any) -> float:
 
 @dataclass
 class EpisodeSpec:
-    """One evaluation job."""
+    """One evaluation job: episode ``index`` of ``task`` with env seed ``seed``
+    (= ``episode_seed(base_seed, task, index)``)."""
 
     task: str
     index: int
     seed: int
+    base_seed: int | None = None
 
 
 @dataclass
@@ -126,6 +161,7 @@ class EpisodeResult:
     error: str | None = None
     video: str | None = None
     wall_s: float = 0.0
+    base_seed: int | None = None
 
     @property
     def num_chunks(self) -> int:
@@ -169,7 +205,10 @@ class TaskResult:
 @dataclass
 class EvalReport:
     """Per-task and overall results. ``success_rate`` is the mean over tasks of the per-task
-    rates; ``overall`` pools all episodes (its CI is the pooled Wilson interval)."""
+    rates; ``overall`` pools all episodes (its CI is the pooled Wilson interval).
+
+    seeds: the base seeds evaluated (``seed`` is the first); num_workers: env worker processes
+    (0: serial, in-process); worker_restarts: workers replaced after a crash or a timeout."""
 
     suite: str
     policy: str
@@ -178,6 +217,9 @@ class EvalReport:
     tasks: dict[str, TaskResult]
     episodes: list[EpisodeResult]
     wall_s: float = 0.0
+    seeds: list[int] | None = None
+    num_workers: int = 0
+    worker_restarts: int = 0
 
     @property
     def success_rate(self) -> float:
@@ -194,6 +236,9 @@ class EvalReport:
                 "policy": self.policy,
                 "seed": self.seed,
                 "split": self.split,
+                "seeds": list(self.seeds) if self.seeds else [self.seed],
+                "num_workers": self.num_workers,
+                "worker_restarts": self.worker_restarts,
                 "wall_s": self.wall_s,
                 "success_rate": self.success_rate,
                 "overall": dataclasses.asdict(self.overall),
@@ -212,19 +257,25 @@ class EvalReport:
         def f(x: float, fmt: str) -> str:
             return "–" if x is None or not math.isfinite(x) else format(x, fmt)
 
+        seeds = self.seeds if self.seeds and len(self.seeds) > 1 else None
+        seed_txt = f"seeds {', '.join(map(str, seeds))}" if seeds else f"seed {self.seed}"
+        workers = f" · {self.num_workers} env workers" if self.num_workers else ""
+        if self.worker_restarts:
+            workers += f" ({self.worker_restarts} replaced)"
         lines = [
-            f"**{self.suite}** · policy `{self.policy}` · seed {self.seed} · instructions `{self.split}` "
-            f"· success {f(self.success_rate, '.3f')} (mean over tasks) · {self.wall_s:.1f} s",
+            f"**{self.suite}** · policy `{self.policy}` · {seed_txt} · instructions `{self.split}` "
+            f"· success {f(self.success_rate, '.3f')} (mean over tasks) · {self.wall_s:.1f} s{workers}",
             "",
-            "| task | episodes | successes | success rate | 95% CI | mean length | chunk latency (ms) | energy | errors |",
-            "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+            "| task | episodes | successes | success rate | 95% CI | mean length | chunk latency (ms) | energy "
+            "| steps/chunk | errors |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for t in [*self.tasks.values(), self.overall]:
             name = f"**{t.task}**" if t.task == "overall" else t.task
             lines.append(
                 f"| {name} | {t.episodes} | {t.successes} | {f(t.success_rate, '.3f')} | "
                 f"[{t.ci_low:.3f}, {t.ci_high:.3f}] | {f(t.mean_length, '.1f')} | "
-                f"{f(t.mean_chunk_latency_ms, '.2f')} | {f(t.mean_energy, '.4g')} | {t.errors} |"
+                f"{f(t.mean_chunk_latency_ms, '.2f')} | {f(t.mean_energy, '.4g')} | {f(t.mean_steps, '.2f')} | {t.errors} |"
             )
         errs = [e for e in self.episodes if e.error]
         if errs:
@@ -256,6 +307,9 @@ def load_report(path: str | Path) -> EvalReport:
         tasks={k: tr(v) for k, v in d["tasks"].items()},
         episodes=[EpisodeResult(**e) for e in d["episodes"]],
         wall_s=d.get("wall_s", 0.0),
+        seeds=d.get("seeds"),
+        num_workers=d.get("num_workers", 0),
+        worker_restarts=d.get("worker_restarts", 0),
     )
 
 
@@ -274,13 +328,26 @@ class ChunkInfo:
 
 
 class _AdapterBase:
-    """Each select_action is one planned chunk of length 1 with a measured latency."""
+    """Each select_action is one planned chunk of length 1 with a measured latency.
+
+    ``rollout_state`` / ``load_rollout_state`` capture / restore the per-episode state (``last_output``
+    plus the attributes named in ``_episode_attrs``) so episodes can be interleaved."""
+
+    _episode_attrs: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.last_output: ChunkInfo | None = None
 
     def reset(self) -> None:
         self.last_output = None
+
+    def rollout_state(self) -> dict[str, Any]:
+        return {"last_output": self.last_output, **{k: getattr(self, k) for k in self._episode_attrs}}
+
+    def load_rollout_state(self, state: dict[str, Any]) -> None:
+        self.last_output = state["last_output"]
+        for k in self._episode_attrs:
+            setattr(self, k, state[k])
 
     def begin_episode(self, env: Any, task: str, seed: int, suite: Suite) -> None:  # noqa: ARG002
         pass
@@ -298,7 +365,14 @@ class _AdapterBase:
 
 
 class ExpertPolicy(_AdapterBase):
-    """The suite's scripted expert (privileged: reads the env) behind the policy interface."""
+    """The suite's scripted expert (privileged: reads the env) behind the policy interface.
+
+    With env workers the env lives in another process: the evaluator asks the worker to run
+    ``suite.expert(task, noise, seed)`` there (``worker_expert_args``) and ``begin_episode``
+    receives a :class:`~eval.sim.workers.RemoteEnvHandle` whose ``expert_fn`` returns the action
+    the worker computed for the same observation."""
+
+    _episode_attrs = ("_fn", "_env")
 
     def __init__(self, suite: Suite, noise: float = 0.0) -> None:
         super().__init__()
@@ -306,9 +380,16 @@ class ExpertPolicy(_AdapterBase):
         self._fn: Callable | None = None
         self._env: Any = None
 
+    def worker_expert_args(self) -> dict[str, Any]:
+        """What an env worker needs to run this expert next to the env."""
+        return {"noise": self.noise}
+
     def begin_episode(self, env: Any, task: str, seed: int, suite: Suite) -> None:
         self._env = env
-        self._fn = self.suite.expert(task, noise=self.noise, seed=seed)
+        if isinstance(env, RemoteEnvHandle):
+            self._fn = env.expert_fn
+        else:
+            self._fn = self.suite.expert(task, noise=self.noise, seed=seed)
 
     def _act(self, obs: dict[str, Any]) -> np.ndarray:
         if self._fn is None:
@@ -319,6 +400,8 @@ class ExpertPolicy(_AdapterBase):
 
 class RandomPolicy(_AdapterBase):
     """Uniform random actions in the suite's action box, seeded per episode."""
+
+    _episode_attrs = ("_rng",)
 
     def __init__(self, suite: Suite, seed: int = 0) -> None:
         super().__init__()
@@ -334,7 +417,10 @@ class RandomPolicy(_AdapterBase):
 
 
 class CallablePolicy(_AdapterBase):
-    """Wrap ``fn(obs_batch) -> (1, D) or (D,)`` array-like as a policy."""
+    """Wrap ``fn(obs_batch) -> (1, D) or (D,)`` array-like as a policy.
+
+    With env workers, calls for different episodes interleave: ``fn`` must not keep per-episode
+    state (wrap such a policy in a class without ``rollout_state`` to run one episode at a time)."""
 
     def __init__(self, fn: Callable[[dict[str, Any]], Any], name: str | None = None) -> None:
         super().__init__()
@@ -405,9 +491,167 @@ def _scalar0(x: Any) -> float | None:
 
 
 def _fmt_error(phase: str, e: BaseException) -> str:
-    tb = traceback.extract_tb(e.__traceback__)
-    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
-    return f"{phase}: {type(e).__name__}: {e}{where}"
+    """``"phase: Type: message (at file.py:LINE)"``; an exception raised inside an env worker is
+    described as it was there, so serial and parallel runs report the same string."""
+    if isinstance(e, RemoteError):
+        return format_error(phase, e.description)
+    return format_error(phase, describe_exception(e))
+
+
+def _env_error(e: BaseException) -> str:
+    """The episode error string for an env-side failure (local, remote, or the worker itself)."""
+    if isinstance(e, EnvOpError):
+        return _fmt_error(e.phase, e.cause)
+    if isinstance(e, RemoteError):
+        return _fmt_error(e.phase, e)
+    if isinstance(e, WorkerFailure):
+        return str(e)
+    return _fmt_error("env", e)
+
+
+class _TorchRng:
+    """Torch's global RNG state of one episode (CPU, plus the policy's CUDA device if any)."""
+
+    def __init__(self, device: torch.device | None) -> None:
+        self.cuda = device if device is not None and device.type == "cuda" else None
+
+    def capture(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return torch.get_rng_state(), (torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None)
+
+    def restore(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        torch.set_rng_state(state[0])
+        if self.cuda is not None and state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.cuda)
+
+
+class _Episode:
+    """The policy side of one episode, fed with env replies (serial and parallel runners alike).
+
+    ``advance(reply)`` takes the reply of ``open`` (make_env + reset) or of a ``step`` (see
+    :class:`eval.sim.workers.EnvSession`) and returns the next action, float32 (action_dim,), or
+    None once the episode is over (``done``; ``res`` then holds the result). Policy errors are
+    recorded with the phase they happened in; env errors arrive through ``fail_env``.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        suite: Any,
+        spec: EpisodeSpec,
+        *,
+        embodiment: int,
+        obs_steps: int,
+        image_history: bool,
+        instruction: str | None,
+        record_frames: bool,
+        seed_torch: bool = False,
+    ) -> None:
+        self.policy, self.suite, self.spec = policy, suite, spec
+        self.max_steps = int(suite.max_episode_steps)
+        self.action_dim = int(suite.action_dim)
+        self.embodiment, self.obs_steps, self.image_history = embodiment, obs_steps, image_history
+        self.instruction, self.record_frames, self.seed_torch = instruction, record_frames, seed_torch
+        self.res = EpisodeResult(task=spec.task, index=spec.index, seed=spec.seed, instruction="", success=False,
+                                 length=0, base_seed=spec.base_seed)
+        self.frames: list[np.ndarray] = []
+        self.done = False
+        self.policy_state: dict[str, Any] | None = None  # swapped in/out by the parallel runner
+        self.rng_state: Any = None
+        self.env_handle: Any = None
+        self.started = False
+        self._build: _ObsBuilder | None = None
+        self._prev_out: Any = None
+        self._t0 = time.perf_counter()
+
+    def open_args(self, split: str, expert: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Arguments of EnvSession.open / the worker's "open" command."""
+        return {"task": self.spec.task, "seed": int(self.spec.seed), "split": split, "instruction": self.instruction,
+                "render": self.record_frames, "expert": expert}
+
+    def advance(self, reply: dict[str, Any], env: Any = None) -> np.ndarray | None:
+        phase = "policy.reset"
+        try:
+            if not self.started:
+                self.started = True
+                self.res.instruction = str(reply["obs"]["instruction"])
+                if self.seed_torch:
+                    torch.manual_seed(int(self.spec.seed))
+                self.policy.reset()
+                hook = getattr(self.policy, "begin_episode", None)
+                if hook is not None:
+                    hook(env=env, task=self.spec.task, seed=self.spec.seed, suite=self.suite)
+                self._build = _ObsBuilder(self.obs_steps, self.image_history, self.embodiment, self.instruction)
+                self._prev_out = getattr(self.policy, "last_output", None)
+            else:
+                phase = "env.step"
+                self.res.length += 1
+            if reply.get("frame") is not None:
+                self.frames.append(np.asarray(reply["frame"]))
+            if reply.get("terminated") or reply.get("truncated") or self.res.length >= self.max_steps:
+                return self._finish(reply.get("info") or {})
+            phase = "policy.select_action"
+            return self._act(reply["obs"])
+        except Exception as e:  # noqa: BLE001 - a failing episode must not end the evaluation
+            self.fail(_fmt_error(phase, e))
+            return None
+
+    def _act(self, obs: dict[str, Any]) -> np.ndarray:
+        policy = self.policy
+        act = policy.select_action(self._build(obs))
+        out = getattr(policy, "last_output", None)
+        if out is not None and out is not self._prev_out:
+            self.res.chunk_latency_ms.append(float(getattr(out, "latency_ms", float("nan"))))
+            e = _scalar0(getattr(out, "energy", None))
+            if e is not None:
+                self.res.energy.append(e)
+            s = _scalar0(getattr(out, "steps", None))
+            if s is not None:
+                self.res.steps.append(s)
+        self._prev_out = out
+        if isinstance(act, torch.Tensor):
+            act = act.detach().cpu().float().numpy()
+        act = np.asarray(act, np.float32).reshape(-1)
+        if act.shape[0] < self.action_dim:
+            raise ValueError(f"action has {act.shape[0]} dims, the suite needs {self.action_dim}")
+        act = act[: self.action_dim]  # dims past the embodiment's own are padding
+        if not np.isfinite(act).all():
+            raise ValueError(f"non-finite action {act.tolist()}")
+        return act
+
+    def _finish(self, info: dict[str, Any]) -> None:
+        self.res.success = bool(info.get("is_success", False))
+        self.done = True
+        self.res.wall_s = time.perf_counter() - self._t0
+        return None
+
+    def fail(self, error: str) -> None:
+        self.res.success = False
+        self.res.error = error
+        self.done = True
+        self.res.wall_s = time.perf_counter() - self._t0
+
+    def fail_env(self, e: BaseException) -> None:
+        self.fail(_env_error(e))
+
+
+def _drive_local(ep: _Episode, session: EnvSession, split: str) -> None:
+    """Run ``ep`` to the end against an in-process env session."""
+    try:
+        try:
+            reply = session.open(**ep.open_args(split))
+        except EnvOpError as e:
+            ep.fail_env(e)
+            return
+        act = ep.advance(reply, env=session.env)
+        while act is not None:
+            try:
+                reply = session.step(act, render=ep.record_frames)
+            except EnvOpError as e:
+                ep.fail_env(e)
+                return
+            act = ep.advance(reply)
+    finally:
+        session.close()
 
 
 def run_episode(
@@ -421,84 +665,197 @@ def run_episode(
     image_history: bool = False,
     instruction: str | None = None,
     record_frames: bool = False,
+    seed_torch: bool = False,
 ) -> tuple[EpisodeResult, list[np.ndarray]]:
-    """One closed-loop episode; never raises for env/policy errors (recorded in ``error``)."""
-    t_start = time.perf_counter()
-    res = EpisodeResult(task=spec.task, index=spec.index, seed=spec.seed, instruction="", success=False, length=0)
-    frames: list[np.ndarray] = []
-    env = None
-    phase = "make_env"
-    try:
-        env = suite.make_env(spec.task, seed=spec.seed, split=split)
-        phase = "env.reset"
-        opts = {"instruction": instruction} if instruction else None
-        obs, info = env.reset(seed=spec.seed, options=opts)
-        res.instruction = str(obs["instruction"])
-        phase = "policy.reset"
-        policy.reset()
-        hook = getattr(policy, "begin_episode", None)
-        if hook is not None:
-            hook(env=env, task=spec.task, seed=spec.seed, suite=suite)
-        build = _ObsBuilder(obs_steps, image_history, embodiment, instruction)
-        if record_frames:
-            frames.append(env.render())
-        prev_out = getattr(policy, "last_output", None)
-        for _ in range(suite.max_episode_steps):
-            phase = "policy.select_action"
-            act = policy.select_action(build(obs))
-            out = getattr(policy, "last_output", None)
-            if out is not None and out is not prev_out:
-                res.chunk_latency_ms.append(float(getattr(out, "latency_ms", float("nan"))))
-                e = _scalar0(getattr(out, "energy", None))
-                if e is not None:
-                    res.energy.append(e)
-                s = _scalar0(getattr(out, "steps", None))
-                if s is not None:
-                    res.steps.append(s)
-            prev_out = out
-            if isinstance(act, torch.Tensor):
-                act = act.detach().cpu().float().numpy()
-            act = np.asarray(act, np.float32).reshape(-1)
-            if act.shape[0] < suite.action_dim:
-                raise ValueError(f"action has {act.shape[0]} dims, the suite needs {suite.action_dim}")
-            act = act[: suite.action_dim]  # dims past the embodiment's own are padding
-            if not np.isfinite(act).all():
-                raise ValueError(f"non-finite action {act.tolist()}")
-            phase = "env.step"
-            obs, _, terminated, truncated, info = env.step(act)
-            res.length += 1
-            if record_frames:
-                frames.append(env.render())
-            if terminated or truncated:
+    """One closed-loop episode in this process; never raises for env/policy errors (recorded in
+    ``error``). frames: ``env.render()`` after reset and after every step when ``record_frames``.
+    seed_torch: seed torch's global RNG with the episode seed at the start (evaluate does)."""
+    ep = _Episode(policy, suite, spec, embodiment=embodiment, obs_steps=obs_steps, image_history=image_history,
+                  instruction=instruction, record_frames=record_frames, seed_torch=seed_torch)
+    _drive_local(ep, EnvSession(suite), split)
+    return ep.res, ep.frames
+
+
+def _has_rollout_state(policy: Any) -> bool:
+    return callable(getattr(policy, "rollout_state", None)) and callable(getattr(policy, "load_rollout_state", None))
+
+
+def _drive_parallel(
+    jobs: Sequence[EpisodeSpec],
+    make_episode: Callable[[EpisodeSpec], _Episode],
+    on_done: Callable[[_Episode], None],
+    pool: EnvWorkerPool,
+    policy: Any,
+    split: str,
+    *,
+    step_timeout_s: float,
+    reset_timeout_s: float,
+) -> list[EpisodeResult]:
+    """Keep up to len(pool) episodes in flight (one per worker); event driven: each worker's
+    reply is answered with the policy's next action as soon as it arrives."""
+    swap = _has_rollout_state(policy)
+    max_in_flight = len(pool) if swap else 1
+    if not swap and len(pool) > 1:
+        warnings.warn(f"evaluate: {type(policy).__name__} has no rollout_state()/load_rollout_state(); its episodes "
+                      f"run one at a time (envs still in the {len(pool)} workers)", stacklevel=3)
+    rng = _TorchRng(_policy_device(policy))
+    expert_fn = getattr(policy, "worker_expert_args", None)
+    expert = expert_fn() if callable(expert_fn) else None
+    queue = deque(enumerate(jobs))
+    running: dict[int, tuple[int, _Episode]] = {}
+    results: list[EpisodeResult | None] = [None] * len(jobs)
+
+    def finish(k: int, ep: _Episode) -> None:
+        on_done(ep)
+        results[k] = ep.res
+
+    while queue or running:
+        for w in pool.idle_workers():
+            if not queue or len(running) >= max_in_flight:
                 break
-        res.success = bool(info.get("is_success", False))
-    except Exception as e:  # noqa: BLE001 - a failing episode must not end the evaluation
-        res.success = False
-        res.error = _fmt_error(phase, e)
+            k, spec = queue.popleft()
+            ep = make_episode(spec)
+            ep.env_handle = RemoteEnvHandle(w)
+            pool.submit(w, "open", ep.open_args(split, expert), timeout_s=reset_timeout_s)
+            running[w] = (k, ep)
+        for ev in pool.poll():
+            if ev.kind == "ready" or ev.worker not in running:
+                continue
+            k, ep = running[ev.worker]
+            act = None
+            if ev.error is not None:
+                ep.fail_env(ev.error)
+            else:
+                ep.env_handle.update(ev.result)
+                first = not ep.started
+                if swap and not first:
+                    policy.load_rollout_state(ep.policy_state)
+                if ep.seed_torch and ep.rng_state is not None:
+                    rng.restore(ep.rng_state)
+                act = ep.advance(ev.result, env=ep.env_handle if first else None)
+                if swap:
+                    ep.policy_state = policy.rollout_state()
+                if ep.seed_torch:
+                    ep.rng_state = rng.capture()
+            if act is None:
+                del running[ev.worker]
+                finish(k, ep)  # the worker closes the env when it opens the next one
+            else:
+                pool.submit(ev.worker, "step", {"action": act, "render": ep.record_frames}, timeout_s=step_timeout_s)
+    return results  # type: ignore[return-value]
+
+
+def _policy_device(policy: Any) -> torch.device | None:
+    try:
+        dev = getattr(policy, "device", None)
+        return dev if isinstance(dev, torch.device) else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# videos
+# --------------------------------------------------------------------------------------------
+
+
+def _video_frames(frames: list[np.ndarray], min_side: int = 128) -> list[np.ndarray]:
+    """Upscale (nearest) small frames to about ``min_side`` px; uint8 (H, W, 3) each."""
+    up = max(1, min_side // max(1, frames[0].shape[0]))
+    return [np.ascontiguousarray(np.repeat(np.repeat(np.asarray(f, np.uint8), up, 0), up, 1)) for f in frames]
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temp file with the same suffix in path's folder, then rename."""
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
     finally:
-        if env is not None:
-            try:
-                env.close()
-            except Exception:  # noqa: BLE001
-                pass
-    res.wall_s = time.perf_counter() - t_start
-    return res, frames
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_mp4(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    """H.264 mp4 through imageio's PyAV plugin (``av`` is a project dependency); frames are
+    padded to even sizes (yuv420p). Falls back to imageio-ffmpeg when PyAV is unavailable."""
+    h, w = frames[0].shape[:2]
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+        frames = [np.pad(f, ((0, ph), (0, pw), (0, 0)), mode="edge") for f in frames]
+
+    def write(tmp: Path) -> None:
+        try:
+            import av  # noqa: F401
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, np.stack(frames), plugin="pyav", codec="libx264", fps=fps)
+        except ImportError:
+            import imageio.v2 as imageio  # needs imageio-ffmpeg
+
+            imageio.mimsave(tmp, frames, fps=fps, macro_block_size=1)
+
+    _write_atomic(path, write)
 
 
 def _write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> str:
+    """Write ``frames`` (uint8 (H, W, 3) each) as ``path`` (.gif or .mp4) atomically. An mp4 that
+    cannot be encoded falls back to a GIF next to it (with a warning); returns the written path."""
     import imageio.v2 as imageio
 
-    up = max(1, 128 // max(1, frames[0].shape[0]))
-    frames = [np.repeat(np.repeat(f, up, 0), up, 1) for f in frames]
+    frames = _video_frames(frames)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
+    if path.suffix.lower() == ".mp4":
+        try:
+            _write_mp4(frames, path, fps)
+            return str(path)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"evaluate: mp4 encoding failed ({type(e).__name__}: {e}); writing a GIF instead",
+                          stacklevel=2)
+            path = path.with_suffix(".gif")
+    _write_atomic(path, lambda tmp: imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=0))
     return str(path)
 
 
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def _plain_value(v: Any) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain_value(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain_value(x) for k, x in v.items())
+    return False
+
+
+def _suite_make_kwargs(suite: Any) -> dict[str, Any]:
+    """Best guess of the ``make_suite`` kwargs that rebuild ``suite`` in a worker: its
+    ``make_kwargs`` attribute if present, else the constructor's parameters that the suite keeps
+    as same-named plain attributes (the worker's suite is then checked against this one)."""
+    kw = getattr(suite, "make_kwargs", None)
+    if isinstance(kw, dict):
+        return dict(kw)
+    out: dict[str, Any] = {}
+    try:
+        params = inspect.signature(type(suite).__init__).parameters
+    except (TypeError, ValueError):
+        return out
+    for name, p in params.items():
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if hasattr(suite, name) and _plain_value(getattr(suite, name)):
+            v = getattr(suite, name)
+            out[name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def _run_jobs(jobs: Sequence[EpisodeSpec], run_one: Callable[[EpisodeSpec], EpisodeResult], num_workers: int) -> list[EpisodeResult]:
-    """Run the episode jobs; the seam for parallel env workers (jobs are independent and seeded)."""
-    if num_workers and num_workers > 0:
-        warnings.warn("evaluate: parallel env workers are not implemented yet; running serially", stacklevel=3)
+    """Run episode jobs serially in this process (``evaluate`` routes ``num_workers > 0`` to the
+    env worker pool instead; kept for callers that pass their own ``run_one``)."""
     return [run_one(j) for j in jobs]
 
 
@@ -518,49 +875,152 @@ def evaluate(
     instruction: str | None = None,
     max_videos_per_task: int = 2,
     log: Callable[[str], None] | None = None,
+    seeds: Sequence[int] | None = None,
+    suite_kwargs: dict[str, Any] | None = None,
+    import_modules: Sequence[str] = (),
+    worker_python: str | None = None,
+    step_timeout_s: float = 30.0,
+    reset_timeout_s: float = 120.0,
+    video_format: str = "gif",
 ) -> EvalReport:
     """Closed-loop evaluation (see the module docstring).
 
-    suite:        a Suite or a registered name. tasks None: all of the suite's tasks.
+    suite:        a Suite or a registered name (built with ``suite_kwargs``). tasks None: all tasks.
+    seeds:        base seeds; each runs ``episodes_per_task`` per task (None: ``[seed]``).
+    num_workers:  0: episodes run serially in this process; N > 0: N env worker processes.
     split:        instruction paraphrases the envs draw from ("train" or "heldout").
     obs_steps:    state/frame history length To; None: ``policy.cfg.obs_steps`` if present, else 1.
     image_history: send the last To frames per camera (camera-major) instead of the current one.
     instruction:  override every episode's instruction (e.g. for language probes).
-    video_dir:    write GIFs of the first ``max_videos_per_task`` episodes of each task.
+    video_dir:    write videos of the first ``max_videos_per_task`` episodes of each task (first
+                  seed only) as ``{task}_ep{index:03d}_{success|fail}.{video_format}`` ("gif" or "mp4").
+
+    Env workers: the workers build ``make_suite(name, **suite_kwargs)`` after importing
+    ``import_modules``; for a Suite object without ``suite_kwargs`` the kwargs are inferred from
+    its attributes and the workers' suite must match it (task names, dims, image size, horizon).
+    ``worker_python``: the workers' interpreter (a suite living in another virtualenv; with a
+    suite name, the suite is then never built in this process). ``step_timeout_s`` bounds each env
+    step / render, ``reset_timeout_s`` each make_env + reset; a worker past it is killed.
     """
+    base_seeds = [int(seed)] if seeds is None else [int(s) for s in seeds]
+    if not base_seeds:
+        raise ValueError("evaluate: seeds must not be empty")
+    if video_format not in ("gif", "mp4"):
+        raise ValueError(f"evaluate: video_format must be 'gif' or 'mp4', got {video_format!r}")
+    num_workers = int(num_workers or 0)
+    foreign = worker_python is not None and num_workers > 0  # the suite may not be importable here
+    if not foreign:
+        for mod in import_modules:
+            importlib.import_module(mod)
     if isinstance(suite, str):
-        suite = make_suite(suite)
-    tasks = list(suite.task_names() if tasks is None else tasks)
-    for t in tasks:
-        suite.check_task(t)
-    suite.check_split(split)
+        suite_name, make_kw = suite, dict(suite_kwargs or {})
+        suite_obj: Any = None if foreign else make_suite(suite, **make_kw)
+    else:
+        suite_obj = suite
+        suite_name = getattr(suite, "name", "") or type(suite).__name__
+        make_kw = dict(suite_kwargs) if suite_kwargs is not None else _suite_make_kwargs(suite)
+    if suite_obj is not None:
+        for t in suite_obj.task_names() if tasks is None else tasks:
+            suite_obj.check_task(t)
+        suite_obj.check_split(split)
+
+    pool: EnvWorkerPool | None = None
+    if num_workers > 0:
+        n_jobs = (len(tasks) if tasks is not None else len(suite_obj.task_names()) if suite_obj is not None
+                  else num_workers) * episodes_per_task * len(base_seeds)
+        cfg = WorkerConfig(suite=suite_name, suite_kwargs=make_kw, import_modules=tuple(import_modules),
+                           python=worker_python)
+        pool = EnvWorkerPool(cfg, max(1, min(num_workers, n_jobs)))
+    try:
+        if pool is not None and suite_obj is not None:
+            diff = pool.info.compatible_with(SuiteInfo.from_suite(suite_obj))
+            if diff:
+                raise ValueError(
+                    f"evaluate: the env workers' suite {suite_name!r} built with {make_kw} differs from the given "
+                    f"suite in {diff}; pass suite_kwargs= with the arguments the suite was made with"
+                )
+        meta = suite_obj if suite_obj is not None else pool.info  # type: ignore[union-attr]
+        task_list = list(meta.task_names() if tasks is None else tasks)
+        for t in task_list:
+            meta.check_task(t)
+        meta.check_split(split)
+        report = _evaluate_jobs(
+            policy, meta, task_list, episodes_per_task, base_seeds, pool, video_dir,
+            split=split, embodiment=embodiment, obs_steps=obs_steps, image_history=image_history,
+            instruction=instruction, max_videos_per_task=max_videos_per_task, log=log,
+            step_timeout_s=step_timeout_s, reset_timeout_s=reset_timeout_s, video_format=video_format,
+        )
+    finally:
+        if pool is not None:
+            pool.close()
+    return report
+
+
+def _evaluate_jobs(
+    policy: Any,
+    suite: Any,
+    tasks: list[str],
+    episodes_per_task: int,
+    seeds: list[int],
+    pool: EnvWorkerPool | None,
+    video_dir: str | Path | None,
+    *,
+    split: str,
+    embodiment: int,
+    obs_steps: int | None,
+    image_history: bool,
+    instruction: str | None,
+    max_videos_per_task: int,
+    log: Callable[[str], None] | None,
+    step_timeout_s: float,
+    reset_timeout_s: float,
+    video_format: str,
+) -> EvalReport:
     to = _policy_obs_steps(policy) if obs_steps is None else int(obs_steps)
-    jobs = [EpisodeSpec(t, i, episode_seed(seed, t, i)) for t in tasks for i in range(episodes_per_task)]
+    jobs = [EpisodeSpec(t, i, episode_seed(s, t, i), base_seed=s) for s in seeds for t in tasks
+            for i in range(episodes_per_task)]
     vdir = Path(video_dir) if video_dir is not None else None
 
-    def run_one(spec: EpisodeSpec) -> EpisodeResult:
-        want_video = vdir is not None and spec.index < max_videos_per_task
-        res, frames = run_episode(
-            policy, suite, spec, split=split, embodiment=embodiment, obs_steps=to,
-            image_history=image_history, instruction=instruction, record_frames=want_video,
-        )
-        if want_video and frames:
+    def want_video(spec: EpisodeSpec) -> bool:
+        return vdir is not None and spec.index < max_videos_per_task and spec.base_seed == seeds[0]
+
+    def make_episode(spec: EpisodeSpec) -> _Episode:
+        return _Episode(policy, suite, spec, embodiment=embodiment, obs_steps=to, image_history=image_history,
+                        instruction=instruction, record_frames=want_video(spec), seed_torch=True)
+
+    def on_done(ep: _Episode) -> None:
+        res, spec = ep.res, ep.spec
+        if want_video(spec) and ep.frames:
             tag = "success" if res.success else "fail"
             try:
-                res.video = _write_video(frames, vdir / f"{spec.task}_ep{spec.index:03d}_{tag}.gif")
+                res.video = _write_video(ep.frames, vdir / f"{spec.task}_ep{spec.index:03d}_{tag}.{video_format}")
             except Exception as e:  # noqa: BLE001 - a video must not end the evaluation
                 warnings.warn(f"evaluate: could not write video: {e}", stacklevel=2)
+        ep.frames = []
         if log is not None:
             status = "ok" if res.success else ("ERROR " + res.error if res.error else "fail")
-            log(f"{spec.task} #{spec.index}: {status} in {res.length} steps")
-        return res
+            seed_txt = f" (seed {spec.base_seed})" if len(seeds) > 1 else ""
+            log(f"{spec.task} #{spec.index}{seed_txt}: {status} in {res.length} steps")
 
     was_training = isinstance(policy, torch.nn.Module) and policy.training
     if isinstance(policy, torch.nn.Module):
         policy.eval()
+    dev = _policy_device(policy)
     t0 = time.perf_counter()
     try:
-        results = _run_jobs(jobs, run_one, num_workers)
+        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev is not None and dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            if pool is None:
+                def run_one(spec: EpisodeSpec) -> EpisodeResult:
+                    ep = make_episode(spec)
+                    _drive_local(ep, EnvSession(suite), split)
+                    on_done(ep)
+                    return ep.res
+
+                results = _run_jobs(jobs, run_one, 0)
+            else:
+                results = _drive_parallel(jobs, make_episode, on_done, pool, policy, split,
+                                          step_timeout_s=step_timeout_s, reset_timeout_s=reset_timeout_s)
     finally:
         if was_training:
             policy.train()
@@ -569,11 +1029,14 @@ def evaluate(
     return EvalReport(
         suite=getattr(suite, "name", type(suite).__name__),
         policy=name,
-        seed=seed,
+        seed=seeds[0],
         split=split,
         tasks=per_task,
         episodes=results,
         wall_s=time.perf_counter() - t0,
+        seeds=list(seeds),
+        num_workers=len(pool) if pool is not None else 0,
+        worker_restarts=pool.restarts if pool is not None else 0,
     )
 
 

@@ -112,4 +112,9 @@ def make_suite(name: str, **kwargs: Any) -> Suite:
     if name not in _REGISTRY and name not in _BUILTIN_MODULES:
         raise ValueError(f"unknown suite {name!r}; known: {available_suites()}")
     _ensure_builtin(name)
-    return _REGISTRY.get(name)(**kwargs)
+    suite = _REGISTRY.get(name)(**kwargs)
+    try:  # how to rebuild it (env worker processes build their own copy)
+        suite.make_kwargs = dict(kwargs)
+    except AttributeError:  # pragma: no cover - a suite with __slots__
+        pass
+    return suite
