@@ -12,6 +12,8 @@ Failure injection (the episode is pushed off the demonstrated path mid-way):
                             actions from the action box instead of the policy's.
 - :class:`DisplaceObject`:  at step ``at`` the env's ``displace_object(rng, scale)`` hook moves the
                             task object / target (suites implement it; others raise a clear error).
+                            ``scale`` is in the suite's units (reach2d: unit square, Meta-World:
+                            metres, PushT: pixels); omitted, the suite's default applies.
 - :class:`ForceGripperOpen`: for ``length`` steps from ``start`` action dim ``dim`` is forced to
                             ``value`` (Meta-World: dim 3 = -1 opens the gripper).
 
@@ -116,17 +118,18 @@ class DisplaceObject(_Seeded):
 
     salt = 37
 
-    def __init__(self, env: gym.Env, at: int = 10, scale: float = 0.3) -> None:
+    def __init__(self, env: gym.Env, at: int = 10, scale: float | None = None) -> None:
         super().__init__(env)
         hook = getattr(env.unwrapped, "displace_object", None)
         if hook is None:
             raise ValueError(f"{type(env.unwrapped).__name__} has no displace_object(rng, scale) hook; "
                              "this suite does not support the object-displacement perturbation")
-        self.at, self.scale = int(at), float(scale)
+        self.at, self.scale = int(at), scale  # None: the suite's own default (units differ per suite)
 
     def step(self, action):
         if self.t == self.at:
-            self.env.unwrapped.displace_object(self.rng, self.scale)
+            hook = self.env.unwrapped.displace_object
+            hook(self.rng) if self.scale is None else hook(self.rng, float(self.scale))
         self.t += 1
         return self.env.step(action)
 

@@ -183,6 +183,7 @@ class SuiteInfo:
     max_episode_steps: int
     action_low: list[float] | None = None
     action_high: list[float] | None = None
+    extra_tasks: list[str] | None = None  # valid but not in task_names(), e.g. Meta-World's held-out tasks
 
     @classmethod
     def from_suite(cls, suite: Suite | "SuiteInfo") -> "SuiteInfo":
@@ -203,6 +204,7 @@ class SuiteInfo:
             max_episode_steps=int(suite.max_episode_steps),
             action_low=low,
             action_high=high,
+            extra_tasks=[t for t in getattr(suite, "heldout_tasks", lambda: [])() if t not in suite.task_names()],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,8 +224,9 @@ class SuiteInfo:
         return list(self.tasks)
 
     def check_task(self, task: str) -> None:
-        if task not in self.tasks:
-            raise ValueError(f"suite {self.name!r}: unknown task {task!r}; known tasks: {self.tasks}")
+        known = self.tasks + list(self.extra_tasks or [])
+        if task not in known:
+            raise ValueError(f"suite {self.name!r}: unknown task {task!r}; known tasks: {known}")
 
     def check_split(self, split: str) -> None:
         if split not in INSTRUCTION_SPLITS:
