@@ -307,3 +307,20 @@ def test_collect_demos_and_evaluate(suite):
     res = report.tasks["push-v3"]
     assert res.episodes == 2 and res.errors == 0 and res.success_rate == 1.0
     assert all(0 < e.length < suite.max_episode_steps for e in report.episodes)
+
+
+def test_rendering_then_loading_triton_does_not_crash():
+    """Regression: Mesa's LLVM (software rendering) followed by Triton's bundled LLVM segfaulted the
+    process (e.g. collect Meta-World demos, then build a diffusion policy); the suite preloads Triton."""
+    import subprocess
+    import sys
+
+    code = (
+        "from eval.sim.suites import make_suite\n"
+        "s = make_suite('metaworld'); e = s.make_env('reach-v3', seed=0); o, _ = e.reset()\n"
+        "assert o['image'].shape == (3, 64, 64)\n"
+        "import diffusers.utils.torch_utils\n"
+        "print('survived')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and "survived" in r.stdout, (r.returncode, r.stderr[-2000:])

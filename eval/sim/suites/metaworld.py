@@ -116,6 +116,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes.util
+import importlib.util
 import functools
 import os
 import string
@@ -434,12 +435,28 @@ INSTRUCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _CHARSET = string.ascii_letters + string.digits + " .,:;'-!?()"
 
 
+def _preload_triton() -> None:
+    if "triton" in sys.modules or importlib.util.find_spec("triton") is None:
+        return
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken triton install only loses the workaround
+        pass
+
+
 def configure_gl() -> str:
     """Choose MuJoCo's OpenGL backend before MuJoCo is first imported; returns ``MUJOCO_GL``.
 
     Keeps an explicit ``MUJOCO_GL``; else ``egl`` if libEGL is found, else ``osmesa`` if libOSMesa
     is found (else MuJoCo's default). Has no effect once ``mujoco`` is imported.
+
+    Also loads Triton's native library first when it is installed (torch pulls it in lazily, e.g.
+    when diffusers is imported). Measured here: a process that rendered with Mesa (EGL llvmpipe or
+    OSMesa, both load LLVM) and then loads ``triton._C.libtriton`` (which bundles its own LLVM)
+    segfaults; in the opposite order both work. Evaluating a diffusion policy after collecting
+    Meta-World demos in one process hit exactly this.
     """
+    _preload_triton()
     if "MUJOCO_GL" not in os.environ:
         if "mujoco" in sys.modules:
             if not os.environ.get("DISPLAY"):
