@@ -2,7 +2,14 @@
 
 Single-process, or through a DeepSpeed engine (ZeRO 0-2; see vla_ebt/distributed.py) with
 periodic atomic checkpoints and ``resume``.
-Metrics go to ``run_dir/metrics.jsonl`` (one JSON object per logged step) and a tqdm bar.
+
+Rank 0 logs every ``log_every`` steps (and the last step) to ``run_dir/metrics.jsonl`` (one JSON
+object per logged step: step, loss, lr, grad_norm, samples_per_s + the head's metrics), to
+TensorBoard scalars in ``run_dir/tb/`` (tags in :data:`TB_TAGS`; other head metrics under
+``train/<name>``) and to a tqdm bar. Periodic closed-loop evaluation (``OptimConfig.eval_every`` +
+the ``on_eval`` callback) sees the EMA weights and adds ``{"step", "eval/success", ...}`` records
+to both (such records have no "loss" key). ``OptimConfig.max_seconds`` stops training at a
+wall-clock budget; time spent in ``on_eval`` counts neither toward it nor toward samples/s.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Union
 
 import numpy as np
 import torch
@@ -25,6 +32,27 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .policy import VLAPolicy
+
+#: metrics.jsonl key -> TensorBoard tag. The EBT head's ``energy_start`` / ``energy_end`` are the mean
+#: energies at the first / last point its training unroll evaluated (before / after minimization),
+#: ``unroll_steps`` the number of minimization steps unrolled in that step.
+TB_TAGS = {
+    "loss": "train/loss",
+    "lr": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "samples_per_s": "train/samples_per_s",
+    "energy_start": "ebt/energy_before",
+    "energy_end": "ebt/energy_after",
+    "unroll_steps": "ebt/steps",
+}
+
+#: ``on_eval(step, policy) -> metrics``: step = optimizer steps done; policy = the EMA weights (the
+#: live policy when EMA is off), in eval mode. Keys are logged as ``eval/<key>`` (a "success" key is
+#: what TensorBoard's ``eval/success`` shows); values must be numbers.
+EvalCallback = Callable[[int, VLAPolicy], Mapping[str, float]]
+#: ``batches``: an iterator of training batches, or ``make(start_batch) -> iterator`` that starts
+#: after ``start_batch`` consumed batches (lets a resumable stream skip without decoding).
+Batches = Union[Iterator[Mapping[str, Any]], Callable[[int], Iterator[Mapping[str, Any]]]]
 
 
 @dataclass
@@ -42,17 +70,47 @@ class OptimConfig:
     log_every: int = 25
     ckpt_every: int = 0  # checkpoint to run_dir/checkpoints every N optimizer steps; 0: never
     ckpt_keep: int = 2  # keep the last K checkpoints
+    # Wall-clock training budget in seconds (0: off). Training stops after the first step that reaches
+    # it (equal-wall-clock comparisons); the schedule still spans ``steps``, so set ``steps`` to an upper
+    # bound. Excludes time in ``on_eval``.
+    max_seconds: float = 0.0
+    eval_every: int = 0  # call on_eval (closed-loop eval on the EMA weights) every N optimizer steps; 0: off
+    tensorboard: bool = True  # scalars to run_dir/tb (rank 0 only)
 
 
 @dataclass
 class TrainResult:
-    """What a run produced: per-step losses, wall time, and the policy to evaluate (EMA if on)."""
+    """What a run produced.
+
+    losses:        per-step losses of every step done (resumed runs include the restored ones).
+    seconds:       training wall time of this process's loop, without time spent in ``on_eval``.
+    steps:         optimizer steps done (< cfg.steps when ``max_seconds`` stopped the run).
+    eval_policy:   the policy to evaluate (EMA weights if on), in eval mode.
+    samples_per_s: samples (all ranks) per training second in this process's loop.
+    stop_reason:   "steps" or "max_seconds".
+    evals:         the ``on_eval`` records ({"step", "eval/<key>": value}).
+    """
 
     losses: list[float]
     seconds: float
     steps: int
     eval_policy: VLAPolicy
     last_info: dict[str, float] = field(default_factory=dict)
+    samples_per_s: float = 0.0
+    start_step: int = 0
+    stop_reason: str = "steps"
+    eval_seconds: float = 0.0
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step produced a non-finite loss; ``step`` is its 0-based index. Raised before the
+    step's update, so every checkpoint written earlier is from finite steps."""
+
+    def __init__(self, step: int, loss: float, info: Mapping[str, float]) -> None:
+        super().__init__(f"training step {step}: loss is {loss} (info {dict(info)})")
+        self.step = step
+        self.loss = loss
 
 
 def lr_lambda(cfg: OptimConfig):
@@ -76,6 +134,22 @@ class _LossModule(torch.nn.Module):
 
     def forward(self, batch: Mapping[str, Any]):
         return self.policy.compute_loss(batch)
+
+
+def bf16_as_autocast(ds_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Turn a DeepSpeed config's ``bf16`` mode into ``torch_autocast`` bf16 (returns a new dict).
+
+    DeepSpeed's bf16 mode casts the whole module, weights and buffers, to bf16, but the policy feeds
+    float32 tensors into it (backbones return float32 by contract; normalized states; the energy
+    gradient w.r.t. float32 actions), so the first bf16 Linear fails ("mat1 and mat2 must have the same
+    dtype", measured on the paligemma policy). torch_autocast keeps float32 master weights and runs
+    matmuls/convs in bf16 with reduced-precision gradient communication for those layers.
+    """
+    out = json.loads(json.dumps(ds_cfg))
+    if out.get("bf16", {}).get("enabled"):
+        out["bf16"]["enabled"] = False
+        out["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    return out
 
 
 def _trainable_keys(module: torch.nn.Module) -> set[str]:
@@ -122,32 +196,92 @@ def resolve_resume(resume: str | Path, run_dir: str | Path | None) -> Path | Non
     return p
 
 
+class _MetricsSink:
+    """metrics.jsonl + TensorBoard scalars for rank 0 (a no-op sink elsewhere or without run_dir)."""
+
+    def __init__(self, run_dir: str | Path | None, enabled: bool, start: int, tensorboard: bool) -> None:
+        self.log = None
+        self.tb = None
+        if run_dir is None or not enabled:
+            return
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        mpath = Path(run_dir) / "metrics.jsonl"
+        if start > 0 and mpath.exists():  # drop records past the checkpoint (they are recomputed)
+            kept = [ln for ln in mpath.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) < start]
+            mpath.write_text("".join(ln + "\n" for ln in kept))
+        elif start == 0:
+            mpath.write_text("")  # a fresh run starts a fresh curve
+        self.log = open(mpath, "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb_dir = Path(run_dir) / "tb"
+            if start == 0:  # a fresh run starts fresh curves (event files of an earlier run would merge in)
+                for old in tb_dir.glob("events.out.tfevents.*"):
+                    old.unlink()
+            # purge_step: a resumed run hides the events a killed run wrote past the checkpoint
+            self.tb = SummaryWriter(str(tb_dir), purge_step=start if start > 0 else None)
+
+    def write(self, rec: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> None:
+        """One record: ``step`` + scalar values; keys map to tags via ``tags`` (else used as is)."""
+        if self.log is not None:
+            self.log.write(json.dumps(rec) + "\n")
+            self.log.flush()
+        if self.tb is not None:
+            step = int(rec["step"])
+            for k, v in rec.items():
+                if k == "step" or not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                    continue
+                tag = (tags or {}).get(k, k)
+                self.tb.add_scalar(tag, float(v), global_step=step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _train_tags(rec: Mapping[str, Any]) -> dict[str, str]:
+    return {k: TB_TAGS.get(k, f"train/{k}") for k in rec if k != "step"}
+
+
 def train_policy(
     policy: VLAPolicy,
-    batches: Iterator[Mapping[str, Any]],
+    batches: Batches,
     cfg: OptimConfig,
     run_dir: str | Path | None = None,
     progress: bool = True,
     resume: str | Path | None = None,
     deepspeed_config: str | Path | None = None,
+    on_eval: EvalCallback | None = None,
 ) -> TrainResult:
-    """Run ``cfg.steps`` optimizer steps on batches from ``batches`` (training schema).
+    """Run ``cfg.steps`` optimizer steps on batches from ``batches`` (training schema; see :data:`Batches`).
 
     ``resume``: a checkpoint directory or ``"latest"`` (run_dir/checkpoints; starts fresh if none).
     Resuming restores model, optimizer, scheduler, EMA, RNG states and the losses so far, and skips the
-    batches already consumed (``batches`` must replay the same sequence, e.g. a re-seeded loader).
+    batches already consumed (an iterator must replay the same sequence, e.g. a re-seeded loader; a
+    callable is asked for the stream from that position).
     ``deepspeed_config``: train through a DeepSpeed engine (the process group must be initialized,
     see ``vla_ebt.distributed.init_distributed``); otherwise a plain single-process loop.
+    ``on_eval``: called on rank 0 every ``cfg.eval_every`` steps with the EMA weights (see
+    :data:`EvalCallback`); the RNG states are restored afterwards, so evaluating does not change the
+    training run (same batches, same noise, same losses).
 
-    Raises FloatingPointError on a non-finite loss (nothing is written past the last good step).
+    Raises :class:`NonFiniteLossError` (a FloatingPointError) on a non-finite loss, on every rank,
+    before that step's update (nothing is written past the last good step).
     """
     from . import distributed as vdist
 
     use_ds = deepspeed_config is not None
     main = vdist.is_main() if use_ds else True
+    world = vdist.world_size() if use_ds else 1
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
     if cfg.ckpt_every > 0 and ckpt_dir is None:
         raise ValueError("ckpt_every > 0 needs a run_dir")
+    if cfg.max_seconds < 0 or cfg.eval_every < 0:
+        raise ValueError(f"optim.max_seconds and optim.eval_every must be >= 0, got {cfg.max_seconds}, {cfg.eval_every}")
 
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -156,7 +290,9 @@ def train_policy(
     if use_ds:
         import deepspeed
 
-        ds_cfg = vdist.load_ds_config(deepspeed_config, cfg.batch_size, cfg.grad_clip)
+        ds_cfg = bf16_as_autocast(vdist.load_ds_config(deepspeed_config, cfg.batch_size, cfg.grad_clip))
+        if main and ds_cfg.get("torch_autocast", {}).get("enabled"):
+            print("[deepspeed] bf16: torch autocast (float32 master weights, bf16 matmuls)")
         grad_accum = int(ds_cfg["gradient_accumulation_steps"])
         zero_stage = int(ds_cfg.get("zero_optimization", {}).get("stage", 0))
         if zero_stage == 3 and policy.cfg.head == "ebt":
@@ -172,6 +308,9 @@ def train_policy(
         if zero_stage == 3 and cfg.ema_decay > 0:
             print("[deepspeed] ZeRO-3 partitions parameters: EMA disabled")
             cfg = dataclasses.replace(cfg, ema_decay=0.0)
+        if zero_stage == 3 and on_eval is not None and cfg.eval_every > 0:
+            print("[deepspeed] ZeRO-3 partitions parameters: periodic evaluation disabled")
+            cfg = dataclasses.replace(cfg, eval_every=0)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     ema = (
@@ -233,33 +372,63 @@ def train_policy(
         if path is not None:
             start, losses, rng = load_checkpoint(path)
             print(f"[train] resumed from {path} at step {start}")
-    for _ in range(start * grad_accum):  # data position: replay and drop the consumed batches
-        next(batches)
+    if callable(batches):
+        batches = batches(start * grad_accum)
+    else:
+        for _ in range(start * grad_accum):  # data position: replay and drop the consumed batches
+            next(batches)
     if rng is not None:
         _set_rng_state(rng)
 
-    log = None
-    if run_dir is not None and main:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        mpath = Path(run_dir) / "metrics.jsonl"
-        if start > 0 and mpath.exists():  # drop records past the checkpoint (they are recomputed)
-            kept = [ln for ln in mpath.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) < start]
-            mpath.write_text("".join(ln + "\n" for ln in kept))
-        log = open(mpath, "a")
+    def any_rank(flag: bool, src: int | None = None) -> bool:
+        """Same decision on every rank: OR over ranks, or rank ``src``'s value."""
+        if not use_ds or world == 1:
+            return flag
+        dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        t = torch.tensor([1.0 if flag else 0.0], device=dev)
+        if src is None:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        else:
+            torch.distributed.broadcast(t, src=src)
+        return bool(t.item() > 0)
+
+    def run_eval(done: int) -> dict[str, float]:
+        """on_eval on the EMA weights, RNG states saved and restored around it."""
+        target = ema.module if ema is not None else policy
+        was_training = target.training
+        saved = _rng_state()
+        target.eval()
+        try:
+            out = dict(on_eval(done, target))
+        finally:
+            _set_rng_state(saved)
+            target.train(was_training)
+            model.train()
+        rec = {"step": done}
+        for k, v in out.items():
+            rec[k if k.startswith("eval/") else f"eval/{k}"] = float(v)
+        return rec
+
+    sink = _MetricsSink(run_dir, main, start, cfg.tensorboard)
     model = engine if use_ds else policy
     model.train()
     info: dict[str, float] = {}
+    evals: list[dict[str, float]] = []
+    eval_seconds = 0.0
+    stop_reason = "steps"
+    done = start
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), desc="train", disable=not (progress and main), dynamic_ncols=True,
                initial=start, total=cfg.steps)
     try:
         for step in bar:
             step_loss = 0.0
+            lr_used = sched.get_last_lr()[0]  # the learning rate this step's update uses
             for _ in range(grad_accum):
                 batch = next(batches)
                 loss, info = engine(batch) if use_ds else policy.compute_loss(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training step {step}: loss is {loss.item()} (info {info})")
+                if any_rank(not bool(torch.isfinite(loss))):
+                    raise NonFiniteLossError(step, float(loss.item()), info)
                 if use_ds:
                     engine.backward(loss)
                     engine.step()
@@ -277,20 +446,41 @@ def train_policy(
             if ema is not None:
                 ema.update_parameters(policy)
             losses.append(step_loss)
-            if log is not None and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-                elapsed = time.perf_counter() - t0
-                world = vdist.world_size() if use_ds else 1
-                rec = {"step": step, "loss": step_loss, "grad_norm": float(gnorm) if math.isfinite(float(gnorm)) else None, "lr": sched.get_last_lr()[0],
-                       "samples_per_s": (step + 1 - start) * cfg.batch_size * grad_accum * world / elapsed, **info}
+            done = step + 1
+            train_s = time.perf_counter() - t0 - eval_seconds
+            out_of_time = cfg.max_seconds > 0 and any_rank(train_s >= cfg.max_seconds, src=0)
+            last = done == cfg.steps or out_of_time
+            if main and (step % cfg.log_every == 0 or last):
+                g = float(gnorm)
+                rec = {"step": step, "loss": step_loss, "grad_norm": g if math.isfinite(g) else None,
+                       "lr": lr_used,
+                       "samples_per_s": (done - start) * cfg.batch_size * grad_accum * world / max(train_s, 1e-9),
+                       **info}
                 bar.set_postfix(loss=f"{step_loss:.4f}", sps=f"{rec['samples_per_s']:.1f}")
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-            if cfg.ckpt_every > 0 and (step + 1) % cfg.ckpt_every == 0:
-                save_checkpoint(step + 1, losses)
+                sink.write(rec, _train_tags(rec))
+            if cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0:
+                save_checkpoint(done, losses)
+            if on_eval is not None and cfg.eval_every > 0 and done % cfg.eval_every == 0:
+                te = time.perf_counter()
+                if main:
+                    rec = run_eval(done)
+                    evals.append(rec)
+                    sink.write(rec)
+                    bar.write(f"[eval] step {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in rec.items() if k != "step"))
+                vdist.barrier() if use_ds else None
+                eval_seconds += time.perf_counter() - te
+            if out_of_time:
+                stop_reason = "max_seconds"
+                if main:
+                    bar.write(f"[train] wall-clock budget of {cfg.max_seconds:g} s reached after {done} steps")
+                break
     finally:
-        if log is not None:
-            log.close()
-    seconds = time.perf_counter() - t0
+        bar.close()
+        sink.close()
+    seconds = time.perf_counter() - t0 - eval_seconds
     eval_policy = ema.module if ema is not None else policy
     eval_policy.eval()
-    return TrainResult(losses=losses, seconds=seconds, steps=cfg.steps, eval_policy=eval_policy, last_info=info)
+    sps = (done - start) * cfg.batch_size * grad_accum * world / max(seconds, 1e-9)
+    return TrainResult(losses=losses, seconds=seconds, steps=done, eval_policy=eval_policy, last_info=info,
+                       samples_per_s=sps, start_step=start, stop_reason=stop_reason, eval_seconds=eval_seconds,
+                       evals=evals)
