@@ -52,13 +52,20 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
     seeded DataLoader (a DistributedSampler per rank when world > 1)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from eval.sim.demos import ChunkDataset, collate, collect_demos, dataset_stats
+    from eval.sim.demos import ChunkDataset, collate, collect_demos, dataset_stats  # noqa: F401
     from eval.sim.suites import make_suite
 
+    from eval.sim.demo_cache import DemoSpec, cached_demos
+    from eval.sim.run import parse_suite_args
+
     try:
-        suite = make_suite(dc.suite)
-    except (KeyError, ValueError) as e:
-        raise _fail(f"data.suite: {e}") from None
+        suite_kwargs = parse_suite_args(dc.suite_args)
+    except Exception as e:  # noqa: BLE001 - eval.sim.run.UsageError: malformed KEY=VALUE
+        raise _fail(f"data.suite_args: {e}") from None
+    try:
+        suite = make_suite(dc.suite, **suite_kwargs)
+    except (KeyError, ValueError, TypeError) as e:
+        raise _fail(f"data.suite / data.suite_args: {e}") from None
     tasks = list(dc.tasks) or suite.task_names()
     for t in tasks:
         try:
@@ -69,7 +76,12 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
         raise _fail(f"policy.action_dim/state_dim ({pc.action_dim}/{pc.state_dim}) smaller than suite "
                     f"{dc.suite!r} needs ({suite.action_dim}/{suite.state_dim})")
     print(f"[data] {dc.episodes_per_task} expert episodes x {len(tasks)} tasks from suite {dc.suite!r}")
-    episodes = collect_demos(suite, tasks, dc.episodes_per_task, seed=dc.seed, action_noise=dc.action_noise)
+    if dc.demo_cache == "off":
+        episodes = collect_demos(suite, tasks, dc.episodes_per_task, seed=dc.seed, action_noise=dc.action_noise)
+    else:
+        spec = DemoSpec(suite=dc.suite, tasks=tuple(tasks), episodes_per_task=dc.episodes_per_task, seed=dc.seed,
+                        action_noise=dc.action_noise, suite_kwargs=suite_kwargs)
+        episodes, _ = cached_demos(spec, dc.demo_cache or None)
     normalizer = Normalizer({dc.suite: dataset_stats(episodes)}, max_action_dim=pc.action_dim,
                             max_state_dim=pc.state_dim)
     dataset = ChunkDataset(episodes, horizon=pc.horizon, obs_steps=pc.obs_steps)

@@ -176,7 +176,9 @@ def run(cfg: TrainConfig, progress: bool = True, resume: str | None = None,
         "final_loss": _mean_tail(result.losses),
         "evals": result.evals,
     }
-    if sim:
+    if sim and cfg.eval.episodes_per_task <= 0:
+        print("[eval] eval.episodes_per_task = 0: no closed-loop evaluation")
+    elif sim:
         rows = {}
         report = evaluate(result.eval_policy, data.suite, tasks, cfg.eval.episodes_per_task, seed=cfg.eval.seed)
         report.to_json(run_dir / "eval" / "report.json")

@@ -7,6 +7,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# sim demo caches go to a fresh folder per test session (never the user's ~/.cache)
+import tempfile  # noqa: E402
+
+os.environ.setdefault("VLA_EBT_CACHE", tempfile.mkdtemp(prefix="vla_ebt_test_cache_"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -102,3 +102,26 @@ def test_demo_cache_round_trips_bit_exact_and_streams(tmp_path):
     b = next(iter(ds))
     assert b["images"].shape == (8, 1, 3, 64, 64) and b["action"].shape == (8, 4, 2)
     assert set(b["instruction"]) <= {e.instruction for e in eps}
+
+
+def test_finetune_sim_data_uses_the_demo_cache(tmp_path, capsys):
+    """recipes' sim data path writes demos once in the shard schema and reads them back after."""
+    import dataclasses
+
+    from recipes.configs import DataConfig
+    from recipes.data import sim_data
+    from tests.policy_fixtures import small_config
+
+    pc = dataclasses.replace(small_config(), action_dim=2, state_dim=2)
+    dc = DataConfig(suite="reach2d_detour", tasks=("reach_red",), episodes_per_task=3, demo_cache=str(tmp_path),
+                    suite_args=("max_episode_steps=40",))
+    a = sim_data(dc, pc, batch_size=4, seed=0, world=1, rank=0)
+    first = capsys.readouterr().out
+    b = sim_data(dc, pc, batch_size=4, seed=0, world=1, rank=0)
+    second = capsys.readouterr().out
+    assert "wrote 3 demo episodes" in first and "3 cached demo episodes" in second
+    assert a.num_samples == b.num_samples and a.suite.max_episode_steps == 40
+    folders = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(folders) == 1 and (folders[0] / "stats.json").exists()
+    with pytest.raises(SystemExit, match="suite_args"):
+        sim_data(dataclasses.replace(dc, suite_args=("novalue",)), pc, 4, 0, 1, 0)
