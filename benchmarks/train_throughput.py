@@ -37,6 +37,7 @@ CONFIGS = {
     "ebt_lora": ("ebt", "lora"),
     "diffusion_lora": ("diffusion", "lora"),
     "ebt_full": ("ebt", "full"),
+    "regression_lora": ("regression", "lora"),
 }
 INSTRUCTIONS = ["move to the red dot", "move to the green dot", "move to the blue dot", "reach the red target"]
 
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["lora_peak_mb"] = c["ebt_lora"]["peak_rss_mb"]
     if "diffusion_lora" in c:
         result["diffusion_samples_per_s"] = c["diffusion_lora"]["samples_per_s"]
+    if "regression_lora" in c:
+        result["regression_samples_per_s"] = c["regression_lora"]["samples_per_s"]
     if "ebt_full" in c:
         result["full_peak_mb"] = c["ebt_full"]["peak_rss_mb"]
         result["full_samples_per_s"] = c["ebt_full"]["samples_per_s"]

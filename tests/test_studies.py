@@ -164,7 +164,8 @@ def test_dynamic_compute_command(saved_policies, tmp_path):
 def test_uncertainty_command(saved_policies, tmp_path):
     from eval.studies import uncertainty
 
-    res = uncertainty.main(["--policy", str(saved_policies["ebt"]), "--suite", "reach2d", "--episodes", "3",
+    res = uncertainty.main(["--policy", str(saved_policies["ebt"]), "--suite", "reach2d", "--episodes", "2",
+                            "--tasks", "reach_red", "reach_blue",
                             "--shifts", "heldout", "noise:sigma=40", "--spread-candidates", "3", "--out", str(tmp_path)])
     names = [r["signal"] for r in res["failure"]]
     assert set(names) == set(uncertainty.SIGNALS)
@@ -189,3 +190,34 @@ def test_recovery_and_language_commands(saved_policies, tmp_path):
     assert (tmp_path / "language.md").exists()
     with pytest.raises(ValueError, match="duplicate"):
         recovery.parse_policies(["a=x", "a=y"])
+
+
+def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
+    """Equal-steps and equal-wall-clock runs per head on the multimodal suite, mode shares per row,
+    and a second call reuses the trained runs instead of training again."""
+    import dataclasses
+
+    from eval.studies.head_to_head import run_head_to_head
+    from recipes.configs import recipes
+    from vla_ebt.heads.trunk import TrunkConfig
+
+    cfg = recipes()["default"]
+    cfg = dataclasses.replace(
+        cfg,
+        policy=dataclasses.replace(cfg.policy, trunk=TrunkConfig(width=32, depth=1, num_heads=2), horizon=4),
+        data=dataclasses.replace(cfg.data, tasks=("reach_red",), episodes_per_task=2, demo_cache=str(tmp_path / "cache")),
+        optim=dataclasses.replace(cfg.optim, steps=2, batch_size=4, warmup_steps=1),
+    )
+    sps = {"ebt": 100.0, "regression": 50.0}  # regression twice as fast: twice the steps at equal wall-clock
+    rows = run_head_to_head(cfg, ["reach2d_detour"], ["ebt", "regression"], 2, 1, 0, tmp_path / "h2h", True, sps)
+    assert [(r["budget"], r["head"]) for r in rows] == [
+        ("equal steps", "ebt-2"), ("equal steps", "regression"), ("equal wall-clock", "ebt-2"),
+        ("equal wall-clock", "regression")]
+    assert rows[1]["train_steps"] == 2 and rows[3]["train_steps"] == 4
+    for r in rows:
+        assert r["episodes"] == 1 and r["nfe"] == (3.0 if r["head"] == "ebt-2" else 1.0)
+        assert r["mode_left"] + r["mode_right"] + r["mode_collision"] + r["mode_none"] == pytest.approx(1.0)
+    summary = tmp_path / "h2h" / "reach2d_detour" / "ebt_steps2" / "summary.json"
+    before = summary.stat().st_mtime_ns
+    again = run_head_to_head(cfg, ["reach2d_detour"], ["ebt", "regression"], 2, 1, 0, tmp_path / "h2h", True, sps)
+    assert summary.stat().st_mtime_ns == before and len(again) == 4

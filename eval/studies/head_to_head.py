@@ -1,0 +1,202 @@
+"""Study 1, head-to-head: EBT vs diffusion (DDPM-100 and DDIM-10 samplers of one trained model) vs
+regression, identical data, backbone and trunk, compared at equal gradient steps and at equal
+training wall-clock, on unimodal (``reach2d``) and multimodal (``reach2d_detour``) demonstrations.
+
+    python -m eval.studies.head_to_head --recipe default --suites reach2d reach2d_detour \\
+        --steps 1000 --episodes 20 --out runs/studies/head_to_head
+
+Per suite: every head trains ``--steps`` steps (equal steps; its wall-clock time is recorded);
+then, with ``--equal-wall-clock``, every head also trains for the EBT run's wall-clock time (its step
+count is set from its own measured seconds per step, and ``optim.max_seconds`` caps it). Each trained
+policy is evaluated on the same seeded episodes. Rows: suite, budget, head/sampler, training steps
+and seconds, success (95% interval), per-task success, network evaluations and latency per chunk,
+and on multimodal suites the share of episodes that commit to each mode (left / right) and that
+average (collide with the obstacle) or stall. Trained runs are reused when their folder has a
+saved policy, so an interrupted study resumes. Writes ``head_to_head.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .common import load_policy, predict_overrides, write_study
+from .episodes import run_study_episodes
+
+__all__ = ["EVAL_VARIANTS", "train_head", "evaluate_variant", "run_head_to_head", "main"]
+
+#: head -> [(row label, head.predict overrides)]; diffusion is evaluated with both samplers
+EVAL_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "ebt": [("ebt-2", {})],
+    "diffusion": [("ddpm-100", {"sampler": "ddpm", "num_steps": 100}), ("ddim-10", {"sampler": "ddim", "num_steps": 10})],
+    "regression": [("regression", {})],
+}
+
+
+def train_head(base_cfg: Any, suite: str, head: str, steps: int, run_dir: Path, max_seconds: float = 0.0) -> dict[str, Any]:
+    """Train one head with the recipe's everything-else (reused if ``run_dir/policy`` exists).
+    Returns {"train_seconds", "train_steps", "policy_dir"}."""
+    summary_path = run_dir / "summary.json"
+    if (run_dir / "policy" / "config.json").exists() and summary_path.exists():
+        s = json.loads(summary_path.read_text())
+        return {"train_seconds": float(s["train_seconds"]), "train_steps": int(s["train_steps"]),
+                "policy_dir": str(run_dir / "policy")}
+    from recipes.finetune import run
+
+    optim = dataclasses.replace(base_cfg.optim, steps=int(steps))
+    if max_seconds > 0:
+        optim = dataclasses.replace(optim, max_seconds=float(max_seconds))
+    cfg = dataclasses.replace(
+        base_cfg,
+        policy=dataclasses.replace(base_cfg.policy, head=head),
+        data=dataclasses.replace(base_cfg.data, suite=suite),
+        optim=optim,
+        eval=dataclasses.replace(base_cfg.eval, episodes_per_task=0, baselines=False),
+        run_dir=str(run_dir),
+    )
+    s = run(cfg)
+    return {"train_seconds": float(s["train_seconds"]), "train_steps": int(s["train_steps"]),
+            "policy_dir": str(run_dir / "policy")}
+
+
+def evaluate_variant(policy: Any, suite: Any, tasks: Sequence[str], episodes: int, seed: int,
+                     overrides: dict[str, Any]) -> dict[str, Any]:
+    """Success, per-task success, steps/nfe and latency per chunk, and mode shares (if the suite's
+    envs track a ``mode``) for one policy under ``overrides``."""
+    with predict_overrides(policy, **overrides):
+        res = run_study_episodes(policy, suite, tasks, episodes, seed, env_attrs=("mode",))
+    rep = res.report
+    o = rep.overall
+    steps = [s for sig in res.signals for s in sig.steps]
+    lat = [x for e in rep.episodes for x in e.chunk_latency_ms]
+    head = policy.cfg.head
+    mean_steps = float(np.mean(steps)) if steps else float("nan")
+    # network evaluations per chunk: EBT = steps + 1 (the final energy/gradient), diffusion = steps,
+    # regression = 1 (a single forward pass)
+    nfe = mean_steps + 1 if head == "ebt" else (mean_steps if head == "diffusion" else 1.0)
+    row: dict[str, Any] = {
+        "success": o.success_rate, "ci_low": o.ci_low, "ci_high": o.ci_high, "episodes": o.episodes,
+        "nfe": nfe, "chunk_ms": float(np.mean(lat)) if lat else float("nan"),
+        "per_task": {t: r.success_rate for t, r in rep.tasks.items()},
+        "errors": sum(1 for e in rep.episodes if e.error),
+    }
+    modes = [f.get("mode") for f in res.final]
+    if any(m is not None for m in modes):
+        n = len(modes)
+        for m in ("left", "right", "collision", "none"):
+            row[f"mode_{m}"] = sum(1 for x in modes if x == m) / n
+        row["commit"] = row["mode_left"] + row["mode_right"]
+    return row
+
+
+def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str], steps: int, episodes: int,
+                     seed: int, out: Path, equal_wall_clock: bool = True,
+                     seconds_per_step: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """``seconds_per_step`` (head -> s/step, e.g. from ``benchmarks/train_throughput.py`` run alone on the
+    machine) sets the equal-wall-clock step counts; without it each head's own equal-steps run time is
+    used (fine on an otherwise idle machine, biased when runs share the CPU with other work)."""
+    sps = dict(seconds_per_step or {})
+    from eval.sim.suites import make_suite
+
+    rows: list[dict[str, Any]] = []
+    for suite_name in suites:
+        suite = make_suite(suite_name)
+        tasks = list(base_cfg.data.tasks) or suite.task_names()
+        trained: dict[tuple[str, str], dict[str, Any]] = {}
+        for head in heads:
+            trained[("steps", head)] = train_head(base_cfg, suite_name, head, steps, out / suite_name / f"{head}_steps{steps}")
+        if equal_wall_clock:
+            ref_head = "ebt" if "ebt" in heads else heads[0]
+            ref = trained[("steps", ref_head)]
+            budget = ref["train_steps"] * sps[ref_head] if ref_head in sps else ref["train_seconds"]
+            for head in heads:
+                t = trained[("steps", head)]
+                if head == ref_head:
+                    trained[("wall", head)] = t
+                    continue
+                per_step = sps.get(head, t["train_seconds"] / max(1, t["train_steps"]))
+                n = max(1, int(budget / per_step))
+                trained[("wall", head)] = train_head(base_cfg, suite_name, head, n,
+                                                     out / suite_name / f"{head}_wall{int(budget)}s", max_seconds=budget)
+        for (budget_kind, head), t in trained.items():
+            policy = load_policy(t["policy_dir"])
+            for label, ov in EVAL_VARIANTS[head]:
+                r = evaluate_variant(policy, suite, tasks, episodes, seed, ov)
+                rows.append({"suite": suite_name, "budget": "equal steps" if budget_kind == "steps" else "equal wall-clock",
+                             "head": label, "train_steps": t["train_steps"], "train_s": t["train_seconds"], **r})
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["suite"], r["budget"]) for r in rows))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.4), squeeze=False)
+    for ax, (s, b) in zip(axes[0], groups):
+        rs = [r for r in rows if r["suite"] == s and r["budget"] == b]
+        x = np.arange(len(rs))
+        y = [r["success"] for r in rs]
+        err = [[r["success"] - r["ci_low"] for r in rs], [r["ci_high"] - r["success"] for r in rs]]
+        ax.bar(x, y, yerr=err, capsize=3, color=["C0", "C1", "C2", "C3"][: len(rs)])
+        ax.set_xticks(x, [f"{r['head']}\n{r['nfe']:.0f} nfe" for r in rs], fontsize=7)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{s}: {b}", fontsize=8)
+    axes[0][0].set_ylabel("success rate")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+COLUMNS = ["suite", "budget", "head", "train_steps", "train_s", "success", "ci_low", "ci_high", "nfe", "chunk_ms",
+           "commit", "mode_left", "mode_right", "mode_collision", "mode_none"]
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    import torch
+
+    from recipes.configs import recipes
+
+    p = argparse.ArgumentParser(prog="python -m eval.studies.head_to_head", description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default="default", help="the recipe every head shares (data size, backbone, trunk, optim)")
+    p.add_argument("--suites", nargs="+", default=["reach2d", "reach2d_detour"])
+    p.add_argument("--heads", nargs="+", default=["ebt", "diffusion", "regression"], choices=sorted(EVAL_VARIANTS))
+    p.add_argument("--steps", type=int, default=None, help="gradient steps (default: the recipe's)")
+    p.add_argument("--episodes-per-task-data", type=int, default=None, help="override the recipe's demos per task")
+    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
+    p.add_argument("--seed", type=int, default=60_000)
+    p.add_argument("--no-equal-wall-clock", action="store_true")
+    p.add_argument("--seconds-per-step", nargs="*", default=[], metavar="HEAD=S",
+                   help="measured training s/step per head (benchmarks/train_throughput.py) for the wall-clock budget")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    all_recipes = recipes()
+    if a.recipe not in all_recipes:
+        raise SystemExit(f"error: unknown recipe {a.recipe!r}; known: {sorted(all_recipes)}")
+    cfg = all_recipes[a.recipe]
+    if a.episodes_per_task_data is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, episodes_per_task=a.episodes_per_task_data))
+    steps = a.steps or cfg.optim.steps
+    out = Path(a.out)
+    sps = {k: float(v) for k, v in (x.split("=", 1) for x in a.seconds_per_step)}
+    rows = run_head_to_head(cfg, a.suites, a.heads, steps, a.episodes, a.seed, out, not a.no_equal_wall_clock, sps)
+    write_study(out, "head_to_head", rows, COLUMNS,
+                meta={"recipe": a.recipe, "steps": steps, "episodes_per_task": a.episodes, "seed": a.seed},
+                title="Head-to-head at equal steps and equal training wall-clock")
+    plot(rows, out / "head_to_head.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
