@@ -82,8 +82,12 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
         spec = DemoSpec(suite=dc.suite, tasks=tuple(tasks), episodes_per_task=dc.episodes_per_task, seed=dc.seed,
                         action_noise=dc.action_noise, suite_kwargs=suite_kwargs)
         episodes, _ = cached_demos(spec, dc.demo_cache or None)
-    normalizer = Normalizer({dc.suite: dataset_stats(episodes)}, max_action_dim=pc.action_dim,
-                            max_state_dim=pc.state_dim)
+    try:
+        normalizer = Normalizer({dc.suite: dataset_stats(episodes)}, NormalizationConfig(on_degenerate=dc.on_degenerate),
+                                max_action_dim=pc.action_dim, max_state_dim=pc.state_dim)
+    except ValueError as e:
+        raise _fail(f"demonstrations of suite {dc.suite!r}: {e} (from the command line: "
+                    "--data.on-degenerate passthrough_dim)") from None
     dataset = ChunkDataset(episodes, horizon=pc.horizon, obs_steps=pc.obs_steps)
     if world > 1:  # each rank reads its own shard; batch_size is per rank
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)

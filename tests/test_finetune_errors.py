@@ -143,3 +143,37 @@ def test_nan_from_a_huge_learning_rate_exits_nonzero(tmp_path) -> None:
     ck = tmp_path / "checkpoints" / "step_00000001" / "trainer_rank0.pt"
     state = torch.load(ck, weights_only=False)  # written before the bad step, complete and loadable
     assert state["step"] == 1 and all(torch.isfinite(torch.tensor(state["losses"])))
+
+
+def test_constant_action_dim_in_sim_demos_is_a_clear_error_or_passthrough(tmp_path):
+    """A demonstrated action dim that never changes (e.g. a gripper held closed) -> a message naming the
+    suite and the flag that maps it through, and with that flag the data builds."""
+    import dataclasses
+
+    import numpy as np
+
+    from eval.sim.suites import make_suite
+    from recipes.configs import DataConfig
+    from recipes.data import sim_data
+    from tests.policy_fixtures import small_config
+
+    suite = make_suite("reach2d")
+    orig = suite.expert
+
+    def expert_constant_y(task, noise=0.0, seed=None):
+        fn = orig(task, noise, seed)
+        return lambda obs, env: np.array([fn(obs, env)[0], 0.0], np.float32)
+
+    pc = dataclasses.replace(small_config(), action_dim=2, state_dim=2)
+    dc = DataConfig(suite="reach2d", tasks=("reach_red",), episodes_per_task=3, demo_cache="off")
+    import eval.sim.suites.reach2d as r2d
+
+    old = r2d.Reach2DSuite.expert
+    r2d.Reach2DSuite.expert = lambda self, task, noise=0.0, seed=None: expert_constant_y(task, noise, seed)
+    try:
+        with pytest.raises(SystemExit, match=r"suite 'reach2d'.*--data.on-degenerate passthrough_dim"):
+            sim_data(dc, pc, 4, 0, 1, 0)
+        data = sim_data(dataclasses.replace(dc, on_degenerate="passthrough_dim"), pc, 4, 0, 1, 0)
+        assert data.num_samples > 0
+    finally:
+        r2d.Reach2DSuite.expert = old
