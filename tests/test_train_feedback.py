@@ -172,8 +172,6 @@ def test_finetune_equal_wall_clock_budget_records_steps_reached(tmp_path) -> Non
     assert (run_dir / "policy" / "model.safetensors").exists()
 
 
-@pytest.mark.skipif(not os.environ.get("VLA_EBT_SLOW_TESTS"),
-                    reason="about 3.5 min on 2 CPU cores; set VLA_EBT_SLOW_TESTS=1 to run")
 def test_default_recipe_shortened_beats_a_random_policy(tmp_path) -> None:
     """The default recipe shortened to 300 demos per task and 400 steps (cosine schedule and EMA
     horizon shortened with it) trains, evaluates, and succeeds clearly more often than a random
