@@ -155,6 +155,16 @@ def _with_head(cfg: TrainConfig, head: str, run_dir: str) -> TrainConfig:
 SWEEP_RECIPES = {"scaling": "recipes.scaling"}
 
 
+def _suite_recipes(base: TrainConfig, suite: str, *, tasks: tuple[str, ...] = (), episodes_per_task: int,
+                   action_dim: int, state_dim: int, **data_kw) -> dict[str, TrainConfig]:
+    """``<suite>_ebt`` / ``<suite>_diffusion`` / ``<suite>_regression``: the default recipe's backbone,
+    LoRA, bridge, trunk and optimizer on another suite's demonstrations (identical across heads)."""
+    data = dataclasses.replace(base.data, suite=suite, tasks=tasks, episodes_per_task=episodes_per_task, **data_kw)
+    policy = dataclasses.replace(base.policy, action_dim=action_dim, state_dim=state_dim)
+    cfg = dataclasses.replace(base, data=data, policy=policy)
+    return {f"{suite}_{h}": _with_head(cfg, h, f"runs/{suite}_{h}") for h in ("ebt", "diffusion", "regression")}
+
+
 def recipes() -> dict[str, TrainConfig]:
     """All named training recipes (built on call: no import-time globals with state). The sweeps in
     :data:`SWEEP_RECIPES` (``scaling``) run several of them."""
@@ -164,5 +174,12 @@ def recipes() -> dict[str, TrainConfig]:
         "reach2d_ebt": _with_head(base, "ebt", "runs/reach2d_ebt"),
         "reach2d_diffusion": _with_head(base, "diffusion", "runs/reach2d_diffusion"),
         "reach2d_regression": _with_head(base, "regression", "runs/reach2d_regression"),
+        # multimodal demonstrations: a left/right detour around an obstacle on the averaged path
+        **_suite_recipes(base, "reach2d_detour", episodes_per_task=1000, action_dim=2, state_dim=2),
+        # Meta-World: 3 MT10 tasks whose goal follows from the visible object (proprio state: hand xyz +
+        # gripper); these experts hold the gripper constant, hence passthrough for that action dim
+        **_suite_recipes(base, "metaworld", tasks=("drawer-close-v3", "button-press-topdown-v3", "window-open-v3"),
+                         episodes_per_task=100, action_dim=4, state_dim=4, on_degenerate="passthrough_dim"),
+        **_suite_recipes(base, "pusht", episodes_per_task=200, action_dim=2, state_dim=2),
         "oxe_mix": _oxe_mix(),
     }

@@ -41,3 +41,26 @@ def test_cli_overrides_and_errors() -> None:
         parse_args(["--recipe", "nope"])
     with pytest.raises(SystemExit):
         parse_args(["--recipe", "default", "--optim.stepz", "7"])
+
+
+def test_every_suite_recipe_fits_its_suite_and_heads_share_everything_else():
+    """<suite>_{ebt,diffusion,regression} recipes: policy dims cover the suite, tasks exist, and the three
+    heads of a suite differ only in the head (same data, backbone, trunk, optimizer)."""
+    import dataclasses
+
+    from eval.sim.suites import make_suite
+    from recipes.configs import recipes
+
+    all_r = recipes()
+    suites = {name.rsplit("_", 1)[0] for name in all_r if name.endswith("_ebt")}
+    assert {"reach2d", "reach2d_detour", "metaworld", "pusht"} <= suites
+    for s in sorted(suites):
+        ebt, dif, reg = (all_r[f"{s}_{h}"] for h in ("ebt", "diffusion", "regression"))
+        assert (ebt.policy.head, dif.policy.head, reg.policy.head) == ("ebt", "diffusion", "regression")
+        for other in (dif, reg):
+            assert other.data == ebt.data and other.optim == ebt.optim
+            assert dataclasses.replace(other.policy, head="ebt") == ebt.policy
+        suite = make_suite(ebt.data.suite)
+        assert ebt.policy.action_dim >= suite.action_dim and ebt.policy.state_dim >= suite.state_dim, s
+        for t in ebt.data.tasks:
+            suite.check_task(t)
