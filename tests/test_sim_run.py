@@ -170,17 +170,17 @@ def test_rollout_state_interleaves_episodes(policy_dir):
 
 
 def test_mp4_video_and_gif_fallback(tmp_path, monkeypatch):
-    from eval.sim import rollout
+    from eval.sim import videos
 
     frames = [np.full((25, 25, 3), 40 * i, np.uint8) for i in range(5)]  # odd size: upscaled x5, padded to even
-    p = rollout._write_video(frames, tmp_path / "a.mp4")
+    p = videos.write_video(frames, tmp_path / "a.mp4")
     assert p == str(tmp_path / "a.mp4") and iio.imread(p, plugin="pyav").shape == (5, 126, 126, 3)
 
     def broken(*a, **k):
         raise RuntimeError("no encoder")
 
-    monkeypatch.setattr(rollout, "_write_mp4", broken)
+    monkeypatch.setattr(videos, "_write_mp4", broken)
     with pytest.warns(UserWarning, match="mp4 encoding failed .*no encoder.*writing a GIF instead"):
-        p = rollout._write_video(frames, tmp_path / "b.mp4")
+        p = videos.write_video(frames, tmp_path / "b.mp4")
     assert p == str(tmp_path / "b.gif") and len(iio.imread(p)) == 5
     assert sorted(f.name for f in tmp_path.iterdir()) == ["a.mp4", "b.gif"]  # no temp files left
