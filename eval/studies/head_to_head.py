@@ -122,8 +122,11 @@ def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str],
                     continue
                 per_step = sps.get(head, t["train_seconds"] / max(1, t["train_steps"]))
                 n = max(1, int(budget / per_step))
+                # with measured s/step the budget is already a step count (a time cap would cut runs short
+                # whenever the machine is busier than when s/step was measured); else cap the wall-clock too
+                cap = 0.0 if head in sps and ref_head in sps else budget
                 trained[("wall", head)] = train_head(base_cfg, suite_name, head, n,
-                                                     out / suite_name / f"{head}_wall{int(budget)}s", max_seconds=budget)
+                                                     out / suite_name / f"{head}_wall{int(budget)}s", max_seconds=cap)
         for (budget_kind, head), t in trained.items():
             policy = load_policy(t["policy_dir"])
             for label, ov in EVAL_VARIANTS[head]:
