@@ -8,7 +8,7 @@ Data: reach2d expert demos (the default recipe's data) written as shards with
 ``data_pipelines.shards.write_episodes`` (64 px PNG frames), streamed with
 ``vla_ebt.data.stream.EpisodeStream`` in train mode (random resized crop + color jitter) with the
 default recipe's horizon / obs_steps / batch size. Training: ``VLAPolicy`` built from
-``recipes.configs.recipes()["default"].policy``, one ``compute_loss`` + backward + AdamW step per
+``recipes.configs.recipes()["reach2d_ebt"].policy``, one ``compute_loss`` + backward + AdamW step per
 batch, on batches pre-fetched from the loader (so loader time is not counted twice).
 
 JSON keys: loader_samples_per_s, train_samples_per_s, ratio (= loader / train; target >= 3),
@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     from vla_ebt.data.stream import EpisodeStream, StreamConfig, StreamLoader, load_normalizer
     from vla_ebt.policy import VLAPolicy
 
-    cfg = recipes()["default"]
+    cfg = recipes()["reach2d_ebt"]
     pc = cfg.policy
     suite = make_suite(cfg.data.suite, image_size=pc.backbone.image_size)
     episodes = collect_demos(suite, None, a.episodes_per_task, seed=0)
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "long_stream_samples": a.long_batches * bs,
         "long_stream_samples_per_s": round(a.long_batches * bs / long_s, 1),
-        "settings": {"recipe": "default", "batch_size": bs, "image_size": pc.backbone.image_size,
+        "settings": {"recipe": "reach2d_ebt", "batch_size": bs, "image_size": pc.backbone.image_size,
                      "horizon": pc.horizon, "obs_steps": pc.obs_steps, "loader_workers": a.workers,
                      "train_threads": a.threads, "episodes": len(episodes), "device": "cpu",
                      "augment": "RandomResizedCrop(0.9-1.0) + ColorJitter(0.2,0.2,0.2,0.05)"},

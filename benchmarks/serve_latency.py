@@ -4,7 +4,7 @@
         [--requests 50] [--warmup 5] [--clients 1 4]
 
 Policy: ``--policy DIR`` (any folder written by ``save_pretrained``), else the default recipe's
-``recipes.configs.recipes()["default"].policy`` (untrained head, pretrained backbone) with a
+``recipes.configs.recipes()["reach2d_ebt"].policy`` (untrained head, pretrained backbone) with a
 Normalizer from reach2d expert-demo statistics, saved to a temporary folder. The server runs as
 a subprocess (``python -m eval.real.serve --port 0 --port-file``, one torch thread, loopback),
 as on a robot's inference box; the clients are threads of this process using
@@ -56,7 +56,7 @@ def build_default_policy(directory: Path, episodes_per_task: int = 5) -> Path:
     from vla_ebt.normalize import Normalizer
     from vla_ebt.policy import VLAPolicy
 
-    cfg = recipes()["default"]
+    cfg = recipes()["reach2d_ebt"]
     suite = make_suite(cfg.data.suite, image_size=cfg.policy.backbone.image_size)
     eps = collect_demos(suite, None, episodes_per_task, seed=cfg.data.seed)
     norm = Normalizer({cfg.data.suite: dataset_stats(eps)}, max_action_dim=cfg.policy.action_dim,

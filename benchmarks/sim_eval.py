@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from eval.studies.head_to_head import train_head
         from recipes.configs import recipes
 
-        cfg = recipes()["default"]
+        cfg = recipes()["reach2d_ebt"]
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, episodes_per_task=a.demos))
         work = Path(a.work_dir)
         pols = {}

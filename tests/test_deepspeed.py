@@ -19,7 +19,7 @@ from recipes.finetune import parse_launch_args
 
 ROOT = Path(__file__).resolve().parent.parent
 DS = ROOT / "recipes" / "deepspeed"
-SMALL = ["--recipe", "default", "--data.episodes-per-task", "4", "--optim.batch-size", "8", "--optim.steps", "4",
+SMALL = ["--recipe", "reach2d_ebt", "--data.episodes-per-task", "4", "--optim.batch-size", "8", "--optim.steps", "4",
          "--optim.warmup-steps", "2", "--optim.log-every", "1", "--policy.trunk.width", "32",
          "--policy.trunk.depth", "1", "--policy.finetune.mode", "frozen", "--eval.episodes-per-task", "1",
          "--eval.no-baselines"]

@@ -18,7 +18,7 @@ from recipes.finetune import main
 from tests.test_oxe_mix import write_fixture_shards
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["--recipe", "default", "--data.episodes-per-task", "3", "--optim.batch-size", "8",
+SMALL = ["--recipe", "reach2d_ebt", "--data.episodes-per-task", "3", "--optim.batch-size", "8",
          "--optim.warmup-steps", "1", "--optim.log-every", "1", "--policy.trunk.width", "32",
          "--policy.trunk.depth", "1", "--policy.finetune.mode", "frozen", "--eval.episodes-per-task", "1",
          "--eval.no-baselines"]

@@ -10,13 +10,17 @@ from recipes.finetune import parse_args, run
 from vla_ebt.policy import VLAPolicy
 
 
-def test_default_recipe_shortened_runs_end_to_end(tmp_path) -> None:
+def test_default_recipe_shortened_trains_evaluates_and_beats_random(tmp_path) -> None:
+    """The default recipe (Meta-World, 3 tasks) shortened to 20 demos per task, 200 steps and 5
+    evaluation episodes per task: every run file is written, the loss falls, the saved policy
+    reloads, and the trained policy succeeds clearly more often than the random policy on the same
+    episodes. Measured here: 0.80 vs 0.00 (expert 1.00), about 3 min on 2 busy cores."""
     cfg = recipes()["default"]
     cfg = dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, episodes_per_task=8),
-        optim=dataclasses.replace(cfg.optim, steps=40, warmup_steps=5, log_every=10),
-        eval=dataclasses.replace(cfg.eval, episodes_per_task=3),
+        data=dataclasses.replace(cfg.data, episodes_per_task=20, demo_cache=str(tmp_path / "cache")),
+        optim=dataclasses.replace(cfg.optim, steps=200, warmup_steps=20, ema_decay=0.98, log_every=10),
+        eval=dataclasses.replace(cfg.eval, episodes_per_task=5),
         run_dir=str(tmp_path / "run"),
     )
     summary = run(cfg, progress=False)
@@ -25,13 +29,16 @@ def test_default_recipe_shortened_runs_end_to_end(tmp_path) -> None:
                  "policy/model.safetensors", "policy/adapter_model.safetensors", "policy/normalizer.json"):
         assert (run_dir / name).exists(), name
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert losses[-1] < 0.1 * losses[0]
     report = json.loads((run_dir / "eval" / "report.json").read_text())
-    assert sum(t["episodes"] for t in report["tasks"].values()) == 9
-    assert set(summary["success"]) == {"ebt (trained)", "random", "expert"}
-    assert summary["success"]["expert"] >= 0.9
+    assert sum(t["episodes"] for t in report["tasks"].values()) == 15
+    trained, random_, expert = (summary["success"][k] for k in ("ebt (trained)", "random", "expert"))
+    assert expert >= 0.9
+    assert trained >= random_ + 0.3, (trained, random_)
+    assert report["overall"]["ci_low"] > random_, (report["overall"], random_)
     policy = VLAPolicy.from_pretrained(run_dir / "policy")
-    assert policy.cfg.head == "ebt" and policy.cfg.finetune.mode == "lora"
+    assert policy.cfg.head == "ebt" and policy.cfg.finetune.mode == "lora" and policy.cfg.action_dim == 4
 
 
 def test_cli_overrides_and_errors() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["--recipe", "default", "--data.episodes-per-task", "4", "--optim.batch-size", "8",
+SMALL = ["--recipe", "reach2d_ebt", "--data.episodes-per-task", "4", "--optim.batch-size", "8",
          "--optim.warmup-steps", "3", "--optim.log-every", "1", "--policy.trunk.width", "32",
          "--policy.trunk.depth", "1", "--policy.finetune.mode", "frozen", "--eval.episodes-per-task", "1",
          "--eval.no-baselines"]

@@ -201,7 +201,7 @@ def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
     from recipes.configs import recipes
     from vla_ebt.heads.trunk import TrunkConfig
 
-    cfg = recipes()["default"]
+    cfg = recipes()["reach2d_ebt"]
     cfg = dataclasses.replace(
         cfg,
         policy=dataclasses.replace(cfg.policy, trunk=TrunkConfig(width=32, depth=1, num_heads=2), horizon=4),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import random
 import time
 
@@ -132,7 +131,7 @@ def test_finetune_writes_times_evals_tensorboard_and_plots(tmp_path) -> None:
     from recipes.finetune import parse_args, run
 
     run_dir = tmp_path / "run"
-    cfg = parse_args(["--recipe", "default", "--data.episodes-per-task", "3", "--optim.batch-size", "8",
+    cfg = parse_args(["--recipe", "reach2d_ebt", "--data.episodes-per-task", "3", "--optim.batch-size", "8",
                       "--optim.steps", "6", "--optim.warmup-steps", "2", "--optim.log-every", "1",
                       "--optim.eval-every", "3", "--eval.periodic-episodes-per-task", "1",
                       "--policy.trunk.width", "32", "--policy.trunk.depth", "1", "--policy.finetune.mode", "frozen",
@@ -158,7 +157,7 @@ def test_finetune_equal_wall_clock_budget_records_steps_reached(tmp_path) -> Non
     from recipes.finetune import parse_args, run
 
     run_dir = tmp_path / "run"
-    cfg = parse_args(["--recipe", "default", "--data.episodes-per-task", "3", "--optim.batch-size", "8",
+    cfg = parse_args(["--recipe", "reach2d_ebt", "--data.episodes-per-task", "3", "--optim.batch-size", "8",
                       "--optim.steps", "100000", "--optim.max-seconds", "2", "--optim.log-every", "1000",
                       "--policy.trunk.width", "32", "--policy.trunk.depth", "1", "--policy.finetune.mode", "frozen",
                       "--eval.episodes-per-task", "1", "--eval.no-baselines", "--run-dir", str(run_dir)])
@@ -170,23 +169,3 @@ def test_finetune_equal_wall_clock_budget_records_steps_reached(tmp_path) -> Non
     train, _ = _records(run_dir)
     assert train[-1]["step"] == summary["train_steps"] - 1
     assert (run_dir / "policy" / "model.safetensors").exists()
-
-
-def test_default_recipe_shortened_beats_a_random_policy(tmp_path) -> None:
-    """The default recipe shortened to 300 demos per task and 400 steps (cosine schedule and EMA
-    horizon shortened with it) trains, evaluates, and succeeds clearly more often than a random
-    policy on the same 60 episodes. Measured (seeds 0 / 1): 0.23 / 0.38 vs random 0.05; at 300
-    steps only 0.13 / 0.12, at 200 steps 0.18 / 0.05."""
-    from recipes.finetune import parse_args, run
-
-    cfg = parse_args(["--recipe", "default", "--data.episodes-per-task", "300", "--optim.steps", "400",
-                      "--optim.warmup-steps", "40", "--optim.ema-decay", "0.98", "--eval.episodes-per-task", "20",
-                      "--run-dir", str(tmp_path / "run")])
-    summary = run(cfg, progress=False)
-    trained, random_, expert = (summary["success"][k] for k in ("ebt (trained)", "random", "expert"))
-    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
-    ci_low = report["overall"]["ci_low"]
-    assert expert >= 0.9
-    assert trained >= random_ + 0.1, (trained, random_)
-    assert ci_low > random_, (ci_low, random_)  # the 95% interval of the trained policy lies above random
-    assert summary["final_loss"] < 0.3

@@ -2,7 +2,7 @@
 regression, identical data, backbone and trunk, compared at equal gradient steps and at equal
 training wall-clock, on unimodal (``reach2d``) and multimodal (``reach2d_detour``) demonstrations.
 
-    python -m eval.studies.head_to_head --recipe default --suites reach2d reach2d_detour \\
+    python -m eval.studies.head_to_head --recipe reach2d_ebt --suites reach2d reach2d_detour \\
         --steps 1000 --episodes 20 --out runs/studies/head_to_head
 
 Per suite: every head trains ``--steps`` steps (equal steps; its wall-clock time is recorded);
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from recipes.configs import recipes
 
     p = argparse.ArgumentParser(prog="python -m eval.studies.head_to_head", description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", default="default", help="the recipe every head shares (data size, backbone, trunk, optim)")
+    p.add_argument("--recipe", default="reach2d_ebt", help="the recipe every head shares (data size, backbone, trunk, optim)")
     p.add_argument("--suites", nargs="+", default=["reach2d", "reach2d_detour"])
     p.add_argument("--heads", nargs="+", default=["ebt", "diffusion", "regression"], choices=sorted(EVAL_VARIANTS))
     p.add_argument("--steps", type=int, default=None, help="gradient steps (default: the recipe's)")
