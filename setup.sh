@@ -8,8 +8,8 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; assert sys.version_info >= (3, 11), f"vla_ebt needs Python >= 3.11, found {sys.version}"'
 
-# System packages. The current suites render with numpy only; MuJoCo-based suites need Mesa's
-# software OpenGL (EGL/OSMesa) and ffmpeg for videos.
+# System packages: MuJoCo-based suites (Meta-World: the main job; LIBERO) render on CPU through
+# Mesa's software OpenGL (EGL or OSMesa); ffmpeg for videos.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   missing=()
   for p in libegl1 libgl1 libosmesa6 ffmpeg; do
