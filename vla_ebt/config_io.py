@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import types
@@ -97,6 +98,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def json_safe(x: Any) -> Any:
+    """Nested dicts/lists for strict JSON: NaN/inf floats -> None, numpy scalars -> Python numbers,
+    dict keys -> str."""
+    if hasattr(x, "item") and getattr(x, "ndim", None) == 0:  # numpy / torch scalar
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
 
 
 def save_json(path: str | Path, obj: Any) -> None:

@@ -372,25 +372,15 @@ def plot(r: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
 def write_report(r: dict[str, Any], out: str | Path, make_plot: bool = True) -> dict[str, Path]:
     """OUT/replay.json (without per-chunk records), replay.md, replay.png, chunks.csv."""
-    from vla_ebt.config_io import atomic_write_text
+    from vla_ebt.config_io import atomic_write_text, json_safe
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "replay.json", "markdown": out / "replay.md", "chunks": out / "chunks.csv"}
     summary = {k: v for k, v in r.items() if k != "chunks"}
-    atomic_write_text(paths["json"], json.dumps(_json_safe(summary), indent=2))
+    atomic_write_text(paths["json"], json.dumps(json_safe(summary), indent=2))
     atomic_write_text(paths["markdown"], to_markdown(r))
     buf = io.StringIO()
     fields = ["episode", "key", "t", "valid_steps", "mae", "nmae", "first_step_mae", "energy", "steps"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from vla_ebt.config_io import atomic_write_text
+from vla_ebt.config_io import atomic_write_text, json_safe
 
 __all__ = ["Z95", "wilson_interval", "EpisodeSpec", "EpisodeResult", "TaskResult", "EvalReport", "load_report"]
 
@@ -38,14 +38,7 @@ def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
+_json_safe = json_safe
 
 
 def _nan(x: Any) -> float:

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from vla_ebt.config_io import atomic_write_text
+from vla_ebt.config_io import atomic_write_text, json_safe
 
 __all__ = ["auroc", "predict_overrides", "SignalRecorder", "load_policy", "write_study", "fmt"]
 
@@ -158,25 +158,13 @@ def fmt(x: Any, nd: int = 3) -> str:
     return str(x)
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return _json_safe(x.item())
-    return x
-
-
 def write_study(out_dir: str | Path, name: str, rows: list[dict[str, Any]], columns: Sequence[str],
                 meta: dict[str, Any] | None = None, title: str = "") -> Path:
     """Write ``OUT/name.json`` ({"meta", "rows"}) and ``OUT/name.md`` (a table of ``columns``);
     returns the markdown path. Also prints the table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{name}.json", json.dumps(_json_safe({"meta": meta or {}, "rows": rows}), indent=2))
+    atomic_write_text(out / f"{name}.json", json.dumps(json_safe({"meta": meta or {}, "rows": rows}), indent=2))
     lines = [f"# {title or name}", ""]
     if meta:
         lines += [", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))), ""]
