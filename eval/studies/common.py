@@ -154,7 +154,9 @@ def load_policy(path: str | Path) -> Any:
 def fmt(x: Any, nd: int = 3) -> str:
     """Table cell: floats rounded, NaN as '-'."""
     if isinstance(x, float):
-        return "-" if math.isnan(x) else f"{x:.{nd}f}"
+        if math.isnan(x):
+            return "-"
+        return f"{x:.2g}" if 0 < abs(x) < 10**-nd else f"{x:.{nd}f}"  # thresholds like 1e-4 stay visible
     return str(x)
 
 
