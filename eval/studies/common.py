@@ -15,7 +15,7 @@ import torch
 
 from vla_ebt.config_io import atomic_write_text, json_safe
 
-__all__ = ["auroc", "predict_overrides", "SignalRecorder", "load_policy", "write_study", "fmt"]
+__all__ = ["auroc", "predict_overrides", "SignalRecorder", "load_policy", "write_study", "fmt", "pyplot", "save_figure"]
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool | int]) -> float:
@@ -177,3 +177,22 @@ def write_study(out_dir: str | Path, name: str, rows: list[dict[str, Any]], colu
     atomic_write_text(out / f"{name}.md", text)
     print(text)
     return out / f"{name}.md"
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """tight_layout, write ``path`` (parents created, 100 dpi), close the figure."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+    return path

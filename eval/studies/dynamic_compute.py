@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import load_policy, predict_overrides, write_study
+from .common import load_policy, predict_overrides, write_study, pyplot, save_figure
 from .episodes import run_study_episodes
 
 __all__ = ["run_dynamic_compute", "main"]
@@ -50,10 +50,7 @@ def run_dynamic_compute(policy: Any, suite: Any, tasks: Sequence[str], episodes_
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """Success (with interval) and latency vs max steps, one line per threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     for mg in sorted({r["min_grad"] for r in rows}):
@@ -70,11 +67,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     a1.set_ylim(0, 1.05)
     a2.set_ylabel("ms per chunk")
     a1.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import load_policy, predict_overrides, write_study
+from .common import load_policy, predict_overrides, write_study, pyplot, save_figure
 from .episodes import run_study_episodes
 
 __all__ = ["EVAL_VARIANTS", "train_head", "evaluate_variant", "run_head_to_head", "main"]
@@ -137,10 +137,7 @@ def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str],
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = list(dict.fromkeys((r["suite"], r["budget"]) for r in rows))
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.4), squeeze=False)
@@ -154,11 +151,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{s}: {b}", fontsize=8)
     axes[0][0].set_ylabel("success rate")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 COLUMNS = ["suite", "budget", "head", "train_steps", "train_s", "success", "ci_low", "ci_high", "nfe", "chunk_ms",

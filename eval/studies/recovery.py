@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from eval.sim.perturb import PerturbedSuite, make_perturbation
 from eval.sim.rollout import evaluate
 
-from .common import load_policy, write_study
+from .common import load_policy, write_study, pyplot, save_figure
 
 __all__ = ["run_recovery", "parse_policies", "main"]
 
@@ -59,10 +59,7 @@ def run_recovery(policies: dict[str, Any], suite: Any, tasks: Sequence[str], epi
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str = "success under injected failures") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     pols = list(dict.fromkeys(r["policy"] for r in rows))
@@ -81,11 +78,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "success under inj
     ax.set_ylim(0, 1.05)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

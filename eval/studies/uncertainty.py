@@ -30,7 +30,7 @@ import numpy as np
 
 from eval.sim.perturb import PerturbedSuite, make_perturbation
 
-from .common import ChunkSignals, auroc, load_policy, write_study
+from .common import ChunkSignals, auroc, load_policy, write_study, pyplot, save_figure
 from .episodes import StudyEpisodes, run_study_episodes
 
 __all__ = ["SIGNALS", "episode_scores", "failure_auroc", "run_uncertainty", "main"]
@@ -117,10 +117,7 @@ def run_uncertainty(policy: Any, suite: Any, tasks: Sequence[str], episodes_per_
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     raw = result["raw"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
@@ -132,11 +129,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
                 ax.hist(v, bins=20, alpha=0.45, label=cond, density=True)
         ax.set_title(f"episode mean {sig}")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
