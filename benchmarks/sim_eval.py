@@ -7,11 +7,13 @@
 Env throughput: each suite's scripted expert (random actions for suites without one, e.g. LIBERO)
 drives ``--env-steps`` steps with the observation image rendered every step, in one process.
 
-Head-to-head: both policies run the same seeded reach2d episodes (``--episodes`` per task) through
-:func:`eval.sim.rollout.evaluate`. EBT uses its configured inference steps (2); diffusion is
-reported with its configured sampler (DDPM-100) and with DDIM-10. Without ``--policies`` the two
-heads are trained here first with the ``default`` recipe at ``--train-steps`` / ``--demos`` (the
-full budget is the head-to-head study: ``python -m eval.studies.head_to_head``).
+Head-to-head: both policies run the same seeded episodes (``--episodes`` per task) of the recipe's
+suite, tasks and suite arguments (``--recipe``, default ``default``: the Meta-World tasks of the main
+job) through :func:`eval.studies.head_to_head.evaluate_variant`. EBT uses its configured inference
+steps (2); diffusion is reported with its configured sampler (DDPM-100) and with DDIM-10. Without
+``--policies`` both heads are first trained with that recipe at its own budget (steps and demos per
+task; ``--train-steps`` / ``--demos`` shrink it), reusing finished runs under ``--work-dir``. The
+full study (regression too, and equal wall-clock) is ``python -m eval.studies.head_to_head``.
 
 JSON keys: ``env_steps_per_s`` (suite -> steps/s), ``ebt_success``, ``diffusion_success``,
 ``diffusion_ddim_success``, ``ebt_chunk_ms``, ``diffusion_chunk_ms``, ``diffusion_ddim_chunk_ms``,
@@ -65,16 +67,24 @@ def env_throughput(suite_name: str, steps: int, seed: int = 0, **suite_kwargs: A
     return steps / dt
 
 
-def head_to_head(policies: dict[str, str], episodes: int, seed: int) -> dict[str, Any]:
+def recipe_suite(recipe: Any) -> tuple[Any, list[str]]:
+    """The recipe's simulated suite (built with its ``data.suite_args``) and its task list."""
+    from eval.sim.run import parse_suite_args
+    from eval.sim.suites import make_suite
+
+    suite = make_suite(recipe.data.suite, **parse_suite_args(recipe.data.suite_args))
+    return suite, list(recipe.data.tasks) or suite.task_names()
+
+
+def head_to_head(policies: dict[str, str], recipe: Any, episodes: int, seed: int) -> dict[str, Any]:
+    """EBT vs diffusion (DDPM and DDIM) on the recipe's suite: success, ms and nfe per chunk."""
     import numpy as np
 
-    from eval.sim.suites import make_suite
     from eval.studies.common import load_policy
     from eval.studies.head_to_head import evaluate_variant
 
-    suite = make_suite("reach2d")
-    tasks = suite.task_names()
-    out: dict[str, Any] = {"per_task": {}}
+    suite, tasks = recipe_suite(recipe)
+    out: dict[str, Any] = {"suite": recipe.data.suite, "tasks": tasks, "episodes_per_task": episodes, "per_task": {}}
     variants = [("ebt", "ebt", {}), ("diffusion", "diffusion", {"sampler": "ddpm", "num_steps": 100}),
                 ("diffusion_ddim", "diffusion", {"sampler": "ddim", "num_steps": 10})]
     loaded = {k: load_policy(v) for k, v in policies.items()}
@@ -88,6 +98,8 @@ def head_to_head(policies: dict[str, str], episodes: int, seed: int) -> dict[str
         out["per_task"][key] = r["per_task"]
     if "ebt_chunk_ms" in out and "diffusion_chunk_ms" in out:
         out["chunk_ms_ratio"] = out["ebt_chunk_ms"] / out["diffusion_chunk_ms"]
+    if hasattr(suite, "close"):
+        suite.close()
     return out
 
 
@@ -98,8 +110,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--suites", nargs="*", default=["reach2d", "reach2d_detour", "pusht", "metaworld", "libero"])
     p.add_argument("--env-steps", type=int, default=300)
     p.add_argument("--policies", nargs="*", default=None, help="ebt=DIR diffusion=DIR (saved policies)")
-    p.add_argument("--train-steps", type=int, default=300, help="without --policies: steps per head")
-    p.add_argument("--demos", type=int, default=300, help="without --policies: demos per task")
+    p.add_argument("--recipe", default="default", help="the recipe whose suite, tasks and budget the head-to-head uses")
+    p.add_argument("--train-steps", type=int, default=None, help="without --policies: steps per head (default: the recipe's)")
+    p.add_argument("--demos", type=int, default=None, help="without --policies: demos per task (default: the recipe's)")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
     p.add_argument("--seed", type=int, default=70_000)
     p.add_argument("--work-dir", default="runs/bench/sim_eval")
@@ -107,6 +120,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
+    import dataclasses
+
+    from recipes.configs import recipes
+
+    all_recipes = recipes()
+    if a.recipe not in all_recipes:
+        raise SystemExit(f"unknown recipe {a.recipe!r}; known: {sorted(all_recipes)}")
+    cfg = all_recipes[a.recipe]
+    if a.demos is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, episodes_per_task=a.demos))
     result: dict[str, Any] = {"env_steps_per_s": {}, "env_errors": {}}
     for s in a.suites:
         try:
@@ -118,28 +141,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.policies:
         pols = dict(x.split("=", 1) for x in a.policies)
     else:
-        import dataclasses
-
         from eval.studies.head_to_head import train_head
-        from recipes.configs import recipes
 
-        cfg = recipes()["reach2d_ebt"]
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, episodes_per_task=a.demos))
+        steps = a.train_steps or cfg.optim.steps
         work = Path(a.work_dir)
         pols = {}
         for head in ("ebt", "diffusion"):
-            t = train_head(cfg, "reach2d", head, a.train_steps, work / f"{head}_steps{a.train_steps}_demos{a.demos}")
+            run_dir = work / f"{a.recipe}_{head}_steps{steps}_demos{cfg.data.episodes_per_task}"
+            t = train_head(cfg, cfg.data.suite, head, steps, run_dir)
             pols[head] = t["policy_dir"]
             result[f"{head}_train_s"] = t["train_seconds"]
+            result[f"{head}_train_steps"] = t["train_steps"]
+    result["recipe"] = a.recipe
     result["policies"] = pols
-    result.update(head_to_head(pols, a.episodes, a.seed))
+    result.update(head_to_head(pols, cfg, a.episodes, a.seed))
 
     print(f"{'suite':<16}{'env steps/s':>12}")
     for s, v in result["env_steps_per_s"].items():
         print(f"{s:<16}{v:>12.1f}")
     for s, e in result["env_errors"].items():
         print(f"{s:<16}{'unavailable':>12}  ({e[:80]})")
-    print(f"\n{'head':<16}{'success':>9}{'ms/chunk':>10}{'nfe':>6}")
+    print(f"\nhead-to-head: recipe {a.recipe}, suite {result['suite']}, {a.episodes} episodes x {len(result['tasks'])} tasks")
+    print(f"{'head':<16}{'success':>9}{'ms/chunk':>10}{'nfe':>6}")
     for k in ("ebt", "diffusion", "diffusion_ddim"):
         if f"{k}_success" in result:
             print(f"{k:<16}{result[k + '_success']:>9.3f}{result[k + '_chunk_ms']:>10.1f}{result[k + '_nfe']:>6.0f}")

@@ -102,11 +102,14 @@ def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str],
     machine) sets the equal-wall-clock step counts; without it each head's own equal-steps run time is
     used (fine on an otherwise idle machine, biased when runs share the CPU with other work)."""
     sps = dict(seconds_per_step or {})
+    from eval.sim.run import parse_suite_args
     from eval.sim.suites import make_suite
 
     rows: list[dict[str, Any]] = []
     for suite_name in suites:
-        suite = make_suite(suite_name)
+        # the recipe's suite arguments (e.g. the episode limit) apply to its own suite
+        kw = parse_suite_args(base_cfg.data.suite_args) if suite_name == base_cfg.data.suite else {}
+        suite = make_suite(suite_name, **kw)
         tasks = list(base_cfg.data.tasks) or suite.task_names()
         trained: dict[tuple[str, str], dict[str, Any]] = {}
         for head in heads:
