@@ -165,3 +165,67 @@ def test_loss_ignores_masked_entries() -> None:
     torch.manual_seed(1)
     l2, _ = head.compute_loss(ctx, other, mask)
     torch.testing.assert_close(l1, l2)
+
+
+# ------------------------------------------------------------------------------ energy shaping
+def _mixed_ambiguity_batch(batch: int, gen: torch.Generator | None = None):
+    """Half the contexts demonstrate one chunk, half (flagged in token 1, dim 3) two modes 50/50."""
+    ctx_u, t_u = goal_reach_batch(batch // 2, H, D, W, bimodal=False, generator=gen)
+    ctx_b, t_b = goal_reach_batch(batch // 2, H, D, W, bimodal=True, generator=gen)
+    ctx_b.tokens[:, 1, 3] = 1.0
+    return Context(torch.cat([ctx_u.tokens, ctx_b.tokens]), torch.cat([ctx_u.mask, ctx_b.mask])), torch.cat([t_u, t_b])
+
+
+def _train_shaped(shaping: str, steps: int = 250) -> EBTHead:
+    torch.manual_seed(0)
+    head = EBTHead(small_cfg(objective="reference", shaping=shaping))
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    for _ in range(steps):
+        ctx, target = _mixed_ambiguity_batch(64)
+        loss, info = head.compute_loss(ctx, target)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        opt.step()
+    assert ("shaping_loss" in info) == (shaping != "none")
+    return head
+
+
+def _auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    return ((pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()).mean().item()
+
+
+def test_error_shaping_makes_the_final_energy_read_the_expected_error() -> None:
+    """Trained on a mix of unambiguous and two-mode contexts (where the minimizer's output, the
+    modes' average, is far from every demonstration), the "error"-shaped final energy is higher on
+    the two-mode contexts and tracks the output's actual error; unshaped, it does neither."""
+    head = _train_shaped("error")
+    ctx, target = _mixed_ambiguity_batch(256, torch.Generator().manual_seed(5))
+    pred = head.predict(ctx, num_steps=2)
+    assert _auroc(pred.energy[128:], pred.energy[:128]) > 0.9
+    err = (pred.actions - target).pow(2).flatten(1).mean(1)
+    assert pred.energy.mean().item() == pytest.approx(err.mean().item(), rel=0.5)  # same units: squared error
+    rank = lambda x: x.argsort().argsort().float()  # noqa: E731
+    assert torch.corrcoef(torch.stack([rank(pred.energy), rank(err)]))[0, 1] > 0.6  # Spearman
+    # and the policy still clones the unambiguous demonstrations
+    assert (pred.actions[:128] - target[:128]).pow(2).mean() < 0.1 * target[:128].pow(2).mean()
+    plain = _train_shaped("none")
+    e = plain.predict(ctx, num_steps=2).energy
+    assert 0.25 < _auroc(e[128:], e[:128]) < 0.75
+
+
+def test_margin_shaping_ranks_demonstrations_below_perturbed_chunks() -> None:
+    head = _train_shaped("margin", steps=150)
+    ctx, target = _mixed_ambiguity_batch(128, torch.Generator().manual_seed(6))
+    e_t = head.energy(ctx, target).detach()
+    e_p = head.energy(ctx, target + 0.5 * torch.randn_like(target)).detach()
+    assert (e_p > e_t).float().mean() > 0.9
+
+
+def test_shaping_is_validated_and_off_by_default() -> None:
+    with pytest.raises(ValueError, match="shaping"):
+        EBTHead(small_cfg(shaping="entropy"))
+    head = EBTHead(small_cfg())
+    ctx, target = goal_reach_batch(8, H, D, W)
+    _, info = head.compute_loss(ctx, target)
+    assert "shaping_loss" not in info

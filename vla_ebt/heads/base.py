@@ -32,6 +32,10 @@ class Context:
         """Repeat every sample n times along the batch: (B, ...) -> (B * n, ...)."""
         return Context(self.tokens.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0))
 
+    def repeat(self, n: int) -> "Context":
+        """Tile the whole batch n times: (B, ...) -> (n * B, ...), sample i at rows i, B + i, ..."""
+        return Context(self.tokens.repeat(n, 1, 1), self.mask.repeat(n, 1))
+
     def detach(self) -> "Context":
         return Context(self.tokens.detach(), self.mask)
 
