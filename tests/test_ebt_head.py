@@ -229,3 +229,10 @@ def test_shaping_is_validated_and_off_by_default() -> None:
     ctx, target = goal_reach_batch(8, H, D, W)
     _, info = head.compute_loss(ctx, target)
     assert "shaping_loss" not in info
+    for shaping in ("error", "margin"):  # padded action dims (B, H, D masks) and padded steps (B, H)
+        head = EBTHead(small_cfg(shaping=shaping))
+        for mask in (torch.ones(8, H, D, dtype=torch.bool), torch.ones(8, H, dtype=torch.bool)):
+            mask[:, -2:] = False
+            loss, info = head.compute_loss(ctx, target, mask)
+            loss.backward()
+            assert torch.isfinite(loss) and info["shaping_loss"] >= 0

@@ -59,6 +59,14 @@ class ChunkPrediction:
     energy_trace: Tensor | None = None  # (K+1, B) energy before the first and after each step
 
 
+def expand_mask(mask: Tensor | None, like: Tensor) -> Tensor:
+    """A supervision mask as a float (B, H, D) like ``like``: None -> ones, (B, H) -> broadcast over D."""
+    if mask is None:
+        return torch.ones_like(like)
+    m = mask.to(like.dtype)
+    return m.unsqueeze(-1).expand_as(like) if m.dim() == 2 else m
+
+
 def masked_mean(err: Tensor, mask: Tensor | None) -> Tensor:
     """Mean of an elementwise error (B, H, D) over valid entries only.
 
@@ -66,9 +74,7 @@ def masked_mean(err: Tensor, mask: Tensor | None) -> Tensor:
     """
     if mask is None:
         return err.mean()
-    m = mask.to(err.dtype)
-    if m.dim() == 2:
-        m = m.unsqueeze(-1).expand_as(err)
+    m = expand_mask(mask, err)
     return (err * m).sum() / m.sum().clamp_min(1.0)
 
 

@@ -95,7 +95,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .base import ActionHead, ChunkPrediction, Context, masked_mse
+from .base import ActionHead, ChunkPrediction, Context, expand_mask, masked_mse
 from .energy_minimizer import cosine_sigmas, minimize_energy
 from .trunk import ActionTrunk, TrunkConfig, sinusoidal_embedding
 
@@ -232,7 +232,7 @@ class EBTHead(ActionHead):
         neither perturbed nor counted."""
         cfg = self.cfg
         b = target.shape[0]
-        m = torch.ones_like(target) if mask is None else mask.to(target.dtype).unsqueeze(-1).expand_as(target)
+        m = expand_mask(mask, target)
         if cfg.shaping == "error":
             was_training = self.training
             out = self.predict(context.detach(), num_candidates=1, noise=0.0, min_grad=0.0).actions.detach()
