@@ -65,10 +65,12 @@ demonstrated chunk t and a perturbed copy t~ = t + sigma * N(0, I), sigma log-un
 
 ``error``     self-assessed error: run the inference chain (``infer_steps`` steps from noise, no
               graph) to its output a, and regress E(context, a) onto the per-sample squared error
-              mean((a - t)^2) (MSE, in the BC loss's units). The chain's landing point is where the
-              energy's gradient vanishes, so pinning the value there leaves the BC gradients alone;
-              its optimum is E(context, a) = E[||a - t||^2 | context] (bias^2 + the spread of the
-              demonstrations), i.e. the final energy reads the expected error of the chunk produced.
+              mean((a - t)^2), both centred over the batch (the energy's level also sets the step size
+              through exp(E); pinning it to the error's level doubled the BC loss on reach2d at 200
+              steps). The chain's landing point is where the energy's gradient vanishes, so the value
+              there is free; the optimum is E(context, a) = E[||a - t||^2 | context] + const (bias^2
+              + the spread of the demonstrations): the final energy reads the expected error of the
+              chunk produced.
               Measured (tests): a perturbation-distance regression instead ("E(t~) = c ||t~ - t||^2")
               fought the unrolled BC loss (unimodal MSE 0.069 vs 0.003) and made the energy *lower*
               on ambiguous contexts (AUROC 0.02); this term does not touch the landscape's shape.
@@ -239,7 +241,9 @@ class EBTHead(ActionHead):
             self.train(was_training)
             err = ((out - target) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
             e = self.energy(context, out)
-            loss = (e - err).pow(2).mean()
+            # batch-centred: the energy reads the error up to a constant, so its level (which sets the
+            # minimizer's step size through exp(E)) stays where the BC loss wants it
+            loss = ((e - e.mean()) - (err - err.mean())).pow(2).mean()
             return loss, {"shaping_loss": loss.item(), "energy_output": e.mean().item(), "output_mse": err.mean().item()}
         lo, hi = math.log(cfg.shaping_sigma_min), math.log(cfg.shaping_sigma_max)
         sigma = torch.exp(lo + torch.rand(b, device=target.device, dtype=target.dtype) * (hi - lo))
