@@ -221,3 +221,30 @@ def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
     before = summary.stat().st_mtime_ns
     again = run_head_to_head(cfg, ["reach2d_detour"], ["ebt", "regression"], 2, 1, 0, tmp_path / "h2h", True, sps)
     assert summary.stat().st_mtime_ns == before and len(again) == 4
+
+
+def test_head_to_head_variants_train_with_their_config_fields(tmp_path):
+    import dataclasses
+
+    from eval.studies.head_to_head import HeadVariant, main, parse_variant, run_head_to_head
+    from recipes.configs import recipes
+    from vla_ebt.heads.trunk import TrunkConfig
+
+    v = parse_variant("ebt-path:ebt:objective=path,infer_steps=3")
+    assert v == HeadVariant("ebt-path", "ebt", (("infer_steps", 3), ("objective", "path")))
+    with pytest.raises(ValueError, match="NAME:HEAD"):
+        parse_variant("ebt-path:transformer:objective=path")
+    with pytest.raises(SystemExit, match="unknown ebt config field"):
+        main(["--recipe", "reach2d_ebt", "--variant", "x:ebt:objectiv=path", "--out", str(tmp_path / "bad")])
+    cfg = recipes()["reach2d_ebt"]
+    cfg = dataclasses.replace(
+        cfg,
+        policy=dataclasses.replace(cfg.policy, trunk=TrunkConfig(width=32, depth=1, num_heads=2), horizon=4),
+        data=dataclasses.replace(cfg.data, tasks=("reach_red",), episodes_per_task=2, demo_cache=str(tmp_path / "cache")),
+        optim=dataclasses.replace(cfg.optim, steps=2, batch_size=4, warmup_steps=1),
+    )
+    rows = run_head_to_head(cfg, ["reach2d"], [v], 2, 1, 0, tmp_path / "h2h", equal_wall_clock=False)
+    assert [(r["head"], r["train_steps"]) for r in rows] == [("ebt-path", 2)]
+    assert rows[0]["nfe"] == 4.0  # 3 inference steps + the final energy evaluation
+    saved = json.loads((tmp_path / "h2h" / "reach2d" / "ebt-path_steps2" / "policy" / "config.json").read_text())
+    assert saved["ebt"]["objective"] == "path" and saved["head"] == "ebt"

@@ -13,6 +13,10 @@ and seconds, success (95% interval), per-task success, network evaluations and l
 and on multimodal suites the share of episodes that commit to each mode (left / right) and that
 average (collide with the obstacle) or stall. Trained runs are reused when their folder has a
 saved policy, so an interrupted study resumes. Writes ``head_to_head.{json,md,png}``.
+
+Variants of a head join the table as rows of their own: ``--variant ebt-path:ebt:objective=path``
+trains the EBT head with ``policy.ebt.objective = "path"`` (fields of the head's config, values
+parsed as JSON) under the same budgets as the plain heads.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 from .common import load_policy, predict_overrides, write_study, pyplot, save_figure
 from .episodes import run_study_episodes
 
-__all__ = ["EVAL_VARIANTS", "train_head", "evaluate_variant", "run_head_to_head", "main"]
+__all__ = ["EVAL_VARIANTS", "HeadVariant", "parse_variant", "train_head", "evaluate_variant", "run_head_to_head", "main"]
 
 #: head -> [(row label, head.predict overrides)]; diffusion is evaluated with both samplers
 EVAL_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
@@ -39,9 +43,43 @@ EVAL_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
 }
 
 
-def train_head(base_cfg: Any, suite: str, head: str, steps: int, run_dir: Path, max_seconds: float = 0.0) -> dict[str, Any]:
-    """Train one head with the recipe's everything-else (reused if ``run_dir/policy`` exists).
-    Returns {"train_seconds", "train_steps", "policy_dir"}."""
+@dataclasses.dataclass(frozen=True)
+class HeadVariant:
+    """A head trained with some of its config fields changed, e.g. EBT with ``objective="path"``."""
+
+    name: str
+    head: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+def parse_variant(spec: str) -> HeadVariant:
+    """``"NAME:HEAD:key=value,key=value"`` -> HeadVariant (values parsed as JSON, else strings)."""
+    from eval.sim.run import parse_suite_args
+
+    parts = spec.split(":", 2)
+    if len(parts) < 2 or not parts[0] or parts[1] not in EVAL_VARIANTS:
+        raise ValueError(f"--variant {spec!r}: expected NAME:HEAD[:key=value,...] with HEAD one of {sorted(EVAL_VARIANTS)}")
+    fields = parse_suite_args([x for x in parts[2].split(",") if x]) if len(parts) == 3 else {}
+    return HeadVariant(parts[0], parts[1], tuple(sorted(fields.items())))
+
+
+def _head_config(policy_cfg: Any, head: str, overrides: Sequence[tuple[str, Any]]) -> Any:
+    """policy config with ``head`` selected and ``overrides`` applied to that head's config."""
+    policy_cfg = dataclasses.replace(policy_cfg, head=head)
+    if not overrides:
+        return policy_cfg
+    head_cfg = getattr(policy_cfg, head)
+    known = {f.name for f in dataclasses.fields(head_cfg)}
+    bad = sorted(k for k, _ in overrides if k not in known)
+    if bad:
+        raise ValueError(f"unknown {head} config field(s) {bad}; known: {sorted(known)}")
+    return dataclasses.replace(policy_cfg, **{head: dataclasses.replace(head_cfg, **dict(overrides))})
+
+
+def train_head(base_cfg: Any, suite: str, head: str, steps: int, run_dir: Path, max_seconds: float = 0.0,
+               overrides: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """Train one head with the recipe's everything-else (reused if ``run_dir/policy`` exists);
+    ``overrides`` change fields of that head's config. Returns {"train_seconds", "train_steps", "policy_dir"}."""
     summary_path = run_dir / "summary.json"
     if (run_dir / "policy" / "config.json").exists() and summary_path.exists():
         s = json.loads(summary_path.read_text())
@@ -54,7 +92,7 @@ def train_head(base_cfg: Any, suite: str, head: str, steps: int, run_dir: Path, 
         optim = dataclasses.replace(optim, max_seconds=float(max_seconds))
     cfg = dataclasses.replace(
         base_cfg,
-        policy=dataclasses.replace(base_cfg.policy, head=head),
+        policy=_head_config(base_cfg.policy, head, overrides),
         data=dataclasses.replace(base_cfg.data, suite=suite),
         optim=optim,
         eval=dataclasses.replace(base_cfg.eval, episodes_per_task=0, baselines=False),
@@ -95,13 +133,16 @@ def evaluate_variant(policy: Any, suite: Any, tasks: Sequence[str], episodes: in
     return row
 
 
-def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str], steps: int, episodes: int,
+def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str | HeadVariant], steps: int, episodes: int,
                      seed: int, out: Path, equal_wall_clock: bool = True,
                      seconds_per_step: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """``seconds_per_step`` (head -> s/step, e.g. from ``benchmarks/train_throughput.py`` run alone on the
+    """``heads``: head names or :class:`HeadVariant` s (keyed by their name). ``seconds_per_step``
+    (head/variant name -> s/step, e.g. from ``benchmarks/train_throughput.py`` run alone on the
     machine) sets the equal-wall-clock step counts; without it each head's own equal-steps run time is
     used (fine on an otherwise idle machine, biased when runs share the CPU with other work)."""
     sps = dict(seconds_per_step or {})
+    specs = {v.name: v for v in (h if isinstance(h, HeadVariant) else HeadVariant(h, h) for h in heads)}
+    heads = list(specs)
     from eval.sim.run import parse_suite_args
     from eval.sim.suites import make_suite
 
@@ -113,7 +154,9 @@ def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str],
         tasks = list(base_cfg.data.tasks) or suite.task_names()
         trained: dict[tuple[str, str], dict[str, Any]] = {}
         for head in heads:
-            trained[("steps", head)] = train_head(base_cfg, suite_name, head, steps, out / suite_name / f"{head}_steps{steps}")
+            v = specs[head]
+            trained[("steps", head)] = train_head(base_cfg, suite_name, v.head, steps, out / suite_name / f"{head}_steps{steps}",
+                                                  overrides=v.overrides)
         if equal_wall_clock:
             ref_head = "ebt" if "ebt" in heads else heads[0]
             ref = trained[("steps", ref_head)]
@@ -128,11 +171,14 @@ def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str],
                 # with measured s/step the budget is already a step count (a time cap would cut runs short
                 # whenever the machine is busier than when s/step was measured); else cap the wall-clock too
                 cap = 0.0 if head in sps and ref_head in sps else budget
-                trained[("wall", head)] = train_head(base_cfg, suite_name, head, n,
-                                                     out / suite_name / f"{head}_wall{int(budget)}s", max_seconds=cap)
+                trained[("wall", head)] = train_head(base_cfg, suite_name, specs[head].head, n,
+                                                     out / suite_name / f"{head}_wall{int(budget)}s", max_seconds=cap,
+                                                     overrides=specs[head].overrides)
         for (budget_kind, head), t in trained.items():
             policy = load_policy(t["policy_dir"])
-            for label, ov in EVAL_VARIANTS[head]:
+            for label, ov in EVAL_VARIANTS[specs[head].head]:
+                if head != specs[head].head:  # a variant: its own name, plus the sampler's for diffusion
+                    label = head if len(EVAL_VARIANTS[specs[head].head]) == 1 else f"{head}/{label}"
                 r = evaluate_variant(policy, suite, tasks, episodes, seed, ov)
                 rows.append({"suite": suite_name, "budget": "equal steps" if budget_kind == "steps" else "equal wall-clock",
                              "head": label, "train_steps": t["train_steps"], "train_s": t["train_seconds"], **r})
@@ -169,7 +215,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(prog="python -m eval.studies.head_to_head", description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="reach2d_ebt", help="the recipe every head shares (data size, backbone, trunk, optim)")
     p.add_argument("--suites", nargs="+", default=["reach2d", "reach2d_detour"])
-    p.add_argument("--heads", nargs="+", default=["ebt", "diffusion", "regression"], choices=sorted(EVAL_VARIANTS))
+    p.add_argument("--heads", nargs="*", default=["ebt", "diffusion", "regression"], choices=sorted(EVAL_VARIANTS))
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:HEAD:key=value,...",
+                   help="also train HEAD with these config fields changed, as rows named NAME (repeatable)")
     p.add_argument("--steps", type=int, default=None, help="gradient steps (default: the recipe's)")
     p.add_argument("--episodes-per-task-data", type=int, default=None, help="override the recipe's demos per task")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
@@ -187,11 +235,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if a.episodes_per_task_data is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, episodes_per_task=a.episodes_per_task_data))
     steps = a.steps or cfg.optim.steps
+    try:
+        variants = [parse_variant(v) for v in a.variant]
+        for v in variants:
+            _head_config(cfg.policy, v.head, v.overrides)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     out = Path(a.out)
     sps = {k: float(v) for k, v in (x.split("=", 1) for x in a.seconds_per_step)}
-    rows = run_head_to_head(cfg, a.suites, a.heads, steps, a.episodes, a.seed, out, not a.no_equal_wall_clock, sps)
+    rows = run_head_to_head(cfg, a.suites, [*a.heads, *variants], steps, a.episodes, a.seed, out, not a.no_equal_wall_clock, sps)
     write_study(out, "head_to_head", rows, COLUMNS,
-                meta={"recipe": a.recipe, "steps": steps, "episodes_per_task": a.episodes, "seed": a.seed},
+                meta={"recipe": a.recipe, "variants": a.variant, "steps": steps, "episodes_per_task": a.episodes, "seed": a.seed},
                 title="Head-to-head at equal steps and equal training wall-clock")
     plot(rows, out / "head_to_head.png")
     return rows
