@@ -211,7 +211,7 @@ def test_error_shaping_makes_the_final_energy_read_the_expected_error() -> None:
     assert torch.corrcoef(torch.stack([rank(pred.energy), rank(err)]))[0, 1] > 0.6  # Spearman
     # and the policy still clones the unambiguous demonstrations
     assert (pred.actions[:128] - target[:128]).pow(2).mean() < 0.1 * target[:128].pow(2).mean()
-    plain = _train_shaped("none")
+    plain = _train_shaped("none", steps=150)
     e = plain.predict(ctx, num_steps=2).energy
     assert 0.25 < _auroc(e[128:], e[:128]) < 0.75
 
