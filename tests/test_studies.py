@@ -176,6 +176,30 @@ def test_uncertainty_command(saved_policies, tmp_path):
         assert (tmp_path / f).exists(), f
 
 
+def test_small_drop_is_the_energy_drop_read_the_other_way():
+    from types import SimpleNamespace
+
+    from eval.studies.common import ChunkSignals
+    from eval.studies.uncertainty import episode_scores, failure_auroc
+
+    rng = np.random.default_rng(0)
+    eps, sigs = [], []
+    for i in range(40):
+        ok = bool(i % 3)
+        eps.append(SimpleNamespace(task="a" if i < 20 else "b", success=ok))
+        sig = ChunkSignals()
+        for _ in range(3):  # failed episodes: smaller drops
+            sig.energy.append(float(rng.normal()))
+            sig.energy_drop.append(float(rng.normal(1.0 if ok else 0.4, 0.3)))
+            sig.grad_norm.append(1.0)
+            sig.candidate_spread.append(0.0)
+        sigs.append(sig)
+    res = SimpleNamespace(episodes=eps, signals=sigs)
+    aur = failure_auroc(res, episode_scores(res))
+    assert aur["energy_drop"]["within_task"] < 0.2
+    assert aur["small_drop"]["within_task"] == pytest.approx(1.0 - aur["energy_drop"]["within_task"])
+
+
 def test_recovery_and_language_commands(saved_policies, tmp_path):
     from eval.studies import language, recovery
 

@@ -7,7 +7,8 @@
 
 Signals per chunk (see :class:`eval.studies.common.SignalRecorder`): final energy, energy drop over
 the minimization steps, final gradient norm, spread (std) of the final energies of N extra
-best-of-N chains, and the final energy relative to the per-task median of the in-distribution
+best-of-N chains, ``small_drop`` (minus the energy drop: a minimization that barely lowers the
+energy), and the final energy relative to the per-task median of the in-distribution
 episodes. An episode's score is the mean over its chunks (and, separately, its first chunk only:
 a signal available before the outcome).
 
@@ -35,7 +36,7 @@ from .episodes import StudyEpisodes, run_study_episodes
 
 __all__ = ["SIGNALS", "episode_scores", "failure_auroc", "run_uncertainty", "main"]
 
-SIGNALS = ("energy", "energy_drop", "grad_norm", "candidate_spread", "energy_rel", "first_energy")
+SIGNALS = ("energy", "energy_drop", "small_drop", "grad_norm", "candidate_spread", "energy_rel", "first_energy")
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -51,6 +52,9 @@ def episode_scores(res: StudyEpisodes, task_baseline: dict[str, float] | None = 
     out = {
         "energy": np.array([_mean(s.energy) for s in sig]),
         "energy_drop": np.array([_mean(s.energy_drop) for s in sig]),
+        # the drop read the other way (a flat landscape = failure): that direction was chosen after the
+        # first policy studied (AUROC 0.21 as "energy_drop") and then held on four more (see README)
+        "small_drop": -np.array([_mean(s.energy_drop) for s in sig]),
         "grad_norm": np.array([_mean(s.grad_norm) for s in sig]),
         "candidate_spread": np.array([_mean(s.candidate_spread) for s in sig]),
         "first_energy": np.array([s.energy[0] if s.energy else np.nan for s in sig]),
