@@ -120,16 +120,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-    import dataclasses
+    from recipes.configs import named_recipe
 
-    from recipes.configs import recipes
-
-    all_recipes = recipes()
-    if a.recipe not in all_recipes:
-        raise SystemExit(f"unknown recipe {a.recipe!r}; known: {sorted(all_recipes)}")
-    cfg = all_recipes[a.recipe]
-    if a.demos is not None:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, episodes_per_task=a.demos))
+    try:
+        cfg = named_recipe(a.recipe, a.demos)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     result: dict[str, Any] = {"env_steps_per_s": {}, "env_errors": {}}
     for s in a.suites:
         try:

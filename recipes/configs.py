@@ -205,3 +205,15 @@ def recipes() -> dict[str, TrainConfig]:
         **_suite_recipes(r2d, "pusht", episodes_per_task=200, action_dim=2, state_dim=2),
         "oxe_mix": _oxe_mix(),
     }
+
+
+def named_recipe(name: str, episodes_per_task: int | None = None) -> TrainConfig:
+    """The recipe ``name`` (optionally with ``data.episodes_per_task`` changed); an unknown name raises
+    ValueError listing the known ones."""
+    all_recipes = recipes()
+    if name not in all_recipes:
+        raise ValueError(f"unknown recipe {name!r}; known: {sorted(all_recipes)}")
+    cfg = all_recipes[name]
+    if episodes_per_task is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, episodes_per_task=episodes_per_task))
+    return cfg

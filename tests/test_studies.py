@@ -216,22 +216,28 @@ def test_recovery_and_language_commands(saved_policies, tmp_path):
         recovery.parse_policies(["a=x", "a=y"])
 
 
-def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
-    """Equal-steps and equal-wall-clock runs per head on the multimodal suite, mode shares per row,
-    and a second call reuses the trained runs instead of training again."""
+def _tiny_reach2d_recipe(tmp_path):
+    """reach2d_ebt shrunk to a 2-step, 2-demo run with a tiny trunk (demo cache under tmp_path)."""
     import dataclasses
 
-    from eval.studies.head_to_head import run_head_to_head
     from recipes.configs import recipes
     from vla_ebt.heads.trunk import TrunkConfig
 
     cfg = recipes()["reach2d_ebt"]
-    cfg = dataclasses.replace(
+    return dataclasses.replace(
         cfg,
         policy=dataclasses.replace(cfg.policy, trunk=TrunkConfig(width=32, depth=1, num_heads=2), horizon=4),
         data=dataclasses.replace(cfg.data, tasks=("reach_red",), episodes_per_task=2, demo_cache=str(tmp_path / "cache")),
         optim=dataclasses.replace(cfg.optim, steps=2, batch_size=4, warmup_steps=1),
     )
+
+
+def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
+    """Equal-steps and equal-wall-clock runs per head on the multimodal suite, mode shares per row,
+    and a second call reuses the trained runs instead of training again."""
+    from eval.studies.head_to_head import run_head_to_head
+
+    cfg = _tiny_reach2d_recipe(tmp_path)
     sps = {"ebt": 100.0, "regression": 50.0}  # regression twice as fast: twice the steps at equal wall-clock
     rows = run_head_to_head(cfg, ["reach2d_detour"], ["ebt", "regression"], 2, 1, 0, tmp_path / "h2h", True, sps)
     assert [(r["budget"], r["head"]) for r in rows] == [
@@ -248,11 +254,7 @@ def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
 
 
 def test_head_to_head_variants_train_with_their_config_fields(tmp_path):
-    import dataclasses
-
     from eval.studies.head_to_head import HeadVariant, main, parse_variant, run_head_to_head
-    from recipes.configs import recipes
-    from vla_ebt.heads.trunk import TrunkConfig
 
     v = parse_variant("ebt-path:ebt:objective=path,infer_steps=3")
     assert v == HeadVariant("ebt-path", "ebt", (("infer_steps", 3), ("objective", "path")))
@@ -260,13 +262,7 @@ def test_head_to_head_variants_train_with_their_config_fields(tmp_path):
         parse_variant("ebt-path:transformer:objective=path")
     with pytest.raises(SystemExit, match="unknown ebt config field"):
         main(["--recipe", "reach2d_ebt", "--variant", "x:ebt:objectiv=path", "--out", str(tmp_path / "bad")])
-    cfg = recipes()["reach2d_ebt"]
-    cfg = dataclasses.replace(
-        cfg,
-        policy=dataclasses.replace(cfg.policy, trunk=TrunkConfig(width=32, depth=1, num_heads=2), horizon=4),
-        data=dataclasses.replace(cfg.data, tasks=("reach_red",), episodes_per_task=2, demo_cache=str(tmp_path / "cache")),
-        optim=dataclasses.replace(cfg.optim, steps=2, batch_size=4, warmup_steps=1),
-    )
+    cfg = _tiny_reach2d_recipe(tmp_path)
     rows = run_head_to_head(cfg, ["reach2d"], [v], 2, 1, 0, tmp_path / "h2h", equal_wall_clock=False)
     assert [(r["head"], r["train_steps"]) for r in rows] == [("ebt-path", 2)]
     assert rows[0]["nfe"] == 4.0  # 3 inference steps + the final energy evaluation

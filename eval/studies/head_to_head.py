@@ -210,7 +210,7 @@ COLUMNS = ["suite", "budget", "head", "train_steps", "train_s", "success", "ci_l
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     import torch
 
-    from recipes.configs import recipes
+    from recipes.configs import named_recipe
 
     p = argparse.ArgumentParser(prog="python -m eval.studies.head_to_head", description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="reach2d_ebt", help="the recipe every head shares (data size, backbone, trunk, optim)")
@@ -228,12 +228,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    all_recipes = recipes()
-    if a.recipe not in all_recipes:
-        raise SystemExit(f"error: unknown recipe {a.recipe!r}; known: {sorted(all_recipes)}")
-    cfg = all_recipes[a.recipe]
-    if a.episodes_per_task_data is not None:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, episodes_per_task=a.episodes_per_task_data))
+    try:
+        cfg = named_recipe(a.recipe, a.episodes_per_task_data)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     steps = a.steps or cfg.optim.steps
     try:
         variants = [parse_variant(v) for v in a.variant]
