@@ -244,9 +244,7 @@ class EBTHead(ActionHead):
         b = target.shape[0]
         m = expand_mask(mask, target)
         if cfg.shaping == "error":
-            was_training = self.training
             out = self.predict(context.detach(), num_candidates=1, noise=0.0, min_grad=0.0).actions.detach()
-            self.train(was_training)
             err = ((out - target) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
             e = self.energy(context, out)
             # batch-centred: the energy reads the error up to a constant, so its level (which sets the
