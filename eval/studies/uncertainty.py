@@ -52,13 +52,13 @@ def episode_scores(res: StudyEpisodes, task_baseline: dict[str, float] | None = 
     out = {
         "energy": np.array([_mean(s.energy) for s in sig]),
         "energy_drop": np.array([_mean(s.energy_drop) for s in sig]),
-        # the drop read the other way (a flat landscape = failure): that direction was chosen after the
-        # first policy studied (AUROC 0.21 as "energy_drop") and then held on four more (see README)
-        "small_drop": -np.array([_mean(s.energy_drop) for s in sig]),
         "grad_norm": np.array([_mean(s.grad_norm) for s in sig]),
         "candidate_spread": np.array([_mean(s.candidate_spread) for s in sig]),
         "first_energy": np.array([s.energy[0] if s.energy else np.nan for s in sig]),
     }
+    # the drop read the other way (a flat landscape = failure): that direction was chosen after the
+    # first policy studied (AUROC 0.21 as "energy_drop") and then held on four more (see README)
+    out["small_drop"] = -out["energy_drop"]
     if task_baseline is None:
         task_baseline = {t: float(np.nanmedian(out["energy"][[i for i, x in enumerate(tasks) if x == t]]))
                          for t in set(tasks)}
