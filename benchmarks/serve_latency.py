@@ -50,7 +50,8 @@ def build_default_policy(directory: Path, episodes_per_task: int = 5) -> Path:
     """The default recipe's policy with reach2d demo statistics, saved to ``directory``."""
     import torch
 
-    from eval.sim.demos import collect_demos, dataset_stats
+    from vla_ebt.data.episodes import dataset_stats
+    from eval.sim.demos import collect_demos
     from eval.sim.suites import make_suite
     from recipes.configs import recipes
     from vla_ebt.normalize import Normalizer

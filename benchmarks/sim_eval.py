@@ -9,11 +9,11 @@ drives ``--env-steps`` steps with the observation image rendered every step, in 
 
 Head-to-head: both policies run the same seeded episodes (``--episodes`` per task) of the recipe's
 suite, tasks and suite arguments (``--recipe``, default ``default``: the Meta-World tasks of the main
-job) through :func:`eval.studies.head_to_head.evaluate_variant`. EBT uses its configured inference
+job) through :func:`recipes.studies.head_to_head.evaluate_variant`. EBT uses its configured inference
 steps (2); diffusion is reported with its configured sampler (DDPM-100) and with DDIM-10. Without
 ``--policies`` both heads are first trained with that recipe at its own budget (steps and demos per
 task; ``--train-steps`` / ``--demos`` shrink it), reusing finished runs under ``--work-dir``. The
-full study (regression too, and equal wall-clock) is ``python -m eval.studies.head_to_head``.
+full study (regression too, and equal wall-clock) is ``python -m recipes.studies.head_to_head``.
 
 JSON keys: ``env_steps_per_s`` (suite -> steps/s), ``ebt_success``, ``diffusion_success``,
 ``diffusion_ddim_success``, ``ebt_chunk_ms``, ``diffusion_chunk_ms``, ``diffusion_ddim_chunk_ms``,
@@ -69,7 +69,7 @@ def env_throughput(suite_name: str, steps: int, seed: int = 0, **suite_kwargs: A
 
 def recipe_suite(recipe: Any) -> tuple[Any, list[str]]:
     """The recipe's simulated suite (built with its ``data.suite_args``) and its task list."""
-    from eval.sim.run import parse_suite_args
+    from eval.sim.suites import parse_suite_args
     from eval.sim.suites import make_suite
 
     suite = make_suite(recipe.data.suite, **parse_suite_args(recipe.data.suite_args))
@@ -80,8 +80,8 @@ def head_to_head(policies: dict[str, str], recipe: Any, episodes: int, seed: int
     """EBT vs diffusion (DDPM and DDIM) on the recipe's suite: success, ms and nfe per chunk."""
     import numpy as np
 
-    from eval.studies.common import load_policy
-    from eval.studies.head_to_head import evaluate_variant
+    from recipes.studies.common import load_policy
+    from recipes.studies.head_to_head import evaluate_variant
 
     suite, tasks = recipe_suite(recipe)
     out: dict[str, Any] = {"suite": recipe.data.suite, "tasks": tasks, "episodes_per_task": episodes, "per_task": {}}
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.policies:
         pols = dict(x.split("=", 1) for x in a.policies)
     else:
-        from eval.studies.head_to_head import train_head
+        from recipes.studies.head_to_head import train_head
 
         steps = a.train_steps or cfg.optim.steps
         work = Path(a.work_dir)

@@ -52,15 +52,13 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
     seeded DataLoader (a DistributedSampler per rank when world > 1)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from eval.sim.demos import ChunkDataset, collate, collect_demos, dataset_stats  # noqa: F401
-    from eval.sim.suites import make_suite
-
     from eval.sim.demo_cache import DemoSpec, cached_demos
-    from eval.sim.run import parse_suite_args
+    from eval.sim.suites import make_suite, parse_suite_args
+    from vla_ebt.data.episodes import ChunkDataset, collate, dataset_stats
 
     try:
         suite_kwargs = parse_suite_args(dc.suite_args)
-    except Exception as e:  # noqa: BLE001 - eval.sim.run.UsageError: malformed KEY=VALUE
+    except Exception as e:  # noqa: BLE001 - ValueError: malformed KEY=VALUE
         raise _fail(f"data.suite_args: {e}") from None
     try:
         suite = make_suite(dc.suite, **suite_kwargs)
@@ -119,7 +117,7 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
 def check_shard_datasets(dc: DataConfig) -> list[dict[str, Any]]:
     """Validate ``data.shards`` / ``data.weights`` / ``data.stats``; returns per folder
     {"name", "path", "steps", "stats"} with the statistics the normalizer will use."""
-    from data_pipelines.shards import MANIFEST, STATS, read_manifest
+    from vla_ebt.data.shard_format import MANIFEST, STATS, read_manifest
     from vla_ebt.normalize import load_stats
 
     if not dc.shards:

@@ -14,7 +14,8 @@ import pytest
 
 from data_pipelines import convert as conv
 from data_pipelines.rlds import DataError
-from data_pipelines.shards import ShardWriter, iter_shard
+from vla_ebt.data.shard_format import iter_shard
+from data_pipelines.shards import ShardWriter
 from tests.test_data_fixture import make_episode, write_rlds
 from vla_ebt.data.oxe_configs import apply_gripper, get_config, known_datasets
 from vla_ebt.normalize import load_stats

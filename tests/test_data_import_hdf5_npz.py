@@ -11,7 +11,7 @@ import pytest
 
 from data_pipelines import convert as conv
 from data_pipelines.rlds import DataError
-from data_pipelines.shards import iter_shard
+from vla_ebt.data.shard_format import iter_shard
 from tests.test_data_import_lerobot import check_stats, smooth_frame, stream_samples
 
 S = 16

@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_pipelines import convert as conv
 from data_pipelines.rlds import DataError
-from data_pipelines.shards import iter_shard
+from vla_ebt.data.shard_format import iter_shard
 from vla_ebt.data.oxe_configs import DatasetConfig, Part, register_config
 from vla_ebt.data.stream import EpisodeStream, StreamConfig, load_normalizer
 from vla_ebt.normalize import load_stats

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data_pipelines.shards import write_episodes
-from eval.sim.demos import Episode
+from vla_ebt.data.episodes import Episode
 from vla_ebt.data import stream as st
 from vla_ebt.data.stream import EpisodeStream, StreamConfig, StreamLoader, load_normalizer
 from vla_ebt.normalize import Normalizer

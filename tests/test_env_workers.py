@@ -119,7 +119,7 @@ def test_parallel_equals_serial():
 
 
 def test_crash_hang_and_env_errors_are_survived():
-    from eval.sim.demos import episode_seed
+    from vla_ebt.data.episodes import episode_seed
     from eval.sim.rollout import ExpertPolicy, evaluate
     from eval.sim.suites import make_suite
 
@@ -157,7 +157,7 @@ def test_crash_hang_and_env_errors_are_survived():
 
 
 def test_worker_replaced_after_crash_and_timeout():
-    from eval.sim.demos import episode_seed
+    from vla_ebt.data.episodes import episode_seed
 
     bad = episode_seed(0, "reach_green", 0)
     cfg = WorkerConfig("faulty_reach2d", {"faults": {str(bad): "exit", "7": "hang"}}, import_modules=[THIS_MODULE])

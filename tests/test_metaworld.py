@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from eval.sim import available_suites, make_suite
-from eval.sim.demos import collect_demos, episode_seed
+from vla_ebt.data.episodes import episode_seed
+from eval.sim.demos import collect_demos
 from eval.sim.rollout import ExpertPolicy, evaluate
 from eval.sim.suites.metaworld import HELDOUT_TASKS, INSTRUCTIONS, STATE_MODES
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from data_pipelines.shards import write_episodes
-from eval.sim.demos import Episode
+from vla_ebt.data.episodes import Episode
 from recipes.configs import recipes
 from recipes.finetune import run
 from vla_ebt.backbones.tiny import build_tiny_paligemma

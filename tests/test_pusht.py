@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from eval.sim import available_suites, make_suite
-from eval.sim.demos import collect_demos, episode_seed
+from vla_ebt.data.episodes import episode_seed
+from eval.sim.demos import collect_demos
 from eval.sim.rollout import ExpertPolicy, RandomPolicy, evaluate
 from eval.sim.suites.pusht import AGENT_RADIUS, WORKSPACE, PushTEnv
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from eval.sim import available_suites, make_suite
-from eval.sim.demos import ChunkDataset, Episode, collate, collect_demos, dataset_stats
+from vla_ebt.data.episodes import ChunkDataset, Episode, collate, dataset_stats
+from eval.sim.demos import collect_demos
 from eval.sim.rollout import (
     CallablePolicy,
     ExpertPolicy,
@@ -97,7 +98,7 @@ def test_evaluate_matches_direct_count(suite, tmp_path):
         assert tr.mean_length == pytest.approx(np.mean([e.length for e in eps]))
         assert all(e.num_chunks == e.length for e in eps)  # adapters plan every step
     # direct count with a hand-written loop over the same seeds
-    from eval.sim.demos import episode_seed
+    from vla_ebt.data.episodes import episode_seed
 
     direct = 0
     for i in range(6):

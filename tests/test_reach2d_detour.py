@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eval.sim.demo_cache import DemoSpec, cached_demos, read_demo_shards
-from eval.sim.demos import episode_seed
+from vla_ebt.data.episodes import episode_seed
 from eval.sim.suites import available_suites, make_suite
 from eval.sim.suites.reach2d_detour import OBSTACLE_RADIUS
 

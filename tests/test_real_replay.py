@@ -9,7 +9,7 @@ import torch
 from data_pipelines.shards import write_episodes
 from eval.real.replay import main as replay_main
 from eval.real.replay import replay, spearman
-from eval.sim.demos import Episode
+from vla_ebt.data.episodes import Episode
 from tests.policy_fixtures import D, H, S, make_policy
 
 LENGTHS = (6, 9, 4)

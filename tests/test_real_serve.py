@@ -416,7 +416,8 @@ def test_sim_loop_with_saved_policy_cli(tmp_path):
     runs to the end without errors; success is whatever the untrained policy gets."""
     import dataclasses
 
-    from eval.sim.demos import collect_demos, dataset_stats
+    from vla_ebt.data.episodes import dataset_stats
+    from eval.sim.demos import collect_demos
     from eval.sim.suites import make_suite
     from tests.policy_fixtures import small_config
     from vla_ebt.normalize import Normalizer

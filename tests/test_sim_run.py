@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from eval.sim import make_suite
-from eval.sim.demos import collect_demos, dataset_stats
+from vla_ebt.data.episodes import dataset_stats
+from eval.sim.demos import collect_demos
 from eval.sim.rollout import evaluate, load_report
 from eval.sim.run import main
 from vla_ebt.backbones import BackboneConfig

@@ -11,8 +11,8 @@ import pytest
 from eval.sim.perturb import ActionBurst, DisplaceObject, ForceGripperOpen, ImageNoise, ImageShift, PerturbedSuite, make_perturbation
 from eval.sim.rollout import ExpertPolicy, evaluate
 from eval.sim.suites import make_suite
-from eval.studies.common import auroc, predict_overrides
-from eval.studies.episodes import run_study_episodes
+from recipes.studies.common import auroc, predict_overrides
+from recipes.studies.episodes import run_study_episodes
 from tests.policy_fixtures import make_policy
 
 
@@ -146,7 +146,7 @@ def saved_policies(tmp_path_factory):
 
 
 def test_dynamic_compute_command(saved_policies, tmp_path):
-    from eval.studies import dynamic_compute
+    from recipes.studies import dynamic_compute
 
     rows = dynamic_compute.main(["--policy", str(saved_policies["ebt"]), "--suite", "reach2d", "--tasks", "reach_red",
                                  "--episodes", "2", "--steps", "1", "4", "--min-grad", "0", "1e9", "--out", str(tmp_path)])
@@ -162,7 +162,7 @@ def test_dynamic_compute_command(saved_policies, tmp_path):
 
 
 def test_uncertainty_command(saved_policies, tmp_path):
-    from eval.studies import uncertainty
+    from recipes.studies import uncertainty
 
     res = uncertainty.main(["--policy", str(saved_policies["ebt"]), "--suite", "reach2d", "--episodes", "2",
                             "--tasks", "reach_red", "reach_blue",
@@ -179,8 +179,8 @@ def test_uncertainty_command(saved_policies, tmp_path):
 def test_small_drop_is_the_energy_drop_read_the_other_way():
     from types import SimpleNamespace
 
-    from eval.studies.common import ChunkSignals
-    from eval.studies.uncertainty import episode_scores, failure_auroc
+    from recipes.studies.common import ChunkSignals
+    from recipes.studies.uncertainty import episode_scores, failure_auroc
 
     rng = np.random.default_rng(0)
     eps, sigs = [], []
@@ -201,7 +201,7 @@ def test_small_drop_is_the_energy_drop_read_the_other_way():
 
 
 def test_recovery_and_language_commands(saved_policies, tmp_path):
-    from eval.studies import language, recovery
+    from recipes.studies import language, recovery
 
     pols = [f"ebt={saved_policies['ebt']}", f"reg={saved_policies['regression']}"]
     rows = recovery.main(["--policies", *pols, "--tasks", "reach_red", "--episodes", "2",
@@ -235,7 +235,7 @@ def _tiny_reach2d_recipe(tmp_path):
 def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
     """Equal-steps and equal-wall-clock runs per head on the multimodal suite, mode shares per row,
     and a second call reuses the trained runs instead of training again."""
-    from eval.studies.head_to_head import run_head_to_head
+    from recipes.studies.head_to_head import run_head_to_head
 
     cfg = _tiny_reach2d_recipe(tmp_path)
     sps = {"ebt": 100.0, "regression": 50.0}  # regression twice as fast: twice the steps at equal wall-clock
@@ -254,7 +254,7 @@ def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
 
 
 def test_head_to_head_variants_train_with_their_config_fields(tmp_path):
-    from eval.studies.head_to_head import HeadVariant, main, parse_variant, run_head_to_head
+    from recipes.studies.head_to_head import HeadVariant, main, parse_variant, run_head_to_head
 
     v = parse_variant("ebt-path:ebt:objective=path,infer_steps=3")
     assert v == HeadVariant("ebt-path", "ebt", (("infer_steps", 3), ("objective", "path")))

@@ -78,7 +78,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 def load_episodes(shards: str | Path, max_episodes: int | None = None, skip_episodes: int = 0) -> tuple[dict, list[dict]]:
     """(manifest, episodes) of a shard folder; episodes carry decoded frames (role -> list of
     (H, W, 3) uint8), ``action``, ``state``, ``instruction``, ``meta``."""
-    from data_pipelines.shards import iter_shard, read_manifest, shard_paths
+    from vla_ebt.data.shard_format import iter_shard, read_manifest, shard_paths
 
     manifest = read_manifest(shards)
     if manifest is None:

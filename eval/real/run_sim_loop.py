@@ -108,7 +108,7 @@ def run_sim_loop(
     log: Any = None,
 ) -> dict[str, Any]:
     """Run ``episodes_per_task`` episodes of each task through ``client``; return a report dict."""
-    from eval.sim.demos import episode_seed
+    from vla_ebt.data.episodes import episode_seed
     from eval.sim.suites import make_suite
 
     meta = client.metadata

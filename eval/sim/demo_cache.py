@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .demos import Episode, collect_demos
+from vla_ebt.data.episodes import Episode
+
+from .demos import collect_demos
 
 __all__ = ["DemoSpec", "cached_demos", "read_demo_shards", "default_cache_root", "CACHE_VERSION"]
 
@@ -62,7 +64,7 @@ def read_demo_shards(folder: str | os.PathLike) -> list[Episode]:
     Images come back as uint8 (T, V, 3, S, S) (PNG: bit-exact); the task and env seed are read from
     each episode's metadata.
     """
-    from data_pipelines.shards import iter_shard, shard_paths
+    from vla_ebt.data.shard_format import iter_shard, shard_paths
 
     out: list[Episode] = []
     for path in shard_paths(folder):
@@ -93,7 +95,8 @@ def cached_demos(spec: DemoSpec, cache_root: str | os.PathLike | None = None,
 
     Returns (episodes, folder). ``cache_root`` None: :func:`default_cache_root`.
     """
-    from data_pipelines.shards import read_manifest, write_episodes
+    from vla_ebt.data.shard_format import read_manifest
+    from data_pipelines.shards import write_episodes
 
     from .suites import make_suite
 

@@ -20,7 +20,7 @@ A new chunk is counted whenever ``policy.last_output`` changes identity after a
 
 An exception in the env or the policy ends that episode as a failure with the reason in
 ``EpisodeResult.error``; evaluation continues. Episode seeds come from
-:func:`eval.sim.demos.episode_seed` (independent of the task order), and torch's global RNG is
+:func:`vla_ebt.data.episodes.episode_seed` (independent of the task order), and torch's global RNG is
 seeded with the episode seed at each episode start (inside a ``fork_rng``, so the caller's stream
 is untouched): results are reproducible and independent of the episode order and of parallelism.
 
@@ -57,7 +57,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .demos import episode_seed
+from vla_ebt.data.episodes import episode_seed
+
 from .report import EpisodeResult, EpisodeSpec, EvalReport, TaskResult, load_report, wilson_interval  # noqa: F401
 from .videos import write_video as _write_video
 from .suites import Suite, make_suite

@@ -8,7 +8,7 @@
 
 ``--policy`` is a ``VLAPolicy.save_pretrained`` directory, or ``expert`` / ``random`` for the
 suite's scripted expert / uniform random actions. Each base seed of ``--seeds`` runs
-``--episodes`` episodes per task (env seeds from :func:`eval.sim.demos.episode_seed`).
+``--episodes`` episodes per task (env seeds from :func:`vla_ebt.data.episodes.episode_seed`).
 
 Writes (atomically) ``OUT/report.json`` (per task: episodes, successes, success rate, 95 % Wilson
 interval, mean length, chunk latency, mean energy, steps per chunk, errors; every episode; the
@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vla_ebt.config_io import atomic_write_text
+
+from .suites import parse_suite_args
 
 __all__ = ["main", "parse_args", "check_policy_fits", "PolicyMismatch", "UsageError"]
 
@@ -85,20 +87,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.worker_python and args.workers < 1:
         p.error("--worker-python needs --workers >= 1 (the suite is then served by that interpreter's workers)")
     return args
-
-
-def parse_suite_args(items: Sequence[str]) -> dict[str, Any]:
-    """["image_size=32", "camera=front"] -> {"image_size": 32, "camera": "front"} (JSON values)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--suite-arg expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +253,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
-        suite_kwargs = parse_suite_args(args.suite_arg)
+        try:
+            suite_kwargs = parse_suite_args(args.suite_arg)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         suite, info = _suite_and_info(args, suite_kwargs)
         tasks = list(args.tasks) if args.tasks else info.task_names()
         unknown = [t for t in tasks if t not in info.task_names()]

@@ -83,7 +83,7 @@ class StreamConfig:
 
 def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     """name, shard paths (finished only), episodes, steps, stats of a converted dataset folder."""
-    from data_pipelines.shards import MANIFEST, STATS, read_manifest  # lazy: optional package
+    from vla_ebt.data.shard_format import MANIFEST, STATS, read_manifest
 
     p = Path(path)
     m = read_manifest(p)

@@ -80,7 +80,7 @@ demonstrated chunk t and a perturbed copy t~ = t + sigma * N(0, I), sigma log-un
 ``margin``    contrastive hinge relu(E(t) - E(t~) + shaping_margin * sigma): a perturbed chunk must
               score at least a margin (growing with the perturbation) above the demonstration.
 
-Closed loop (reach2d recipe, 1,000 steps, 120 episodes, eval.studies.uncertainty; within-task
+Closed loop (reach2d recipe, 1,000 steps, 120 episodes, recipes.studies.uncertainty; within-task
 failure AUROC of the episode-mean final energy): unshaped 0.68, ``error`` 0.63, ``margin`` 0.69 (2 of
 3 tasks had failures), ``path`` objective unshaped 0.77. Neither term made the energy rise under
 shift; the ``path`` head's energy did under image noise (AUROC 0.93 vs in-distribution). Success is

@@ -15,13 +15,14 @@ factory returning one).
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable
+import json
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from vla_ebt.registry import Registry
 
-__all__ = ["Suite", "register_suite", "make_suite", "available_suites", "INSTRUCTION_SPLITS"]
+__all__ = ["Suite", "register_suite", "make_suite", "available_suites", "parse_suite_args", "INSTRUCTION_SPLITS"]
 
 INSTRUCTION_SPLITS = ("train", "heldout")
 
@@ -118,3 +119,18 @@ def make_suite(name: str, **kwargs: Any) -> Suite:
     except AttributeError:  # pragma: no cover - a suite with __slots__
         pass
     return suite
+
+
+def parse_suite_args(items: Sequence[str]) -> dict[str, Any]:
+    """["image_size=32", "camera=front"] -> {"image_size": 32, "camera": "front"} (JSON values, else
+    the raw string). Raises ValueError for an item that is not KEY=VALUE."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--suite-arg expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

@@ -1,7 +1,7 @@
 """Study 2, dynamic compute: success and latency of one EBT policy vs the maximum number of
 inference steps and vs the gradient-norm stopping threshold (the curve showing where 2 steps suffice).
 
-    python -m eval.studies.dynamic_compute --policy runs/default/policy --suite reach2d \\
+    python -m recipes.studies.dynamic_compute --policy runs/default/policy --suite reach2d \\
         --episodes 20 --steps 1 2 4 8 16 --min-grad 0 1e-4 1e-3 --out runs/studies/dynamic_compute
 
 Every setting runs the same seeded episodes (same layouts, same instructions). Writes
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     from eval.sim.suites import make_suite
 
-    p = argparse.ArgumentParser(prog="python -m eval.studies.dynamic_compute", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m recipes.studies.dynamic_compute", description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", required=True, help="save_pretrained directory of an EBT policy")
     p.add_argument("--suite", default="reach2d")
     p.add_argument("--tasks", nargs="*", default=None)

@@ -1,7 +1,7 @@
 """Study 5, language generalization: success on the training paraphrases vs held-out paraphrases
 (never seen in training), and on held-out tasks where the suite defines them (``heldout_tasks()``).
 
-    python -m eval.studies.language --policies ebt=runs/reach2d_ebt/policy --suite reach2d --episodes 30 \\
+    python -m recipes.studies.language --policies ebt=runs/reach2d_ebt/policy --suite reach2d --episodes 30 \\
         --out runs/studies/language
 
 Same seeded layouts for both splits, so the difference is the instruction wording alone.
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     from eval.sim.suites import make_suite
 
-    p = argparse.ArgumentParser(prog="python -m eval.studies.language", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m recipes.studies.language", description=__doc__.split("\n\n")[0])
     p.add_argument("--policies", nargs="+", required=True, help="name=DIR of save_pretrained policies")
     p.add_argument("--suite", default="reach2d")
     p.add_argument("--tasks", nargs="*", default=None)

@@ -1,7 +1,7 @@
 """Study 4, recovery: inject failures mid-episode and measure how often each policy still succeeds,
 from behaviour cloning alone (no retry demonstrations).
 
-    python -m eval.studies.recovery --policies ebt=runs/reach2d_ebt/policy diffusion=runs/reach2d_diffusion/policy \\
+    python -m recipes.studies.recovery --policies ebt=runs/reach2d_ebt/policy diffusion=runs/reach2d_diffusion/policy \\
         --suite reach2d --episodes 30 --perturbations burst:start=4,length=6 displace:at=6,scale=0.3 \\
         --out runs/studies/recovery
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     from eval.sim.suites import make_suite
 
-    p = argparse.ArgumentParser(prog="python -m eval.studies.recovery", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m recipes.studies.recovery", description=__doc__.split("\n\n")[0])
     p.add_argument("--policies", nargs="+", required=True, help="name=DIR of save_pretrained policies")
     p.add_argument("--suite", default="reach2d")
     p.add_argument("--tasks", nargs="*", default=None)

@@ -2,7 +2,7 @@
 regression, identical data, backbone and trunk, compared at equal gradient steps and at equal
 training wall-clock, on unimodal (``reach2d``) and multimodal (``reach2d_detour``) demonstrations.
 
-    python -m eval.studies.head_to_head --recipe reach2d_ebt --suites reach2d reach2d_detour \\
+    python -m recipes.studies.head_to_head --recipe reach2d_ebt --suites reach2d reach2d_detour \\
         --steps 1000 --episodes 20 --out runs/studies/head_to_head
 
 Per suite: every head trains ``--steps`` steps (equal steps; its wall-clock time is recorded);
@@ -54,7 +54,7 @@ class HeadVariant:
 
 def parse_variant(spec: str) -> HeadVariant:
     """``"NAME:HEAD:key=value,key=value"`` -> HeadVariant (values parsed as JSON, else strings)."""
-    from eval.sim.run import parse_suite_args
+    from eval.sim.suites import parse_suite_args
 
     parts = spec.split(":", 2)
     if len(parts) < 2 or not parts[0] or parts[1] not in EVAL_VARIANTS:
@@ -143,8 +143,7 @@ def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str |
     sps = dict(seconds_per_step or {})
     specs = {v.name: v for v in (h if isinstance(h, HeadVariant) else HeadVariant(h, h) for h in heads)}
     heads = list(specs)
-    from eval.sim.run import parse_suite_args
-    from eval.sim.suites import make_suite
+    from eval.sim.suites import make_suite, parse_suite_args
 
     rows: list[dict[str, Any]] = []
     for suite_name in suites:
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     from recipes.configs import named_recipe
 
-    p = argparse.ArgumentParser(prog="python -m eval.studies.head_to_head", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m recipes.studies.head_to_head", description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="reach2d_ebt", help="the recipe every head shares (data size, backbone, trunk, optim)")
     p.add_argument("--suites", nargs="+", default=["reach2d", "reach2d_detour"])
     p.add_argument("--heads", nargs="*", default=["ebt", "diffusion", "regression"], choices=sorted(EVAL_VARIANTS))

@@ -1,11 +1,11 @@
 """Study 3, energy as uncertainty: do per-chunk signals of an EBT policy predict episode failure
 (AUROC **within task**), and do they rise under distribution shift?
 
-    python -m eval.studies.uncertainty --policy runs/default/policy --suite reach2d --episodes 40 \\
+    python -m recipes.studies.uncertainty --policy runs/default/policy --suite reach2d --episodes 40 \\
         --shifts heldout noise:sigma=25 shift:dy=6,dx=6 displace:at=6,scale=0.3 \\
         --out runs/studies/uncertainty
 
-Signals per chunk (see :class:`eval.studies.common.SignalRecorder`): final energy, energy drop over
+Signals per chunk (see :class:`recipes.studies.common.SignalRecorder`): final energy, energy drop over
 the minimization steps, final gradient norm, spread (std) of the final energies of N extra
 best-of-N chains, ``small_drop`` (minus the energy drop: a minimization that barely lowers the
 energy), and the final energy relative to the per-task median of the in-distribution
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from eval.sim.suites import make_suite
 
-    p = argparse.ArgumentParser(prog="python -m eval.studies.uncertainty", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m recipes.studies.uncertainty", description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", required=True)
     p.add_argument("--suite", default="reach2d")
     p.add_argument("--tasks", nargs="*", default=None)
