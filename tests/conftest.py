@@ -10,7 +10,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # sim demo caches go to a fresh folder per test session (never the user's ~/.cache)
 import tempfile  # noqa: E402
 
-os.environ.setdefault("VLA_EBT_CACHE", tempfile.mkdtemp(prefix="vla_ebt_test_cache_"))
+# one folder per test run, shared by the xdist workers (cache entries are written atomically)
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+os.environ.setdefault("VLA_EBT_CACHE", os.path.join(tempfile.gettempdir(), f"vla_ebt_test_cache_{_run}"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

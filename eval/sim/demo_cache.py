@@ -116,6 +116,10 @@ def cached_demos(spec: DemoSpec, cache_root: str | os.PathLike | None = None,
     shutil.rmtree(tmp, ignore_errors=True)
     write_episodes(eps, tmp, spec.suite)
     (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2, sort_keys=True, default=str))
+    done = read_manifest(folder) if folder.exists() else None
+    if done is not None and done.get("complete"):  # another process finished the same spec meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        return eps, folder
     shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an older run
     os.replace(tmp, folder)
     if log is not None:
