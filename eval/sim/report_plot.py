@@ -4,11 +4,12 @@ mean energy per task (matplotlib's Agg canvas; pyplot and the global backend are
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vla_ebt.config_io import atomic_path
 
 __all__ = ["plot_report"]
 
@@ -61,12 +62,6 @@ def plot_report(report: Any, path: str | Path, title: str | None = None) -> Path
     fig.suptitle(title or f"{report.suite} · {report.policy} · {report.split} instructions · seeds {seeds}", fontsize=10)
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

