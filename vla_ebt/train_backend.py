@@ -67,8 +67,7 @@ class _LossModule(torch.nn.Module):
         return self.policy.compute_loss(batch)
 
 
-def _adamw(policy: VLAPolicy, cfg: OptimConfig) -> torch.optim.AdamW:
-    params = [p for p in policy.parameters() if p.requires_grad]
+def _adamw(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -124,8 +123,8 @@ class PlainBackend(TrainBackend):
     def __init__(self, policy: VLAPolicy, cfg: OptimConfig) -> None:
         self.policy = policy
         self.model = _LossModule(policy)
-        self.opt = _adamw(policy, cfg)
-        self.params = [p for group in self.opt.param_groups for p in group["params"]]
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.opt = _adamw(self.params, cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.grad_clip = cfg.grad_clip
         self.keys = trainable_keys(policy)
@@ -178,7 +177,7 @@ class DeepSpeedBackend(TrainBackend):
         if self.partitions_params and policy.cfg.head == "ebt":
             # the create_graph=True energy gradient keeps references to weights ZeRO-3 re-partitions
             raise NotImplementedError("ZeRO-3 does not support the second-order EBT loss; use ZeRO 0-2")
-        opt = _adamw(policy, cfg)
+        opt = _adamw([p for p in policy.parameters() if p.requires_grad], cfg)
         for p in policy.parameters():  # DeepSpeed broadcasts/flattens raw storage: needs contiguous tensors
             if p.dim() > 0 and (not p.data.is_contiguous() or p.data.stride(-1) != 1):
                 p.data = p.data.clone(memory_format=torch.contiguous_format)
