@@ -41,7 +41,8 @@ def parse_launch_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpa
     is recipes/deepspeed/zero0.json), and ``--local_rank``/``--local-rank`` (passed by the deepspeed
     launcher; ignored, LOCAL_RANK is read).
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    # exact names only: --deepspeed (a TrainConfig field) is not an abbreviation of --deepspeed-config
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--recipe", default="default")
     pre.add_argument("--resume", nargs="?", const="latest", default=None)
     pre.add_argument("--deepspeed-config", "--deepspeed_config", dest="deepspeed_config", default=None)
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # other flags pass through unchanged
     pre.add_argument("--recipe", default="default")
     known, rest = pre.parse_known_args(args)
     if known.recipe in SWEEP_RECIPES:

@@ -301,7 +301,7 @@ def parse_scaling_args(argv: list[str] | None = None) -> ScalingConfig:
     """``--base-recipe NAME`` picks the base recipe; every other flag is a ScalingConfig field."""
     import tyro
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # other flags pass through unchanged
     pre.add_argument("--base-recipe", default="default")
     known, rest = pre.parse_known_args(argv)
     all_recipes = recipes()

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from recipes.finetune import parse_launch_args
+from tests.test_checkpoint_policy import assert_same_policy, observation_for
+from vla_ebt.policy import VLAPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 DS = ROOT / "recipes" / "deepspeed"
@@ -100,6 +102,9 @@ def test_two_ranks_torchrun_gloo_identical_weights(tmp_path) -> None:
     assert len(_losses(tmp_path / "run")) == 4  # only rank 0 logs
     ck = tmp_path / "run" / "checkpoints" / "step_00000004"
     assert (ck / "trainer_rank0.pt").exists() and (ck / "trainer_rank1.pt").exists()
+    # rank 0 wrote the checkpoint's policy/ (the EMA weights at step 4 = the final export)
+    final = tmp_path / "run" / "policy"
+    assert_same_policy(ck / "policy", final, observation_for(VLAPolicy.from_pretrained(final)))
     assert (tmp_path / "run" / "summary.json").exists()
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_checkpoint_policy import assert_same_policy, observation_for
+from vla_ebt.policy import VLAPolicy
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--recipe", "reach2d_ebt", "--data.episodes-per-task", "4", "--optim.batch-size", "8",
          "--optim.warmup-steps", "3", "--optim.log-every", "1", "--policy.trunk.width", "32",
@@ -63,6 +66,10 @@ def test_kill9_and_resume_reproduces_loss_curve(tmp_path, extra) -> None:
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith("."))
     assert ckpts == [f"step_{STEPS - EVERY:08d}", f"step_{STEPS:08d}"]  # keep last 2
     assert (run_dir / "summary.json").exists()
+    # every checkpoint holds a loadable policy; the last one is the final export
+    last = run_dir / "checkpoints" / ckpts[-1] / "policy"
+    assert_same_policy(last, run_dir / "policy", observation_for(VLAPolicy.from_pretrained(last)))
+    assert VLAPolicy.from_pretrained(run_dir / "checkpoints" / ckpts[0] / "policy").cfg.action_dim == 2
 
 
 def test_resume_latest_without_checkpoint_starts_fresh(tmp_path) -> None:
