@@ -9,7 +9,8 @@ Decoded arrays are writable copies (independent of the message buffer).
     blob = packb({"state": np.zeros((1, 1, 2), np.float32), "instruction": ["go"]})
     obs = unpackb(blob)
 
-Depends on numpy and msgpack only (imported by the torch-free robot client).
+Depends on numpy and msgpack only: the policy server, the robot client and the env workers'
+pipes (:mod:`eval.sim.workers`) all speak it.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ def encode(obj: Any) -> Any:
     """msgpack ``default`` hook: numpy arrays -> tagged maps, numpy scalars -> Python scalars."""
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in ALLOWED_KINDS:
-            raise TypeError(f"msgpack_numpy: cannot send arrays of dtype {obj.dtype} (only bool/int/uint/float/complex)")
+            raise TypeError(f"codec: cannot send arrays of dtype {obj.dtype} (only bool/int/uint/float/complex)")
         arr = np.ascontiguousarray(obj)
         return {ARRAY_KEY: True, "dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
     if isinstance(obj, np.generic):
         return obj.item()
-    raise TypeError(f"msgpack_numpy: cannot serialize {type(obj).__name__}")
+    raise TypeError(f"codec: cannot serialize {type(obj).__name__}")
 
 
 def _array(m: dict) -> np.ndarray:
@@ -72,6 +73,7 @@ def decode(m: dict) -> Any:
 
 
 def packb(obj: Any) -> bytes:
+    """Encode ``obj`` (dicts / lists / str / numbers / numpy arrays); raises TypeError for anything else."""
     return msgpack.packb(obj, default=encode, use_bin_type=True)
 
 
