@@ -22,8 +22,10 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # DS_BUILD_OPS=0: DeepSpeed's C++/CUDA ops are JIT-built on first use instead of at install time.
-DS_BUILD_OPS=0 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
-.venv/bin/python -c "import vla_ebt, torch; print(f'vla_ebt {vla_ebt.__version__} installed (torch {torch.__version__})')"
+# packages/vla_ebt_client (the torch-free robot side) is named in the same command, so the main
+# project's `vla_ebt_client` dependency resolves to this repository's copy, never to an index.
+DS_BUILD_OPS=0 .venv/bin/pip install -q --disable-pip-version-check -e packages/vla_ebt_client -e '.[dev]'
+.venv/bin/python -c "import vla_ebt, vla_ebt_client, torch; print(f'vla_ebt {vla_ebt.__version__} installed (torch {torch.__version__})')"
 
 # LIBERO (eval/sim/suites/libero.py) lives in its own venv, run as a worker process: it pins
 # robosuite 1.4.0, the main env pins mujoco 3.3.0. On Python 3.10/3.11 the [compatible] extra gives

@@ -8,7 +8,7 @@ Policy: ``--policy DIR`` (any folder written by ``save_pretrained``), else the d
 Normalizer from reach2d expert-demo statistics, saved to a temporary folder. The server runs as
 a subprocess (``python -m eval.real.serve --port 0 --port-file``, one torch thread, loopback),
 as on a robot's inference box; the clients are threads of this process using
-:class:`eval.real.client.PolicyClient` (uint8 images, B = 1 reach2d observations). The
+:class:`vla_ebt_client.PolicyClient` (uint8 images, B = 1 reach2d observations). The
 in-process reference loads the same folder here and times ``predict_chunk`` on the same
 observations (one torch thread) while the server is idle.
 
@@ -107,7 +107,7 @@ def start_server(policy_dir: Path, workdir: Path, timeout: float) -> tuple[subpr
 
 
 def client_run(url: str, obs: list[dict], warmup: int, requests: int, out: dict, barrier: threading.Barrier | None):
-    from eval.real.client import PolicyClient
+    from vla_ebt_client import PolicyClient
 
     rtts, infer, server, lost = [], [], [], 0
     with PolicyClient(url, timeout_s=60.0) as c:
@@ -158,7 +158,7 @@ def run_clients(url: str, obs: list[dict], n: int, warmup: int, requests: int) -
 def interleaved_one_client(url: str, policy, obs: list[dict], warmup: int, requests: int) -> tuple[list[float], dict]:
     """In-process and 1-client server calls alternated request by request (same observations), so
     that drifts in machine load hit both alike; the other side is idle during each call."""
-    from eval.real.client import PolicyClient
+    from vla_ebt_client import PolicyClient
 
     inproc, rtt, infer, transport, lost = [], [], [], [], 0
     with PolicyClient(url, timeout_s=60.0) as c:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from eval.sim import available_suites, make_suite
-from eval import wire
+from vla_ebt_client import wire
 from eval.sim.libero_worker import quat_to_axis_angle
 from eval.sim.rollout import RandomPolicy, evaluate
 from eval.sim.suites.libero import (

@@ -124,7 +124,7 @@ def test_temporal_ensembling_replans_every_step() -> None:
     torch.testing.assert_close(first, pol.last_output.actions[:, 0])
     second = pol.select_action(obs)
     # regression is deterministic: the average of chunk0[1] and chunk1[0] with decayed weights
-    assert second.shape == (2, D) and pol._t == 2
+    assert second.shape == (2, D) and pol.rollout_state()["t"] == 2
 
 
 @pytest.mark.parametrize(

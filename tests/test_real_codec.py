@@ -8,8 +8,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from eval.real.msgpack_numpy import CodecError, packb, unpackb
 from eval.real.replay import spearman
+from vla_ebt_client.codec import CodecError, packb, unpackb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,8 +70,8 @@ def test_spearman_matches_scipy_with_ties():
 def test_client_module_imports_without_torch():
     code = (
         "import sys\n"
-        "import eval.real.client, eval.real.msgpack_numpy\n"
-        "from eval.real.client import PolicyClient, ActionChunkBroker\n"
+        "import vla_ebt_client, vla_ebt_client.codec, vla_ebt_client.client, vla_ebt_client.broker\n"
+        "from vla_ebt_client import PolicyClient, ActionChunkBroker, ObservationHistory\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad\n"
         "print('ok')\n"

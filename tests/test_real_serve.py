@@ -19,7 +19,13 @@ import torch
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from eval.real.client import (
+from eval.real.run_sim_loop import main as sim_loop_main
+from eval.real.run_sim_loop import run_sim_loop
+from eval.real.serve import PolicyServer
+from tests.policy_fixtures import D, H, S, make_policy
+from vla_ebt.policy import VLAPolicy
+from vla_ebt.schema import ObservationSpec
+from vla_ebt_client import (
     ActionChunkBroker,
     AuthenticationError,
     MessageTooLargeError,
@@ -27,13 +33,7 @@ from eval.real.client import (
     PolicyClientError,
     ServerError,
 )
-from eval.real.msgpack_numpy import packb, unpackb
-from eval.real.run_sim_loop import main as sim_loop_main
-from eval.real.run_sim_loop import run_sim_loop
-from eval.real.serve import PolicyServer
-from tests.policy_fixtures import D, H, S, make_policy
-from vla_ebt.policy import VLAPolicy
-from vla_ebt.schema import ObservationSpec
+from vla_ebt_client.codec import packb, unpackb
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
@@ -314,7 +314,7 @@ def test_ebt_reply_carries_energy_and_steps():
 def test_client_process_without_torch_talks_to_server(server, policy):
     code = (
         "import sys, numpy as np\n"
-        "from eval.real.client import PolicyClient, ActionChunkBroker\n"
+        "from vla_ebt_client import PolicyClient, ActionChunkBroker\n"
         "c = PolicyClient(sys.argv[1], token=sys.argv[2])\n"
         "g = np.random.default_rng(0)\n"
         f"o = {{'images': g.integers(0, 256, (1, 1, 3, 64, 64), dtype=np.uint8), 'instruction': ['go'],"

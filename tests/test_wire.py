@@ -1,4 +1,4 @@
-"""eval.wire: the one IPC framing (msgpack-numpy frames over pipes), its errors, and no pickle in eval/."""
+"""vla_ebt_client.wire: the one IPC framing (msgpack-numpy frames over pipes), its errors, and no pickle in eval/."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval import wire
+from vla_ebt_client import wire
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +142,7 @@ def test_short_read_timeout_and_bad_frames_raise_clear_errors():
 
 def test_libero_worker_script_speaks_the_same_frames():
     """The LIBERO worker run as a script (isolated interpreter, no repo on sys.path) loads
-    eval/wire.py by path; with an interpreter lacking LIBERO it sends one error frame and exits."""
+    packages/vla_ebt_client on its sys.path; with an interpreter lacking LIBERO it sends one error frame and exits."""
     script = ROOT / "eval" / "sim" / "libero_worker.py"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-I", str(script)], input=b"", capture_output=True, env=env, timeout=60)
@@ -167,4 +167,4 @@ def test_no_pickle_on_any_ipc_path_under_eval():
         for m in _PICKLE.finditer(p.read_text()):
             line = p.read_text()[: m.start()].count("\n") + 1
             hits.append(f"{p.relative_to(ROOT)}:{line}: {m.group(0).strip()}")
-    assert not hits, "pickle-based IPC under eval/ (use eval.wire):\n" + "\n".join(hits)
+    assert not hits, "pickle-based IPC under eval/ (use vla_ebt_client.wire):\n" + "\n".join(hits)

@@ -27,6 +27,7 @@ from typing import Any, Literal, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from vla_ebt_client import ActionChunkBroker
 
 from . import config_io
 from .backbones import BackboneConfig, build_backbone
@@ -263,32 +264,26 @@ class VLAPolicy(nn.Module):
         )
 
     def reset(self) -> None:
-        """Forget the action queue, ensemble buffer and warm start (call at episode start)."""
-        self._queue: list[Tensor] = []
+        """Forget the action queue, ensemble buffer and warm start (call at episode start); the
+        ``execution`` config is read here."""
+        ex = self.cfg.execution
+        self._broker = ActionChunkBroker(self._plan_chunk, mode=ex.mode, n_action_steps=ex.n_action_steps,
+                                         ensemble_decay=ex.ensemble_decay, horizon=self.cfg.horizon)
         self._prev_norm: Tensor | None = None
-        self._ensemble: list[tuple[int, Tensor]] = []  # (step the chunk was planned at, chunk (B, H, D))
-        self._t = 0
         self.last_output: PolicyOutput | None = None
 
     def rollout_state(self) -> dict[str, Any]:
-        """The per-episode execution state that ``reset()`` clears: action queue, ensemble buffer,
-        warm-start chunk, step counter and ``last_output`` (shallow copies of the containers; the
-        tensors are shared, never modified in place). With ``load_rollout_state`` one policy can
-        interleave several episodes (e.g. one per env worker)."""
-        return {
-            "queue": list(self._queue),
-            "prev_norm": self._prev_norm,
-            "ensemble": list(self._ensemble),
-            "t": self._t,
-            "last_output": self.last_output,
-        }
+        """The per-episode execution state that ``reset()`` clears: the broker's action queue,
+        ensemble buffer and step counter (``queue``, ``ensemble``, ``t``), the warm-start chunk and
+        ``last_output`` (shallow copies of the containers; the tensors are shared, never modified in
+        place). With ``load_rollout_state`` one policy can interleave several episodes (e.g. one per
+        env worker)."""
+        return {**self._broker.state(), "prev_norm": self._prev_norm, "last_output": self.last_output}
 
     def load_rollout_state(self, state: Mapping[str, Any]) -> None:
         """Restore a state captured by ``rollout_state()``."""
-        self._queue = list(state["queue"])
+        self._broker.load_state(state)
         self._prev_norm = state["prev_norm"]
-        self._ensemble = list(state["ensemble"])
-        self._t = int(state["t"])
         self.last_output = state["last_output"]
 
     def _warm_start(self, executed: int) -> Tensor | None:
@@ -300,30 +295,21 @@ class VLAPolicy(nn.Module):
         pad = shifted[:, -1:].expand(-1, executed, -1) if shifted.shape[1] else prev[:, -1:].expand(-1, executed, -1)
         return torch.cat([shifted, pad], dim=1)[:, : self.cfg.horizon]
 
-    @torch.no_grad()
-    def select_action(self, obs: Mapping[str, Any]) -> Tensor:
-        """One unnormalized action (B, D) for the current control step."""
-        ex = self.cfg.execution
-        if ex.mode == "receding":
-            if not self._queue:
-                out = self.predict_chunk(obs, warm_start=self._warm_start(ex.n_action_steps))
-                self.last_output = out
-                self._prev_norm = out.normalized
-                self._queue = list(out.actions[:, : ex.n_action_steps].unbind(1))
-            return self._queue.pop(0)
-        out = self.predict_chunk(obs, warm_start=self._warm_start(1))
+    def _plan_chunk(self, obs: Mapping[str, Any]) -> Tensor:
+        """The broker's chunk source: unnormalized actions (B, H, D) of one ``predict_chunk``, warm
+        started from the previous chunk shifted by the steps executed since it was planned
+        (receding: ``n_action_steps``; ensemble: 1). Sets ``last_output``."""
+        b = self._broker
+        out = self.predict_chunk(obs, warm_start=self._warm_start(b.n_action_steps if b.mode == "receding" else 1))
         self.last_output = out
         self._prev_norm = out.normalized
-        self._ensemble.append((self._t, out.actions))
-        self._ensemble = [(t0, c) for t0, c in self._ensemble if self._t - t0 < self.cfg.horizon]
-        acts, weights = [], []
-        for t0, chunk in self._ensemble:
-            age = self._t - t0
-            acts.append(chunk[:, age])
-            weights.append(torch.exp(torch.tensor(-ex.ensemble_decay * age)))
-        w = torch.stack(weights).to(acts[0])
-        self._t += 1
-        return (torch.stack(acts) * w[:, None, None]).sum(0) / w.sum()
+        return out.actions
+
+    @torch.no_grad()
+    def select_action(self, obs: Mapping[str, Any]) -> Tensor:
+        """One unnormalized action (B, D) for the current control step, from the chunk broker
+        (:class:`vla_ebt_client.ActionChunkBroker`, the one chunk execution of robot and sim)."""
+        return self._broker.act(obs)
 
     # ------------------------------------------------------------------ persistence
     def _base_weight_prefixes(self) -> list[str]:

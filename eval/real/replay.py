@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from vla_ebt_client.history import history_indices
 
 __all__ = ["replay", "spearman", "load_episodes", "write_report", "to_markdown", "main"]
 
@@ -203,7 +204,7 @@ def replay(
             ts = steps[b0: b0 + batch_size]
             imgs, states = [], []
             for t in ts:
-                hist = np.clip(np.arange(t - To + 1, t + 1), 0, None)
+                hist = history_indices(int(t), To)
                 imgs.append(_frames(ep, roles, hist if history else np.array([t]), spec.image_size))
                 states.append(st[hist])
             obs = {

@@ -1,8 +1,9 @@
 """Drive a simulated suite (reach2d) through the policy server, exactly as a robot would.
 
-The robot path under test: env observation -> numpy observation (:class:`NumpyObsBuilder`) ->
-:class:`eval.real.client.PolicyClient` over WebSocket -> :class:`ActionChunkBroker` (receding
-horizon or temporal ensembling) -> ``env.step``. Reports success per task, episode lengths and
+The robot path under test, all of it from the torch-free :mod:`vla_ebt_client`: env observation ->
+numpy observation (:class:`~vla_ebt_client.ObservationHistory`) -> :class:`~vla_ebt_client.PolicyClient`
+over WebSocket -> :class:`~vla_ebt_client.ActionChunkBroker` (receding horizon or temporal
+ensembling) -> ``env.step``. Reports success per task, episode lengths and
 round-trip latency.
 
 ::
@@ -19,51 +20,14 @@ import argparse
 import json
 import math
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .client import ActionChunkBroker, PolicyClient
+from vla_ebt_client import ActionChunkBroker, ObservationHistory, PolicyClient
 
-__all__ = ["NumpyObsBuilder", "run_episode", "run_sim_loop", "main"]
-
-
-class NumpyObsBuilder:
-    """Raw env observations -> B = 1 observations for the server (uint8 images, no torch).
-
-    Keeps the last ``obs_steps`` states (and frames with ``image_history``: camera-major, as in
-    :mod:`vla_ebt.schema`); at episode start the history repeats the first step."""
-
-    def __init__(self, obs_steps: int, embodiment: int, image_history: bool = False, instruction: str | None = None):
-        self.obs_steps, self.image_history = int(obs_steps), bool(image_history)
-        self.embodiment = np.array([embodiment], np.int64)
-        self.instruction = instruction
-        self.images: deque[np.ndarray] = deque(maxlen=self.obs_steps)
-        self.states: deque[np.ndarray] = deque(maxlen=self.obs_steps)
-
-    def __call__(self, obs: dict[str, Any]) -> dict[str, Any]:
-        img = np.asarray(obs["image"], np.uint8)
-        img = img[None] if img.ndim == 3 else img  # (V, 3, S, S)
-        st = np.asarray(obs["state"], np.float32).reshape(-1)
-        if not self.states:
-            for _ in range(self.obs_steps - 1):
-                self.images.append(img)
-                self.states.append(st)
-        self.images.append(img)
-        self.states.append(st)
-        if self.image_history:
-            frames = np.stack(self.images, axis=1)
-            frames = frames.reshape(-1, *frames.shape[2:])
-        else:
-            frames = img
-        return {
-            "images": np.ascontiguousarray(frames)[None],
-            "instruction": [self.instruction or str(obs["instruction"])],
-            "state": np.stack(self.states)[None],
-            "embodiment": self.embodiment,
-        }
+__all__ = ["run_episode", "run_sim_loop", "main"]
 
 
 def run_episode(broker: ActionChunkBroker, suite: Any, task: str, seed: int, embodiment: int, obs_steps: int,
@@ -77,9 +41,11 @@ def run_episode(broker: ActionChunkBroker, suite: Any, task: str, seed: int, emb
         obs, info = env.reset(seed=seed)
         res["instruction"] = str(obs["instruction"])
         broker.reset()
-        build = NumpyObsBuilder(obs_steps, embodiment, image_history)
+        history = ObservationHistory(obs_steps, image_history, embodiment)
         for _ in range(suite.max_episode_steps):
-            act = np.asarray(broker.act(build(obs)), np.float32).reshape(-1)[: suite.action_dim]
+            o = history(obs)
+            o["images"] = o["images"].astype(np.uint8, copy=False)  # the wire carries uint8 frames
+            act = np.asarray(broker.act(o), np.float32).reshape(-1)[: suite.action_dim]
             obs, _, terminated, truncated, info = env.step(act)
             res["length"] += 1
             if terminated or truncated:

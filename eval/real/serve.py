@@ -5,7 +5,7 @@
     python -m eval.real.serve --policy runs/default/policy [--host 127.0.0.1 --port 8000]
         [--token T | env VLA_EBT_SERVE_TOKEN] [--max-message-mb 16] [--port-file FILE]
 
-Protocol (``PROTOCOL``; every message is one binary msgpack frame, see :mod:`eval.real.msgpack_numpy`):
+Protocol (``PROTOCOL``; every message is one binary msgpack frame, see :mod:`vla_ebt_client.codec`):
 
 1. On connect the server sends the **metadata** ``{"type": "metadata", "protocol", "spec"
    (ObservationSpec.to_dict()), "cameras" (= num_views), "image_size", "obs_steps", "state_dim",
@@ -55,8 +55,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from vla_ebt.config_io import atomic_write_text
-
-from .msgpack_numpy import CodecError, packb, unpackb
+from vla_ebt_client.codec import CodecError, packb, unpackb
 
 __all__ = ["PolicyServer", "RequestError", "PROTOCOL", "DEFAULT_MAX_MESSAGE_BYTES", "main"]
 

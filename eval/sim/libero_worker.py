@@ -7,12 +7,11 @@ because the main process imports it too (for its constants). It never imports to
 
 Protocol
 --------
-Every message is one :mod:`eval.wire` frame: a 4-byte big-endian length, then a msgpack body in
+Every message is one :mod:`vla_ebt_client.wire` frame: a 4-byte big-endian length, then a msgpack body in
 which numpy arrays travel as dtype/shape/bytes (nothing is pickled; ``dtype.str`` is the same in
-the LIBERO venv's numpy 1.26 and the main env's numpy 2). Run as a script, the worker cannot
-import the ``eval`` package (its interpreter is another virtualenv's, started with ``-I``), so it
-loads ``eval/wire.py`` by path under a private module name (:func:`_load_wire`); imported by the
-main process it uses ``eval.wire`` itself. Tuples arrive as lists.
+the LIBERO venv's numpy 1.26 and the main env's numpy 2). Run as a script (another virtualenv's
+interpreter, started with ``-I``), the worker puts ``packages/vla_ebt_client`` (stdlib + numpy +
+msgpack only) on its ``sys.path`` to import the framing. Tuples arrive as lists.
 
 * Start-up: the worker imports LIBERO and sends ``{"ok": True, "result": {"versions": {...}}}``
   (or ``{"ok": False, "error": ...}`` and exits 1 when the import fails).
@@ -58,43 +57,20 @@ import os
 import signal
 import sys
 import traceback
-from types import ModuleType
 from typing import Any, BinaryIO
 
 import numpy as np
 
 # ------------------------------------------------------------------------------------------------
-# framing: eval/wire.py, shared with the main process
+# framing: vla_ebt_client.wire, shared with the main process
 # ------------------------------------------------------------------------------------------------
 
-WIRE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wire.py")
+CLIENT_PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              "packages", "vla_ebt_client")
+if CLIENT_PACKAGE not in sys.path:  # script mode (python -I): nothing of the repository is on sys.path
+    sys.path.append(CLIENT_PACKAGE)
 
-
-def _load_wire() -> ModuleType:
-    """``eval/wire.py`` loaded by path as ``_vla_ebt_wire`` (script mode: no ``eval`` package and
-    nothing of the repository on ``sys.path``). Raises ImportError when msgpack is missing."""
-    import importlib.util  # noqa: PLC0415
-
-    name = "_vla_ebt_wire"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, WIRE_PATH)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load the wire module from {WIRE_PATH}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-if __package__:
-    from .. import wire
-else:
-    wire = _load_wire()
+from vla_ebt_client import wire  # noqa: E402 - after the path entry; stdlib + numpy + msgpack only
 
 CAMERA_ALIASES = {"agentview": "agentview", "wrist": "robot0_eye_in_hand", "robot0_eye_in_hand": "robot0_eye_in_hand"}
 NOOP_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # zero OSC delta, gripper open

@@ -56,6 +56,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from vla_ebt_client import ObservationHistory
 
 from vla_ebt.data.episodes import episode_seed
 
@@ -216,38 +217,15 @@ def _policy_obs_steps(policy: Any) -> int:
     return int(getattr(cfg, "obs_steps", 1) or 1)
 
 
-class _ObsBuilder:
-    """Raw env observations -> B = 1 schema batches, keeping the last To frames/states."""
-
-    def __init__(self, obs_steps: int, image_history: bool, embodiment: int, instruction: str | None) -> None:
-        self.obs_steps, self.image_history = obs_steps, image_history
-        self.embodiment = torch.tensor([embodiment], dtype=torch.long)
-        self.instruction = instruction
-        self.images: deque[np.ndarray] = deque(maxlen=obs_steps)
-        self.states: deque[np.ndarray] = deque(maxlen=obs_steps)
-
-    def __call__(self, obs: dict[str, Any]) -> dict[str, Any]:
-        img = np.asarray(obs["image"])
-        img = img[None] if img.ndim == 3 else img  # (V, 3, S, S)
-        st = np.asarray(obs["state"], np.float32).reshape(-1)
-        if not self.states:  # episode start: pad history with the first step
-            for _ in range(self.obs_steps - 1):
-                self.images.append(img)
-                self.states.append(st)
-        self.images.append(img)
-        self.states.append(st)
-        if self.image_history:
-            frames = np.stack(self.images, axis=1)  # (V, To, 3, S, S) -> camera-major
-            frames = frames.reshape(-1, *frames.shape[2:])
-        else:
-            frames = img
-        images = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)[None]
-        return {
-            "images": images,
-            "instruction": [self.instruction or obs["instruction"]],
-            "state": torch.from_numpy(np.stack(self.states))[None],
-            "embodiment": self.embodiment,
-        }
+def _torch_observation(obs: dict[str, Any]) -> dict[str, Any]:
+    """An :class:`~vla_ebt_client.ObservationHistory` observation (numpy) -> the schema batch
+    ``select_action`` takes: images float32 in [0, 1] (from 0..255), state float32, embodiment long."""
+    return {
+        "images": torch.from_numpy(obs["images"]).float().div_(255.0),
+        "instruction": obs["instruction"],
+        "state": torch.from_numpy(obs["state"]),
+        "embodiment": torch.from_numpy(obs["embodiment"]),
+    }
 
 
 def _scalar0(x: Any) -> float | None:
@@ -331,7 +309,7 @@ class _Episode:
         self.rng_state: Any = None
         self.env_handle: Any = None
         self.started = False
-        self._build: _ObsBuilder | None = None
+        self._history: ObservationHistory | None = None
         self._prev_out: Any = None
         self._t0 = time.perf_counter()
 
@@ -352,7 +330,7 @@ class _Episode:
                 hook = getattr(self.policy, "begin_episode", None)
                 if hook is not None:
                     hook(env=env, task=self.spec.task, seed=self.spec.seed, suite=self.suite)
-                self._build = _ObsBuilder(self.obs_steps, self.image_history, self.embodiment, self.instruction)
+                self._history = ObservationHistory(self.obs_steps, self.image_history, self.embodiment, self.instruction)
                 self._prev_out = getattr(self.policy, "last_output", None)
             else:
                 phase = "env.step"
@@ -369,7 +347,7 @@ class _Episode:
 
     def _act(self, obs: dict[str, Any]) -> np.ndarray:
         policy = self.policy
-        act = policy.select_action(self._build(obs))
+        act = policy.select_action(_torch_observation(self._history(obs)))
         out = getattr(policy, "last_output", None)
         if out is not None and out is not self._prev_out:
             self.res.chunk_latency_ms.append(float(getattr(out, "latency_ms", float("nan"))))

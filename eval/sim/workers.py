@@ -6,13 +6,14 @@ after importing ``import_modules`` (modules that register extra suites), then an
 for one env at a time. The policy never leaves the evaluating process; only numpy arrays and
 plain dicts / lists / str / numbers cross the boundary, so a pool can run another virtualenv's
 interpreter (``WorkerConfig.python``, e.g. LIBERO's) as long as that environment can import
-``eval.sim.workers`` and ``msgpack`` (the repository root is put on its ``PYTHONPATH``).
+``eval.sim.workers`` and ``msgpack`` (the repository root and ``packages/vla_ebt_client`` are put on
+its ``PYTHONPATH``).
 
 Why subprocess and not ``multiprocessing``: a spawn-context child re-imports the parent's
 ``sys.path`` (its site-packages included), which would mix two virtualenvs; here the child's
 interpreter and packages are entirely its own.
 
-Wire format: :mod:`eval.wire` frames (4-byte big-endian length + msgpack body with numpy arrays
+Wire format: :mod:`vla_ebt_client.wire` frames (4-byte big-endian length + msgpack body with numpy arrays
 as dtype/shape/bytes; nothing is unpickled), the same as the LIBERO worker's. The worker writes
 replies on a duplicate of its original stdout; its fd 1 is redirected to stderr, so anything an
 env prints (C libraries included) goes to the evaluator's stderr.
@@ -64,7 +65,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import wire
+from vla_ebt_client import wire
+
 from .suites import INSTRUCTION_SPLITS, Suite, make_suite
 
 __all__ = [
@@ -507,7 +509,8 @@ class EnvWorker:
         self.cfg, self.index = cfg, index
         env = dict(os.environ)
         env.update(cfg.env)
-        env["PYTHONPATH"] = os.pathsep.join([str(_REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        roots = [str(_REPO_ROOT), str(_REPO_ROOT / "packages" / "vla_ebt_client")]  # the codec for foreign venvs
+        env["PYTHONPATH"] = os.pathsep.join([*roots, *filter(None, [env.get("PYTHONPATH")])])
         env.setdefault("OMP_NUM_THREADS", "1")
         python = cfg.python or sys.executable
         try:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from vla_ebt_client.history import camera_major, history_indices
 
 from vla_ebt.normalize import DatasetStats, FeatureStats
 
@@ -105,12 +106,11 @@ class ChunkDataset(Dataset):
         ei, t = self.locate(index)
         ep = self.episodes[ei]
         n = len(ep)
-        hist = np.clip(np.arange(t - self.obs_steps + 1, t + 1), 0, None)
+        hist = history_indices(t, self.obs_steps)
         fut = np.arange(t, t + self.horizon)
         mask = fut < n
         if self.image_history:
-            imgs = ep.images[hist]  # (To, V, 3, S, S)
-            imgs = imgs.transpose(1, 0, 2, 3, 4).reshape(-1, *imgs.shape[2:])  # camera-major
+            imgs = camera_major(ep.images[hist])  # (To, V, 3, S, S) -> (V * To, 3, S, S)
         else:
             imgs = ep.images[t]
         return {

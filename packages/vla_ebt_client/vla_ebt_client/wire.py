@@ -1,21 +1,13 @@
-"""The one wire format of vla_ebt's inter-process messages: msgpack with numpy arrays, framed.
-
-Codec (:func:`packb` / :func:`unpackb`): an ``np.ndarray`` travels as the map ``{"__ndarray__":
-True, "dtype": "<f4", "shape": [..], "data": <raw C-order bytes>}``; numpy scalars become Python
-scalars; tuples become lists. Only bool / integer / unsigned / float / complex dtypes are accepted
-(never object or structured dtypes: nothing is unpickled), and ``data`` must have exactly
-``prod(shape) * itemsize`` bytes. Decoded arrays are writable copies. ``dtype.str`` is the same
-across numpy 1.x and 2.x, so the two ends may run different numpy versions.
+"""The one wire format of vla_ebt's inter-process messages: :mod:`vla_ebt_client.codec` bodies, framed.
 
 Framing (:func:`write_frame` / :func:`read_frame`, :class:`FrameReader` for non-blocking pipes):
 a frame is a 4-byte big-endian unsigned length ``n`` (:data:`HEADER`), then ``n`` bytes of codec
 body, ``n <= MAX_FRAME_BYTES``. A stream that ends exactly between frames is a clean end
 (``read_frame`` returns None); one that ends inside a frame raises :class:`ShortReadError`.
 
-Users: the policy server and robot client (:mod:`eval.real`, the codec inside WebSocket messages),
-the env workers (:mod:`eval.sim.workers`) and the LIBERO worker (``eval/sim/libero_worker.py``,
-run by the LIBERO virtualenv's interpreter, which loads this file by path). Hence: stdlib, numpy
-and msgpack only, and no imports from this repository.
+Users: the env workers (:mod:`eval.sim.workers`) and the LIBERO worker (``eval/sim/libero_worker.py``,
+run by the LIBERO virtualenv's interpreter, which puts this package on its ``sys.path``); the policy
+server and robot client send codec bodies inside WebSocket messages. Stdlib, numpy and msgpack only.
 
     write_frame(fd, {"obs": {"image": np.zeros((3, 8, 8), np.uint8)}, "done": False})
     msg = read_frame(fd, deadline=time.monotonic() + 5.0)   # None: the writer closed the stream
@@ -29,8 +21,7 @@ import struct
 import time
 from typing import Any, BinaryIO, Union
 
-import msgpack
-import numpy as np
+from .codec import ALLOWED_KINDS, ARRAY_KEY, CodecError, decode, encode, packb, unpackb
 
 __all__ = [
     "packb",
@@ -52,9 +43,6 @@ __all__ = [
     "FrameReader",
 ]
 
-ARRAY_KEY = "__ndarray__"
-ALLOWED_KINDS = frozenset("biufc")  # bool, int, uint, float, complex
-MAX_NDIM = 32
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = (1 << 31) - 1  # 2 GiB: far above any observation batch, well below the header's range
 
@@ -64,10 +52,6 @@ Stream = Union[int, BinaryIO]  # a file descriptor or a binary file object
 # --------------------------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------------------------
-
-
-class CodecError(ValueError):
-    """A message that is not valid msgpack-numpy (bad dtype, shape or byte count)."""
 
 
 class FrameError(CodecError):
@@ -88,71 +72,6 @@ class ReadTimeout(TimeoutError):
     def __init__(self, got: int, expected: int) -> None:
         self.got, self.expected = got, expected
         super().__init__(f"read timed out after {got} of {expected} bytes")
-
-
-# --------------------------------------------------------------------------------------------
-# codec
-# --------------------------------------------------------------------------------------------
-
-
-def encode(obj: Any) -> Any:
-    """msgpack ``default`` hook: numpy arrays -> tagged maps, numpy scalars -> Python scalars.
-    Raises TypeError for anything else (and for arrays of other dtype kinds)."""
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.kind not in ALLOWED_KINDS:
-            raise TypeError(f"msgpack_numpy: cannot send arrays of dtype {obj.dtype} (only bool/int/uint/float/complex)")
-        arr = np.ascontiguousarray(obj)
-        return {ARRAY_KEY: True, "dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"msgpack_numpy: cannot serialize {type(obj).__name__}")
-
-
-def _array(m: dict) -> np.ndarray:
-    try:
-        dtype = np.dtype(m["dtype"])
-        shape = tuple(int(s) for s in m["shape"])
-        data = m["data"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise CodecError(f"malformed array (needs dtype, shape, data): {e}") from None
-    if dtype.kind not in ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-        raise CodecError(f"array dtype {m['dtype']!r} not allowed (only bool/int/uint/float/complex)")
-    if len(shape) > MAX_NDIM or any(s < 0 for s in shape):
-        raise CodecError(f"array shape {list(shape)} invalid")
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CodecError(f"array data must be bytes, got {type(data).__name__}")
-    n = 1
-    for s in shape:
-        n *= s
-    if len(data) != n * dtype.itemsize:
-        raise CodecError(f"array data has {len(data)} bytes, expected {n * dtype.itemsize} for shape {list(shape)} "
-                         f"dtype {dtype.str}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
-
-
-def decode(m: dict) -> Any:
-    """msgpack ``object_hook``: tagged maps -> arrays."""
-    if m.get(ARRAY_KEY) is True:
-        return _array(m)
-    return m
-
-
-def packb(obj: Any) -> bytes:
-    """Encode one message; raises TypeError for values the format cannot carry."""
-    return msgpack.packb(obj, default=encode, use_bin_type=True)
-
-
-def unpackb(data: bytes, max_bytes: int | None = None) -> Any:
-    """Decode a message; raises CodecError for anything malformed (never another exception type
-    for bad input)."""
-    if max_bytes is not None and len(data) > max_bytes:
-        raise CodecError(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
-    try:
-        return msgpack.unpackb(data, object_hook=decode, raw=False, strict_map_key=False)
-    except CodecError:
-        raise
-    except Exception as e:  # noqa: BLE001 - msgpack raises many types for garbage input
-        raise CodecError(f"not a valid msgpack message: {type(e).__name__}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------

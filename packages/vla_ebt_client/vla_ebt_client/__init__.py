@@ -1,0 +1,52 @@
+"""vla_ebt_client: the torch-free side of vla_ebt (numpy + websockets + msgpack only).
+
+* :mod:`vla_ebt_client.codec`   — the wire codec (msgpack with numpy arrays): ``packb`` / ``unpackb``.
+* :mod:`vla_ebt_client.client`  — ``PolicyClient``: WebSocket client of ``python -m eval.real.serve``.
+* :mod:`vla_ebt_client.broker`  — ``ActionChunkBroker``: chunks (B, H, D) -> one action (B, D) per
+  control step (receding horizon or temporal ensembling); ``VLAPolicy.select_action`` uses it too.
+* :mod:`vla_ebt_client.history` — ``ObservationHistory`` / ``history_indices``: the last To
+  observations, the first one repeated before the episode start (training and closed loops alike).
+
+::
+
+    from vla_ebt_client import ActionChunkBroker, ObservationHistory, PolicyClient
+
+    client = PolicyClient("ws://127.0.0.1:8000", token="secret")
+    broker = ActionChunkBroker(client)                    # mode / n_action_steps from the server
+    history = ObservationHistory(client.metadata["obs_steps"], embodiment=0)
+    action = broker.act(history(raw_obs))                 # (1, D) float32 per control step
+
+Nothing here imports torch or vla_ebt.
+"""
+
+from .broker import ActionChunkBroker
+from .client import (
+    AuthenticationError,
+    LatencyStats,
+    MessageTooLargeError,
+    PolicyClient,
+    PolicyClientError,
+    ServerError,
+    to_numpy_observation,
+)
+from .codec import CodecError, packb, unpackb
+from .history import ObservationHistory, camera_major, history_indices
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActionChunkBroker",
+    "AuthenticationError",
+    "CodecError",
+    "LatencyStats",
+    "MessageTooLargeError",
+    "ObservationHistory",
+    "PolicyClient",
+    "PolicyClientError",
+    "ServerError",
+    "camera_major",
+    "history_indices",
+    "packb",
+    "to_numpy_observation",
+    "unpackb",
+]
