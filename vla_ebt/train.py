@@ -295,10 +295,10 @@ def train_policy(
             print("[deepspeed] bf16: torch autocast (float32 master weights, bf16 matmuls)")
         grad_accum = int(ds_cfg["gradient_accumulation_steps"])
         zero_stage = int(ds_cfg.get("zero_optimization", {}).get("stage", 0))
-        if zero_stage == 3 and policy.cfg.head == "ebt":
-            # Measured: forward runs, backward fails ("mat2 must be a matrix"): the create_graph=True
+        if zero_stage == 3 and policy.head.capabilities.second_order_loss:
+            # Measured (EBT): forward runs, backward fails ("mat2 must be a matrix"): the create_graph=True
             # energy gradient keeps references to weights that ZeRO-3 re-partitions after forward.
-            raise NotImplementedError("ZeRO-3 does not support the second-order EBT loss; use ZeRO 0-2")
+            raise NotImplementedError(f"ZeRO-3 does not support the second-order {policy.cfg.head.upper()} loss; use ZeRO 0-2")
         for p in policy.parameters():  # DeepSpeed broadcasts/flattens raw storage: needs contiguous tensors
             if p.dim() > 0 and (not p.data.is_contiguous() or p.data.stride(-1) != 1):
                 p.data = p.data.clone(memory_format=torch.contiguous_format)

@@ -19,8 +19,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .base import ActionHead, ChunkPrediction, Context, expand_mask, masked_mse
+from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities, expand_mask, masked_mse
 from .energy_minimizer import cosine_sigmas, minimize_energy
+from .factory import register_head
 from .trunk import ActionTrunk, TrunkConfig, sinusoidal_embedding
 
 
@@ -69,8 +70,26 @@ class EBTConfig:
     shaping_sigma_max: float = 1.0
 
 
+@register_head("ebt")
 class EBTHead(ActionHead):
     """Energy head + minimizer. Context (B, T, W) -> action chunks (B, H, D)."""
+
+    config_class = EBTConfig
+    capabilities = HeadCapabilities(
+        warm_start=True,
+        # one evaluation = a forward and a backward w.r.t. the actions: 149 ms for 3 of them vs 23.5 ms
+        # per DDIM forward (benchmarks/head_latency.py, README "Measured") -> ~2.1 forwards
+        eval_cost=2.0,
+        knobs={
+            "num_steps": "minimizer steps (config: infer_steps)",
+            "min_grad": "stop a sample when its ||dE/da|| falls below this (0 = off)",
+            "num_candidates": "best-of-N chains by lowest final energy",
+            "noise": "Langevin noise per inference step",
+        },
+        reports_energy=True,
+        second_order_loss=True,
+        presets=(("ebt-2", {}),),
+    )
 
     def __init__(self, cfg: EBTConfig) -> None:
         super().__init__()
@@ -158,7 +177,7 @@ class EBTHead(ActionHead):
         b = target.shape[0]
         m = expand_mask(mask, target)
         if cfg.shaping == "error":
-            out = self.predict(context.detach(), num_candidates=1, noise=0.0, min_grad=0.0).actions.detach()
+            out = self.sample(context.detach(), num_candidates=1, noise=0.0, min_grad=0.0).actions.detach()
             err = ((out - target) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
             e = self.energy(context, out)
             # batch-centred: the energy reads the error up to a constant, so its level (which sets the
@@ -255,7 +274,7 @@ class EBTHead(ActionHead):
         return loss, info
 
     # ---------------------------------------------------------------- inference
-    def predict(
+    def sample(
         self,
         context: Context,
         init: Tensor | None = None,
@@ -264,13 +283,12 @@ class EBTHead(ActionHead):
         min_grad: float | None = None,
         num_candidates: int | None = None,
         noise: float | None = None,
-        return_trace: bool = False,
     ) -> ChunkPrediction:
         """Minimize the energy from ``init`` (B, H, D) (warm start) or from noise.
 
         With num_candidates = N > 1 every sample starts N chains (the warm start, if any, is the
         first of them) and keeps the one with the lowest final energy. Reports per sample the
-        steps used, the final energy and the final ||dE/da||.
+        steps used, the final energy, the final ||dE/da|| and the energy trace (K+1, B).
         """
         cfg = self.cfg
         steps = cfg.infer_steps if num_steps is None else num_steps
@@ -316,9 +334,7 @@ class EBTHead(ActionHead):
         best = e_final.argmin(1)
         idx = torch.arange(b, device=best.device)
         actions = final.view(b, n, self.horizon, self.action_dim)[idx, best]
-        trace = None
-        if return_trace:
-            trace = torch.cat([res.energies, e_final.view(1, -1)]).view(-1, b, n)[:, idx, best]
+        trace = torch.cat([res.energies, e_final.view(1, -1)]).view(-1, b, n)[:, idx, best]
         return ChunkPrediction(
             actions=actions,
             steps=res.steps.view(b, n)[idx, best],
