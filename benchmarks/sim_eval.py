@@ -34,6 +34,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+#: (JSON key prefix, head of the policy it evaluates, inference overrides): the rows this benchmark reports
+VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("ebt", "ebt", {}),
+    ("diffusion", "diffusion", {"sampler": "ddpm", "num_steps": 100}),
+    ("diffusion_ddim", "diffusion", {"sampler": "ddim", "num_steps": 10}),
+)
+HEADS = tuple(dict.fromkeys(head for _, head, _ in VARIANTS))  # the heads trained without --policies
+
+
 def env_throughput(suite_name: str, steps: int, seed: int = 0, **suite_kwargs: Any) -> float:
     """Steps/s of ``suite_name`` driven by its expert (or random actions), images rendered every step."""
     import numpy as np
@@ -85,10 +94,8 @@ def head_to_head(policies: dict[str, str], recipe: Any, episodes: int, seed: int
 
     suite, tasks = recipe_suite(recipe)
     out: dict[str, Any] = {"suite": recipe.data.suite, "tasks": tasks, "episodes_per_task": episodes, "per_task": {}}
-    variants = [("ebt", "ebt", {}), ("diffusion", "diffusion", {"sampler": "ddpm", "num_steps": 100}),
-                ("diffusion_ddim", "diffusion", {"sampler": "ddim", "num_steps": 10})]
     loaded = {k: load_policy(v) for k, v in policies.items()}
-    for key, pol_name, ov in variants:
+    for key, pol_name, ov in VARIANTS:
         if pol_name not in loaded:
             continue
         r = evaluate_variant(loaded[pol_name], suite, tasks, episodes, seed, ov)
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps = a.train_steps or cfg.optim.steps
         work = Path(a.work_dir)
         pols = {}
-        for head in ("ebt", "diffusion"):
+        for head in HEADS:
             run_dir = work / f"{a.recipe}_{head}_steps{steps}_demos{cfg.data.episodes_per_task}"
             t = train_head(cfg, cfg.data.suite, head, steps, run_dir)
             pols[head] = t["policy_dir"]
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{s:<16}{'unavailable':>12}  ({e[:80]})")
     print(f"\nhead-to-head: recipe {a.recipe}, suite {result['suite']}, {a.episodes} episodes x {len(result['tasks'])} tasks")
     print(f"{'head':<16}{'success':>9}{'ms/chunk':>10}{'nfe':>6}")
-    for k in ("ebt", "diffusion", "diffusion_ddim"):
+    for k, _, _ in VARIANTS:
         if f"{k}_success" in result:
             print(f"{k:<16}{result[k + '_success']:>9.3f}{result[k + '_chunk_ms']:>10.1f}{result[k + '_nfe']:>6.0f}")
     if a.out:

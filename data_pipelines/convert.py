@@ -154,7 +154,7 @@ def convert(src: str | os.PathLike, dataset: str, out: str | os.PathLike, image_
         if any(v is not None for v in given.values()):
             raise ValueError(f"{sorted(k for k, v in given.items() if v is not None)}: only for --format "
                              f"lerobot/hdf5/npz (RLDS datasets use their registered config)")
-        cfg = get_config(dataset)  # KeyError listing known names
+        cfg = get_config(dataset)  # ValueError listing known names
         if not src.is_dir():
             raise FileNotFoundError(f"--src {src}: not a directory")
         info = read_dataset_info(src)
@@ -259,9 +259,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     skip_bad=a.skip_bad, image_format=a.image_format, progress=not a.no_progress, format=a.format,
                     action_key=a.action_key, state_key=a.state_key, camera_keys=a.camera_keys,
                     instruction=a.instruction, control_hz=a.control_hz, episodes_per_shard=a.episodes_per_shard)
-    except KeyError as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return 2
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

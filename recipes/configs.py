@@ -12,6 +12,7 @@ from typing import Literal
 
 from vla_ebt.backbones import BackboneConfig
 from vla_ebt.bridge import BridgeConfig
+from vla_ebt.heads import available_heads
 from vla_ebt.heads.ebt import EBTConfig
 from vla_ebt.heads.trunk import TrunkConfig
 from vla_ebt.policy import ExecutionConfig, FinetuneConfig, PolicyConfig
@@ -180,12 +181,12 @@ SWEEP_RECIPES = {"scaling": "recipes.scaling"}
 
 def _suite_recipes(base: TrainConfig, suite: str, *, tasks: tuple[str, ...] = (), episodes_per_task: int,
                    action_dim: int, state_dim: int, **data_kw) -> dict[str, TrainConfig]:
-    """``<suite>_ebt`` / ``<suite>_diffusion`` / ``<suite>_regression``: the default recipe's backbone,
-    LoRA, bridge, trunk and optimizer on another suite's demonstrations (identical across heads)."""
+    """``<suite>_<head>`` for every registered head (ebt, diffusion, regression): the default recipe's
+    backbone, LoRA, bridge, trunk and optimizer on another suite's demonstrations (identical across heads)."""
     data = dataclasses.replace(base.data, suite=suite, tasks=tasks, episodes_per_task=episodes_per_task, **data_kw)
     policy = dataclasses.replace(base.policy, action_dim=action_dim, state_dim=state_dim)
     cfg = dataclasses.replace(base, data=data, policy=policy)
-    return {f"{suite}_{h}": _with_head(cfg, h, f"runs/{suite}_{h}") for h in ("ebt", "diffusion", "regression")}
+    return {f"{suite}_{h}": _with_head(cfg, h, f"runs/{suite}_{h}") for h in available_heads()}
 
 
 def recipes() -> dict[str, TrainConfig]:
@@ -195,13 +196,11 @@ def recipes() -> dict[str, TrainConfig]:
     r2d = dataclasses.replace(_reach2d(), run_dir="runs/reach2d_ebt")
     return {
         "default": default,
-        "reach2d_ebt": _with_head(r2d, "ebt", "runs/reach2d_ebt"),
-        "reach2d_diffusion": _with_head(r2d, "diffusion", "runs/reach2d_diffusion"),
-        "reach2d_regression": _with_head(r2d, "regression", "runs/reach2d_regression"),
+        **{f"reach2d_{h}": _with_head(r2d, h, f"runs/reach2d_{h}") for h in available_heads()},
         # multimodal demonstrations: a left/right detour around an obstacle on the averaged path
         **_suite_recipes(r2d, "reach2d_detour", episodes_per_task=1000, action_dim=2, state_dim=2),
         # Meta-World: the default recipe's data, backbone, trunk and optimizer for each head
-        **{f"metaworld_{h}": _with_head(default, h, f"runs/metaworld_{h}") for h in ("ebt", "diffusion", "regression")},
+        **{f"metaworld_{h}": _with_head(default, h, f"runs/metaworld_{h}") for h in available_heads()},
         **_suite_recipes(r2d, "pusht", episodes_per_task=200, action_dim=2, state_dim=2),
         "oxe_mix": _oxe_mix(),
     }

@@ -56,7 +56,7 @@ def test_registry_has_oxe_datasets_and_unknown_name_lists_known():
         assert n in names
     assert get_config("droid").action_dim == 7 and get_config("language_table").action_dim == 2
     assert get_config("fractal20220817_data").state_dim == 8
-    with pytest.raises(KeyError, match="known datasets: .*bridge"):
+    with pytest.raises(ValueError, match="known datasets: .*bridge"):
         get_config("bridgee")
 
 

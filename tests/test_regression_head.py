@@ -34,10 +34,12 @@ def test_shapes_steps_nfe():
     ctx = Context(torch.randn(5, 6, W), torch.ones(5, 6, dtype=torch.bool))
     loss, info = head.compute_loss(ctx, torch.randn(5, H, D))
     assert loss.dim() == 0 and loss.requires_grad and isinstance(info["loss"], float)
-    pred = head.predict(ctx, init=torch.zeros(5, H, D), num_steps=4)
+    pred = head.predict(ctx, init=torch.zeros(5, H, D))  # no warm start: init is unused
     assert pred.actions.shape == (5, H, D) and not pred.actions.requires_grad
     assert pred.nfe == 1 and pred.steps.tolist() == [1] * 5
     torch.testing.assert_close(pred.actions, head.predict(ctx).actions)  # deterministic
+    with pytest.raises(ValueError, match=r"head 'regression' has no inference knob\(s\) \['num_steps'\]; known: \[\]"):
+        head.predict(ctx, num_steps=4)
 
 
 @pytest.mark.parametrize("loss_kind", ["mse", "l1"])
@@ -100,5 +102,5 @@ def test_factory_builds_every_kind():
     assert head_config_for("regression", TRUNK, H, D, loss="l1").loss == "l1"
     with pytest.raises(TypeError):
         build_head("diffusion", EBTConfig(trunk=TRUNK, horizon=H, action_dim=D))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown head 'flow'; known heads: \['diffusion', 'ebt', 'regression'"):
         head_config_for("flow", TRUNK, H, D)

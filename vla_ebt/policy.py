@@ -35,7 +35,7 @@ from .bridge import Bridge, BridgeConfig
 from .heads.base import ActionHead, Context
 from .heads.diffusion import DiffusionConfig
 from .heads.ebt import EBTConfig
-from .heads.factory import build_head
+from .heads.factory import build_head, head_class
 from .heads.regression import RegressionConfig
 from .heads.trunk import RMSNorm, TrunkConfig
 from .lora import apply_finetune_mode, load_lora, merge_lora, save_lora
@@ -66,8 +66,8 @@ class ExecutionConfig:
     mode:           "receding" executes ``n_action_steps`` of each chunk, then re-plans;
                     "ensemble" re-plans every step and averages all chunks covering the step
                     with weights exp(-ensemble_decay * age).
-    warm_start:     EBT only: start the next chunk's minimization from the previous chunk
-                    shifted by the executed steps (last action repeated).
+    warm_start:     heads declaring ``capabilities.warm_start`` (EBT) start the next chunk from the
+                    previous chunk shifted by the executed steps (last action repeated).
     """
 
     mode: Literal["receding", "ensemble"] = "receding"
@@ -80,16 +80,17 @@ class ExecutionConfig:
 class PolicyConfig:
     """Everything needed to rebuild a policy's architecture (saved as config.json).
 
-    ``trunk``, ``horizon`` and ``action_dim`` are shared by all head kinds so the EBT, diffusion
-    and regression heads compared side by side have identical trunks; the same fields inside
-    ``ebt`` / ``diffusion`` / ``regression`` are overwritten by these. ``bridge.width`` is set to
-    ``trunk.width``.
+    ``head`` names a registered head (:func:`vla_ebt.heads.available_heads`). ``trunk``, ``horizon``
+    and ``action_dim`` are shared by all head kinds so the heads compared side by side have identical
+    trunks; the same fields inside the head's config are overwritten by these. ``head_options`` sets
+    fields of the selected head's config (needed for a head without a typed field here).
+    ``bridge.width`` is set to ``trunk.width``.
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
-    head: Literal["ebt", "diffusion", "regression"] = "ebt"
+    head: str = "ebt"
     trunk: TrunkConfig = field(default_factory=TrunkConfig)
     horizon: int = 16
     action_dim: int = 7
@@ -100,10 +101,18 @@ class PolicyConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     regression: RegressionConfig = field(default_factory=RegressionConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    head_options: dict[str, bool | int | float | str] = field(default_factory=dict)
 
-    def head_config(self) -> EBTConfig | DiffusionConfig | RegressionConfig:
-        """The selected head's config with the shared trunk / horizon / action_dim filled in."""
-        sub = getattr(self, self.head)
+    def head_config(self) -> Any:
+        """The selected head's config: its typed field here (``ebt`` / ...) or its config class's
+        defaults, then ``head_options``, then the shared trunk / horizon / action_dim. Unknown head
+        names or option fields raise ValueError."""
+        cls = head_class(self.head).config_class
+        sub = getattr(self, self.head, None)
+        sub = sub if isinstance(sub, cls) else cls()
+        if self.head_options:
+            merged = {**config_io.to_dict(sub), **self.head_options}
+            sub = config_io.from_dict(cls, merged, where=f"head_options ({self.head})")
         return dataclasses.replace(sub, trunk=self.trunk, horizon=self.horizon, action_dim=self.action_dim)
 
 
@@ -223,8 +232,9 @@ class VLAPolicy(nn.Module):
     def predict_chunk(self, obs: Mapping[str, Any], warm_start: Tensor | None = None, **head_overrides: Any) -> PolicyOutput:
         """obs (observation schema) -> PolicyOutput with unnormalized actions (B, H, D).
 
-        warm_start: (B, H, D) normalized initial chunk (EBT only; ignored by other heads).
-        head_overrides: passed to the head's predict (e.g. num_steps=4, min_grad=1e-3, sampler="ddim").
+        warm_start: (B, H, D) normalized initial chunk (used by heads declaring ``capabilities.warm_start``).
+        head_overrides: inference knobs for the head's predict (``head.capabilities.knobs``, e.g.
+        num_steps=4, min_grad=1e-3, sampler="ddim"); unknown ones raise ValueError.
         """
         o = validate_observation(obs, self.spec)
         if not self.training:
@@ -242,10 +252,7 @@ class VLAPolicy(nn.Module):
         ctx = self.encode(o)
         _sync(dev)
         t1 = time.perf_counter()
-        if self.cfg.head == "ebt":
-            pred = self.head.predict(ctx, init=warm_start, **head_overrides)
-        else:
-            pred = self.head.predict(ctx, **head_overrides)
+        pred = self.head.predict(ctx, init=warm_start, **head_overrides)
         _sync(dev)
         t2 = time.perf_counter()
         emb = o["embodiment"].to(dev)
@@ -288,7 +295,7 @@ class VLAPolicy(nn.Module):
 
     def _warm_start(self, executed: int) -> Tensor | None:
         ex = self.cfg.execution
-        if self.cfg.head != "ebt" or not ex.warm_start or self._prev_norm is None:
+        if not self.head.capabilities.warm_start or not ex.warm_start or self._prev_norm is None:
             return None
         prev = self._prev_norm
         shifted = prev[:, executed:]

@@ -174,9 +174,10 @@ class DeepSpeedBackend(TrainBackend):
             print("[deepspeed] bf16: torch autocast (float32 master weights, bf16 matmuls)")
         self.grad_accum = int(ds_cfg["gradient_accumulation_steps"])
         self.partitions_params = int(ds_cfg.get("zero_optimization", {}).get("stage", 0)) == 3
-        if self.partitions_params and policy.cfg.head == "ebt":
+        if self.partitions_params and policy.head.capabilities.second_order_loss:
             # the create_graph=True energy gradient keeps references to weights ZeRO-3 re-partitions
-            raise NotImplementedError("ZeRO-3 does not support the second-order EBT loss; use ZeRO 0-2")
+            raise NotImplementedError(f"ZeRO-3 does not support the second-order {policy.cfg.head.upper()} loss; "
+                                      "use ZeRO 0-2")
         opt = _adamw([p for p in policy.parameters() if p.requires_grad], cfg)
         for p in policy.parameters():  # DeepSpeed broadcasts/flattens raw storage: needs contiguous tensors
             if p.dim() > 0 and (not p.data.is_contiguous() or p.data.stride(-1) != 1):

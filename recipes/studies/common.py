@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -46,36 +46,11 @@ def auroc(scores: Sequence[float], labels: Sequence[bool | int]) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-@contextlib.contextmanager
-def predict_overrides(policy: Any, **overrides: Any) -> Iterator[None]:
-    """Within the block, every ``policy.head.predict`` call gets ``overrides`` (e.g. ``num_steps=4``,
-    ``min_grad=1e-3``, ``sampler="ddim"``) unless the caller passes the same keyword."""
-    head = policy.head
-    inner = head.predict
-
-    def predict(context: Any, init: Any = None, **kw: Any) -> Any:
-        return inner(context, init, **{**overrides, **kw})
-
-    restore = _patch_predict(head, predict)
-    try:
-        yield
-    finally:
-        restore()
-
-
-def _patch_predict(head: Any, fn: Any) -> Any:
-    """Shadow ``head.predict`` with ``fn`` (instance attribute); returns a function restoring the
-    previous state (an outer patch, or the class method). Patches nest."""
-    prev = vars(head).get("predict")
-    object.__setattr__(head, "predict", fn)
-
-    def restore() -> None:
-        if prev is None:
-            object.__delattr__(head, "predict")
-        else:
-            object.__setattr__(head, "predict", prev)
-
-    return restore
+def predict_overrides(policy: Any, **overrides: Any) -> contextlib.AbstractContextManager:
+    """Within the block, every head prediction of ``policy`` uses ``overrides`` (e.g. ``num_steps=4``,
+    ``min_grad=1e-3``, ``sampler="ddim"``) unless the call passes the same knob; knobs the head does
+    not declare raise ValueError (``head.inference_overrides``)."""
+    return policy.head.inference_overrides(**overrides)
 
 
 @dataclass
@@ -87,56 +62,53 @@ class ChunkSignals:
     grad_norm: list[float] = field(default_factory=list)  # final ||dE/da||
     candidate_spread: list[float] = field(default_factory=list)  # std of best-of-N final energies
     steps: list[float] = field(default_factory=list)
+    nfe: list[float] = field(default_factory=list)  # network evaluations (ChunkPrediction.nfe)
 
 
 class SignalRecorder:
     """Records :class:`ChunkSignals` for every chunk the policy plans, without changing its actions.
 
-    EBT: the head runs with ``return_trace=True`` (energy before/after each step). With
-    ``spread_candidates = N > 1`` an extra N-chain minimization per chunk (not executed) gives the
-    spread of the candidates' final energies. Diffusion/regression heads record steps only.
-    Use as a context manager around the episodes; call :meth:`new_episode` before each.
+    Every chunk records its steps and network evaluations. Heads that report energy (EBT) also record
+    the final energy, the energy drop over the chain and the final gradient norm; with
+    ``spread_candidates = N > 1`` an extra N-chain prediction per chunk (not executed) gives the
+    spread of the candidates' final energies. Use as a context manager around the episodes (it
+    attaches a predict hook to ``policy.head``); call :meth:`new_episode` before each.
     """
 
     def __init__(self, policy: Any, spread_candidates: int = 0) -> None:
         self.policy = policy
         self.spread_candidates = int(spread_candidates)
         self.episodes: list[ChunkSignals] = []
-        self._is_ebt = getattr(getattr(policy, "cfg", None), "head", "") == "ebt"
+        self._handle: Any = None
 
     def new_episode(self) -> None:
         self.episodes.append(ChunkSignals())
 
+    def _record(self, head: Any, context: Any, init: Any, knobs: dict[str, Any], pred: Any) -> None:
+        if not self.episodes:
+            self.new_episode()
+        sig = self.episodes[-1]
+        sig.nfe.append(float(pred.nfe))
+        if not head.capabilities.reports_energy:
+            sig.steps.append(float(pred.steps.float().mean()))
+            return
+        tr = pred.energy_trace  # (K+1, B)
+        sig.energy.append(float(pred.energy[0]))
+        sig.grad_norm.append(float(pred.grad_norm[0]))
+        sig.energy_drop.append(float(tr[0, 0] - tr[-1, 0]) if tr is not None else float("nan"))
+        sig.steps.append(float(pred.steps.float()[0]))
+        if self.spread_candidates > 1:
+            with torch.random.fork_rng():  # the executed chunk's noise stream is unchanged
+                ctx_n = context.repeat_interleave(self.spread_candidates)  # N independent chains
+                many = head.predict(ctx_n, None, **{k: v for k, v in knobs.items() if k != "num_candidates"})
+            sig.candidate_spread.append(float(many.energy.std()))
+
     def __enter__(self) -> "SignalRecorder":
-        head = self.policy.head
-        inner = head.predict
-
-        def predict(context: Any, init: Any = None, **kw: Any) -> Any:
-            if not self.episodes:
-                self.new_episode()
-            sig = self.episodes[-1]
-            if not self._is_ebt:
-                pred = inner(context, init, **kw)
-                sig.steps.append(float(pred.steps.float().mean()))
-                return pred
-            pred = inner(context, init, **{**kw, "return_trace": True})
-            tr = pred.energy_trace  # (K+1, B)
-            sig.energy.append(float(pred.energy[0]))
-            sig.grad_norm.append(float(pred.grad_norm[0]))
-            sig.energy_drop.append(float(tr[0, 0] - tr[-1, 0]) if tr is not None else float("nan"))
-            sig.steps.append(float(pred.steps.float()[0]))
-            if self.spread_candidates > 1:
-                with torch.random.fork_rng():  # the executed chunk's noise stream is unchanged
-                    ctx_n = context.repeat_interleave(self.spread_candidates)  # N independent chains
-                    many = inner(ctx_n, None, **{k: v for k, v in kw.items() if k != "num_candidates"})
-                sig.candidate_spread.append(float(many.energy.std()))
-            return pred
-
-        self._restore = _patch_predict(head, predict)
+        self._handle = self.policy.head.register_predict_hook(self._record)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._restore()
+        self._handle.remove()
 
 
 def load_policy(path: str | Path) -> Any:

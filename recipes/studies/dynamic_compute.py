@@ -27,9 +27,13 @@ __all__ = ["run_dynamic_compute", "main"]
 def run_dynamic_compute(policy: Any, suite: Any, tasks: Sequence[str], episodes_per_task: int, seed: int,
                         steps: Sequence[int] = (1, 2, 4, 8, 16), min_grads: Sequence[float] = (0.0,),
                         ) -> list[dict[str, Any]]:
-    """One row per (max steps, min_grad): success, interval, steps used, latency. EBT policies only."""
-    if getattr(policy.cfg, "head", None) != "ebt":
-        raise ValueError(f"dynamic_compute: needs an EBT policy, got head {policy.cfg.head!r}")
+    """One row per (max steps, min_grad): success, interval, steps used, latency. Needs a head with the
+    ``num_steps`` and ``min_grad`` inference knobs (EBT); others raise ValueError."""
+    knobs = policy.head.capabilities.knobs
+    missing = [k for k in ("num_steps", "min_grad") if k not in knobs]
+    if missing:
+        raise ValueError(f"dynamic_compute: head {policy.cfg.head!r} has no inference knob(s) {missing} "
+                         f"(an EBT head has both); its knobs: {sorted(knobs)}")
     rows = []
     for k in steps:
         for mg in min_grads:

@@ -6,11 +6,12 @@ training wall-clock, on unimodal (``reach2d``) and multimodal (``reach2d_detour`
         --steps 1000 --episodes 20 --out runs/studies/head_to_head
 
 Per suite: every head trains ``--steps`` steps (equal steps; its wall-clock time is recorded);
-then, with ``--equal-wall-clock``, every head also trains for the EBT run's wall-clock time (its step
-count is set from its own measured seconds per step, and ``optim.max_seconds`` caps it). Each trained
-policy is evaluated on the same seeded episodes. Rows: suite, budget, head/sampler, training steps
-and seconds, success (95% interval), per-task success, network evaluations and latency per chunk,
-and on multimodal suites the share of episodes that commit to each mode (left / right) and that
+then, with ``--equal-wall-clock``, every head also trains for the recipe's head's (EBT's) wall-clock
+time (its step count is set from its own measured seconds per step, and ``optim.max_seconds`` caps
+it). Each trained policy is evaluated on the same seeded episodes under each of its head's presets
+(``capabilities.presets``: DDPM-100 and DDIM-10 for diffusion). Rows: suite, budget, head/preset,
+training steps and seconds, success (95% interval), per-task success, network evaluations per chunk
+(and in trunk forward-pass equivalents), latency per chunk, and on multimodal suites the share of episodes that commit to each mode (left / right) and that
 average (collide with the obstacle) or stall. Trained runs are reused when their folder has a
 saved policy, so an interrupted study resumes. Writes ``head_to_head.{json,md,png}``.
 
@@ -30,17 +31,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vla_ebt.heads import available_heads, head_class
+
 from .common import load_policy, predict_overrides, write_study, pyplot, save_figure
 from .episodes import run_study_episodes
 
-__all__ = ["EVAL_VARIANTS", "HeadVariant", "parse_variant", "train_head", "evaluate_variant", "run_head_to_head", "main"]
+__all__ = ["eval_variants", "HeadVariant", "parse_variant", "train_head", "evaluate_variant", "run_head_to_head", "main"]
 
-#: head -> [(row label, head.predict overrides)]; diffusion is evaluated with both samplers
-EVAL_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "ebt": [("ebt-2", {})],
-    "diffusion": [("ddpm-100", {"sampler": "ddpm", "num_steps": 100}), ("ddim-10", {"sampler": "ddim", "num_steps": 10})],
-    "regression": [("regression", {})],
-}
+
+def eval_variants(head: str) -> list[tuple[str, dict[str, Any]]]:
+    """[(row label, inference overrides)] a trained ``head`` is evaluated under: its declared presets
+    (``capabilities.presets``), else one row named after the head with its configured inference."""
+    presets = head_class(head).capabilities.presets
+    return [(label, dict(ov)) for label, ov in presets] or [(head, {})]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +60,8 @@ def parse_variant(spec: str) -> HeadVariant:
     from eval.sim.suites import parse_suite_args
 
     parts = spec.split(":", 2)
-    if len(parts) < 2 or not parts[0] or parts[1] not in EVAL_VARIANTS:
-        raise ValueError(f"--variant {spec!r}: expected NAME:HEAD[:key=value,...] with HEAD one of {sorted(EVAL_VARIANTS)}")
+    if len(parts) < 2 or not parts[0] or parts[1] not in available_heads():
+        raise ValueError(f"--variant {spec!r}: expected NAME:HEAD[:key=value,...] with HEAD one of {available_heads()}")
     fields = parse_suite_args([x for x in parts[2].split(",") if x]) if len(parts) == 3 else {}
     return HeadVariant(parts[0], parts[1], tuple(sorted(fields.items())))
 
@@ -68,12 +71,15 @@ def _head_config(policy_cfg: Any, head: str, overrides: Sequence[tuple[str, Any]
     policy_cfg = dataclasses.replace(policy_cfg, head=head)
     if not overrides:
         return policy_cfg
-    head_cfg = getattr(policy_cfg, head)
+    head_cfg = policy_cfg.head_config()
     known = {f.name for f in dataclasses.fields(head_cfg)}
     bad = sorted(k for k, _ in overrides if k not in known)
     if bad:
         raise ValueError(f"unknown {head} config field(s) {bad}; known: {sorted(known)}")
-    return dataclasses.replace(policy_cfg, **{head: dataclasses.replace(head_cfg, **dict(overrides))})
+    typed = getattr(policy_cfg, head, None)
+    if isinstance(typed, type(head_cfg)):  # the head's typed field (policy.ebt, ...)
+        return dataclasses.replace(policy_cfg, **{head: dataclasses.replace(typed, **dict(overrides))})
+    return dataclasses.replace(policy_cfg, head_options={**policy_cfg.head_options, **dict(overrides)})
 
 
 def train_head(base_cfg: Any, suite: str, head: str, steps: int, run_dir: Path, max_seconds: float = 0.0,
@@ -105,22 +111,20 @@ def train_head(base_cfg: Any, suite: str, head: str, steps: int, run_dir: Path, 
 
 def evaluate_variant(policy: Any, suite: Any, tasks: Sequence[str], episodes: int, seed: int,
                      overrides: dict[str, Any]) -> dict[str, Any]:
-    """Success, per-task success, steps/nfe and latency per chunk, and mode shares (if the suite's
-    envs track a ``mode``) for one policy under ``overrides``."""
+    """Success, per-task success, network evaluations per chunk (``nfe``, and ``forward_equiv`` = nfe x
+    the head's ``eval_cost``), latency per chunk, and mode shares (if the suite's envs track a
+    ``mode``) for one policy under ``overrides``."""
     with predict_overrides(policy, **overrides):
         res = run_study_episodes(policy, suite, tasks, episodes, seed, env_attrs=("mode",))
     rep = res.report
     o = rep.overall
-    steps = [s for sig in res.signals for s in sig.steps]
+    nfes = [x for sig in res.signals for x in sig.nfe]  # as each prediction reported it
     lat = [x for e in rep.episodes for x in e.chunk_latency_ms]
-    head = policy.cfg.head
-    mean_steps = float(np.mean(steps)) if steps else float("nan")
-    # network evaluations per chunk: EBT = steps + 1 (the final energy/gradient), diffusion = steps,
-    # regression = 1 (a single forward pass)
-    nfe = mean_steps + 1 if head == "ebt" else (mean_steps if head == "diffusion" else 1.0)
+    nfe = float(np.mean(nfes)) if nfes else float("nan")
     row: dict[str, Any] = {
         "success": o.success_rate, "ci_low": o.ci_low, "ci_high": o.ci_high, "episodes": o.episodes,
-        "nfe": nfe, "chunk_ms": float(np.mean(lat)) if lat else float("nan"),
+        "nfe": nfe, "forward_equiv": nfe * policy.head.capabilities.eval_cost,
+        "chunk_ms": float(np.mean(lat)) if lat else float("nan"),
         "per_task": {t: r.success_rate for t, r in rep.tasks.items()},
         "errors": sum(1 for e in rep.episodes if e.error),
     }
@@ -136,10 +140,12 @@ def evaluate_variant(policy: Any, suite: Any, tasks: Sequence[str], episodes: in
 def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str | HeadVariant], steps: int, episodes: int,
                      seed: int, out: Path, equal_wall_clock: bool = True,
                      seconds_per_step: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """``heads``: head names or :class:`HeadVariant` s (keyed by their name). ``seconds_per_step``
-    (head/variant name -> s/step, e.g. from ``benchmarks/train_throughput.py`` run alone on the
-    machine) sets the equal-wall-clock step counts; without it each head's own equal-steps run time is
-    used (fine on an otherwise idle machine, biased when runs share the CPU with other work)."""
+    """``heads``: head names or :class:`HeadVariant` s (keyed by their name). The equal-wall-clock budget
+    is the recipe's head's run (``base_cfg.policy.head``) if requested, else the first of ``heads``.
+    ``seconds_per_step`` (head/variant name -> s/step, e.g. from ``benchmarks/train_throughput.py`` run
+    alone on the machine) sets the equal-wall-clock step counts; without it each head's own
+    equal-steps run time is used (fine on an otherwise idle machine, biased when runs share the CPU
+    with other work)."""
     sps = dict(seconds_per_step or {})
     specs = {v.name: v for v in (h if isinstance(h, HeadVariant) else HeadVariant(h, h) for h in heads)}
     heads = list(specs)
@@ -157,7 +163,7 @@ def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str |
             trained[("steps", head)] = train_head(base_cfg, suite_name, v.head, steps, out / suite_name / f"{head}_steps{steps}",
                                                   overrides=v.overrides)
         if equal_wall_clock:
-            ref_head = "ebt" if "ebt" in heads else heads[0]
+            ref_head = base_cfg.policy.head if base_cfg.policy.head in specs else heads[0]
             ref = trained[("steps", ref_head)]
             budget = ref["train_steps"] * sps[ref_head] if ref_head in sps else ref["train_seconds"]
             for head in heads:
@@ -175,9 +181,10 @@ def run_head_to_head(base_cfg: Any, suites: Sequence[str], heads: Sequence[str |
                                                      overrides=specs[head].overrides)
         for (budget_kind, head), t in trained.items():
             policy = load_policy(t["policy_dir"])
-            for label, ov in EVAL_VARIANTS[specs[head].head]:
-                if head != specs[head].head:  # a variant: its own name, plus the sampler's for diffusion
-                    label = head if len(EVAL_VARIANTS[specs[head].head]) == 1 else f"{head}/{label}"
+            variants = eval_variants(specs[head].head)
+            for label, ov in variants:
+                if head != specs[head].head:  # a variant: its own name, plus the preset's if several
+                    label = head if len(variants) == 1 else f"{head}/{label}"
                 r = evaluate_variant(policy, suite, tasks, episodes, seed, ov)
                 rows.append({"suite": suite_name, "budget": "equal steps" if budget_kind == "steps" else "equal wall-clock",
                              "head": label, "train_steps": t["train_steps"], "train_s": t["train_seconds"], **r})
@@ -202,7 +209,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-COLUMNS = ["suite", "budget", "head", "train_steps", "train_s", "success", "ci_low", "ci_high", "nfe", "chunk_ms",
+COLUMNS = ["suite", "budget", "head", "train_steps", "train_s", "success", "ci_low", "ci_high", "nfe", "forward_equiv", "chunk_ms",
            "commit", "mode_left", "mode_right", "mode_collision", "mode_none"]
 
 
@@ -214,7 +221,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(prog="python -m recipes.studies.head_to_head", description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default="reach2d_ebt", help="the recipe every head shares (data size, backbone, trunk, optim)")
     p.add_argument("--suites", nargs="+", default=["reach2d", "reach2d_detour"])
-    p.add_argument("--heads", nargs="*", default=["ebt", "diffusion", "regression"], choices=sorted(EVAL_VARIANTS))
+    p.add_argument("--heads", nargs="*", default=None, choices=available_heads(),
+                   help="heads to train (default: every registered head, the recipe's first)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:HEAD:key=value,...",
                    help="also train HEAD with these config fields changed, as rows named NAME (repeatable)")
     p.add_argument("--steps", type=int, default=None, help="gradient steps (default: the recipe's)")
@@ -240,7 +248,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit(f"error: {e}") from None
     out = Path(a.out)
     sps = {k: float(v) for k, v in (x.split("=", 1) for x in a.seconds_per_step)}
-    rows = run_head_to_head(cfg, a.suites, [*a.heads, *variants], steps, a.episodes, a.seed, out, not a.no_equal_wall_clock, sps)
+    heads = a.heads if a.heads is not None else [cfg.policy.head, *(h for h in available_heads() if h != cfg.policy.head)]
+    rows = run_head_to_head(cfg, a.suites, [*heads, *variants], steps, a.episodes, a.seed, out, not a.no_equal_wall_clock, sps)
     write_study(out, "head_to_head", rows, COLUMNS,
                 meta={"recipe": a.recipe, "variants": a.variant, "steps": steps, "episodes_per_task": a.episodes, "seed": a.seed},
                 title="Head-to-head at equal steps and equal training wall-clock")

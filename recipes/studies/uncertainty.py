@@ -86,8 +86,8 @@ def failure_auroc(res: StudyEpisodes, scores: dict[str, np.ndarray]) -> dict[str
 def run_uncertainty(policy: Any, suite: Any, tasks: Sequence[str], episodes_per_task: int, seed: int,
                     shifts: Sequence[str] = ("heldout",), spread_candidates: int = 8) -> dict[str, Any]:
     """Failure AUROC per signal (in-distribution) and a row per shift. See the module docstring."""
-    if getattr(policy.cfg, "head", None) != "ebt":
-        raise ValueError(f"uncertainty: needs an EBT policy, got head {policy.cfg.head!r}")
+    if not policy.head.capabilities.reports_energy:
+        raise ValueError(f"uncertainty: needs a head that reports energy (EBT), got head {policy.cfg.head!r}")
     base = run_study_episodes(policy, suite, tasks, episodes_per_task, seed, spread_candidates=spread_candidates)
     base_scores = episode_scores(base)
     tasks_arr = [e.task for e in base.episodes]

@@ -1,8 +1,9 @@
 """The one backbone interface: images + instructions -> prefix tokens and a mask.
 
 Every vision-language backbone family (HF VLMs, open_clip, the composite image+text encoder)
-implements :class:`Backbone` and registers a builder with :func:`register_backbone`, so a config
-names a family and training, evaluation and serving build it the same way.
+implements :class:`Backbone` and registers a builder with :func:`register_backbone` in its module
+under this package (every module here is imported on the first lookup), so a config names a family
+and training, evaluation and serving build it the same way.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class Backbone(nn.Module, abc.ABC):
         return self
 
 
-_REGISTRY: Registry[Callable[[BackboneConfig], Backbone]] = Registry("backbone family")
+_REGISTRY: Registry[Callable[[BackboneConfig], Backbone]] = Registry(
+    "backbone family", "backbone families", package=__package__)
 
 
 def register_backbone(family: str) -> Callable:
@@ -104,14 +106,12 @@ def register_backbone(family: str) -> Callable:
 
 
 def available_backbones() -> list[str]:
-    from . import _load_all  # noqa: F401  (imports the family modules so they register)
-
+    """Sorted names of the registered backbone families."""
     return _REGISTRY.names()
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
-    """Build the backbone a config names; unknown families raise with the known ones listed."""
-    available_backbones()  # make sure every family module has registered
+    """Build the backbone a config names; unknown families raise ValueError listing the known ones."""
     try:
         builder = _REGISTRY.get(cfg.family)
     except ValueError as e:

@@ -29,7 +29,7 @@ Gripper transforms (``Part.gripper``):
                        ``rel2abs_gripper_actions``)
 =====================  =====================================================================
 
-Look up a config with :func:`get_config`; an unknown name raises ``KeyError`` listing the known
+Look up a config with :func:`get_config`; an unknown name raises ``ValueError`` listing the known
 names. Register your own robot with :func:`register_config`.
 """
 
@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
+from ..registry import Registry
 
 __all__ = [
     "Part",
@@ -193,30 +195,26 @@ def apply_gripper(x: np.ndarray, transform: str) -> np.ndarray:
     raise ValueError(f"unknown gripper transform {transform!r}; known: {GRIPPER_TRANSFORMS}")
 
 
-_REGISTRY: dict[str, DatasetConfig] = {}
+_REGISTRY: Registry[DatasetConfig] = Registry("dataset")
 
 
 def register_config(cfg: DatasetConfig, overwrite: bool = False) -> DatasetConfig:
-    """Add ``cfg`` to the registry (ValueError if the name exists and not ``overwrite``)."""
-    if cfg.name in _REGISTRY and not overwrite:
-        raise ValueError(f"dataset config {cfg.name!r} is already registered")
+    """Add ``cfg`` to the registry under ``cfg.name`` (ValueError if the name exists and not
+    ``overwrite``, or for an unknown camera role)."""
     for role in cfg.cameras:
         if role not in CAMERA_ROLES:
             raise ValueError(f"dataset config {cfg.name!r}: unknown camera role {role!r}; known: {CAMERA_ROLES}")
-    _REGISTRY[cfg.name] = cfg
-    return cfg
+    return _REGISTRY.register(cfg.name, overwrite=overwrite)(cfg)
 
 
 def known_datasets() -> list[str]:
-    return sorted(_REGISTRY)
+    """Sorted names of the registered dataset configs."""
+    return _REGISTRY.names()
 
 
 def get_config(name: str) -> DatasetConfig:
-    """The registered config of dataset ``name``; KeyError listing the known names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {known_datasets()}") from None
+    """The registered config of dataset ``name``; ValueError listing the known names otherwise."""
+    return _REGISTRY.get(name)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""Action heads: EBT (energy minimization), diffusion (DDPM/DDIM) and regression baselines."""
+"""Action heads: EBT (energy minimization), diffusion (DDPM/DDIM) and regression baselines.
 
-from .base import ActionHead, ChunkPrediction, Context
+Heads register by name (:mod:`vla_ebt.heads.factory`); adding one: docs/adding_a_head.md.
+"""
+
+from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities
 from .diffusion import DiffusionConfig, DiffusionHead
 from .ebt import EBTConfig, EBTHead
-from .factory import build_head, head_config_for
+from .factory import available_heads, build_head, head_class, head_config_for, register_head
 from .regression import RegressionConfig, RegressionHead
 from .trunk import TrunkConfig
 
@@ -15,9 +18,13 @@ __all__ = [
     "DiffusionHead",
     "EBTConfig",
     "EBTHead",
+    "HeadCapabilities",
     "RegressionConfig",
     "RegressionHead",
     "TrunkConfig",
+    "available_heads",
     "build_head",
+    "head_class",
     "head_config_for",
+    "register_head",
 ]

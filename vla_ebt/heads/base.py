@@ -1,4 +1,4 @@
-"""The contract every action head satisfies, and the context it reads.
+"""The contract every action head satisfies, the capabilities it declares, and the context it reads.
 
 All heads work in *normalized* action space (values roughly in [-1, 1]); the policy owns
 normalization. Shapes: B = batch, T = context tokens, W = head width, H = prediction horizon,
@@ -8,10 +8,14 @@ D = (padded) action dimension.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+import contextlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 
 @dataclass
@@ -89,11 +93,53 @@ def masked_l1(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
     return masked_mean((pred - target).abs(), mask)
 
 
+@dataclass(frozen=True)
+class HeadCapabilities:
+    """What a head is, declared by the head class (callers query this, never the head's name).
+
+    warm_start:        ``predict(init=...)`` starts from ``init`` (the previous plan shifted in time);
+                       heads without it never see ``init``.
+    eval_cost:         cost of one network evaluation (one unit of ``ChunkPrediction.nfe``) in trunk
+                       forward-pass equivalents.
+    knobs:             inference overrides ``predict`` accepts: name -> meaning. Unset knobs take the
+                       head config's value.
+    reports_energy:    predictions carry ``energy``, ``grad_norm`` and ``energy_trace``.
+    second_order_loss: the training loss differentiates through a gradient (``create_graph=True``).
+    presets:           named inference settings the head is compared under: (label, knob values).
+    """
+
+    warm_start: bool = False
+    eval_cost: float = 1.0
+    knobs: Mapping[str, str] = field(default_factory=dict)
+    reports_energy: bool = False
+    second_order_loss: bool = False
+    presets: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+
+
+#: ``hook(head, context, init, overrides, prediction)``, called after every ``predict``.
+PredictHook = Callable[["ActionHead", Context, "Tensor | None", dict[str, Any], ChunkPrediction], None]
+
+
 class ActionHead(nn.Module, abc.ABC):
-    """A head maps a Context to action chunks and knows how to train itself."""
+    """A head maps a Context to action chunks and knows how to train itself.
+
+    Subclasses set ``config_class`` and ``capabilities`` and implement ``compute_loss`` and
+    ``sample``; callers use ``predict``, which applies and validates the inference overrides.
+    """
 
     horizon: int
     action_dim: int
+    #: registry name, set by :func:`vla_ebt.heads.factory.register_head`
+    name: ClassVar[str] = ""
+    #: the head's config dataclass (fields ``trunk``, ``horizon``, ``action_dim`` plus its own)
+    config_class: ClassVar[type]
+    capabilities: ClassVar[HeadCapabilities] = HeadCapabilities()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._override_stack: list[dict[str, Any]] = []
+        self._predict_hooks: OrderedDict[int, PredictHook] = OrderedDict()
+        self._in_hook = False
 
     @abc.abstractmethod
     def compute_loss(
@@ -105,5 +151,56 @@ class ActionHead(nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def predict(self, context: Context, init: Tensor | None = None, **overrides) -> ChunkPrediction:
-        """Sample one chunk per context. init: (B, H, D) optional warm start (EBT only)."""
+    def sample(self, context: Context, init: Tensor | None = None, **knobs: Any) -> ChunkPrediction:
+        """One chunk per context. Keyword-only parameters = ``capabilities.knobs`` (None: the config's
+        value). Called by ``predict``; overrides are already validated and ``init`` is None unless
+        the head declares ``warm_start``."""
+
+    def check_overrides(self, overrides: Mapping[str, Any]) -> None:
+        """ValueError naming the head, the unknown knob(s) and the known ones."""
+        known = self.capabilities.knobs
+        bad = sorted(k for k in overrides if k not in known)
+        if bad:
+            raise ValueError(f"head {self.name or type(self).__name__!r} has no inference knob(s) {bad}; "
+                             f"known: {sorted(known)}")
+
+    @contextlib.contextmanager
+    def inference_overrides(self, **overrides: Any) -> Iterator["ActionHead"]:
+        """Within the block every ``predict`` call uses ``overrides`` (validated now) unless the call
+        passes the same knob. Blocks nest; the inner one wins."""
+        self.check_overrides(overrides)
+        self._override_stack.append(dict(overrides))
+        try:
+            yield self
+        finally:
+            self._override_stack.pop()
+
+    def active_overrides(self) -> dict[str, Any]:
+        """The knob values the enclosing ``inference_overrides`` blocks set (inner ones win)."""
+        out: dict[str, Any] = {}
+        for layer in self._override_stack:
+            out.update(layer)
+        return out
+
+    def predict(self, context: Context, init: Tensor | None = None, **overrides: Any) -> ChunkPrediction:
+        """Sample one chunk per context. init: (B, H, D) optional warm start (used only by heads
+        declaring ``warm_start``); overrides: knobs for this call (``capabilities.knobs``; unknown
+        ones raise ValueError). Runs the predict hooks (not for calls made from inside a hook)."""
+        knobs = {**self.active_overrides(), **overrides}
+        self.check_overrides(knobs)
+        pred = self.sample(context, init if self.capabilities.warm_start else None, **knobs)
+        if self._predict_hooks and not self._in_hook:
+            self._in_hook = True
+            try:
+                for hook in list(self._predict_hooks.values()):
+                    hook(self, context, init, knobs, pred)
+            finally:
+                self._in_hook = False
+        return pred
+
+    def register_predict_hook(self, hook: PredictHook) -> RemovableHandle:
+        """Call ``hook(head, context, init, overrides, prediction)`` after every ``predict``;
+        ``handle.remove()`` detaches it."""
+        handle = RemovableHandle(self._predict_hooks)
+        self._predict_hooks[handle.id] = hook
+        return handle

@@ -21,7 +21,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import Tensor, nn
 
-from .base import ActionHead, ChunkPrediction, Context, masked_mse
+from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities, masked_mse
+from .factory import register_head
 from .trunk import ActionTrunk, TrunkConfig, sinusoidal_embedding
 
 
@@ -50,8 +51,20 @@ def _expand_mask(mask: Tensor, like: Tensor) -> Tensor:
     return m.expand_as(like)
 
 
+@register_head("diffusion")
 class DiffusionHead(ActionHead):
     """Epsilon-predicting denoiser over action chunks. Context (B, T, W) -> chunks (B, H, D)."""
+
+    config_class = DiffusionConfig
+    capabilities = HeadCapabilities(
+        eval_cost=1.0,  # one denoiser forward per step
+        knobs={
+            "num_steps": "denoising steps (config: num_inference_steps for DDPM, ddim_steps for DDIM)",
+            "sampler": '"ddpm" or "ddim" (eta = 0)',
+            "generator": "torch.Generator for the initial noise and the DDPM step noise",
+        },
+        presets=(("ddpm-100", {"sampler": "ddpm", "num_steps": 100}), ("ddim-10", {"sampler": "ddim", "num_steps": 10})),
+    )
 
     def __init__(self, cfg: DiffusionConfig) -> None:
         super().__init__()
@@ -110,7 +123,7 @@ class DiffusionHead(ActionHead):
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
-    def predict(
+    def sample(
         self,
         context: Context,
         init: Tensor | None = None,
@@ -119,7 +132,7 @@ class DiffusionHead(ActionHead):
         sampler: Literal["ddpm", "ddim"] | None = None,
         generator: torch.Generator | None = None,
     ) -> ChunkPrediction:
-        """Denoise from N(0, I). ``init`` (a warm start) is ignored: diffusion has no use for it.
+        """Denoise from N(0, I) (``init`` is unused: no warm start).
 
         sampler: "ddpm" (default num_steps = cfg.num_inference_steps) or "ddim" (default
         num_steps = cfg.ddim_steps, eta = 0).

@@ -1,99 +1,13 @@
 """Energy-Based Transformer action head (EBT-Policy).
 
-E(context, a) is a transformer over the action-chunk tokens (self-attention among them,
-cross-attention to the context) whose per-token outputs (B, H, D) are averaged into one scalar
-per sample. Actions are produced by minimizing E over a with a few gradient steps
-(:mod:`vla_ebt.heads.energy_minimizer`); training unrolls those steps and supervises every
-iterate with behaviour cloning.
-
-Objectives
-----------
-``reference``  (default) Start from N(0, I), unroll K = k_min + randint(0, k_rand) steps, loss = mean over
-               steps of MSE(a_k, target). The EBT-Policy paper's objective. The random start carries
-               no information about *which* demonstrated mode to produce, so the MSE-optimal chain
-               ignores it and lands on the average of the modes, like a regression head. Measured
-               (synthetic goal-reach task, width 64, depth 2, 300 steps, batch 64): bimodal, 100% of
-               random starts land on the average; unimodal MSE at 1/2/4/8 steps
-               0.030/0.0019/0.0009/0.0009 (mean predictor 0.053).
-``denoise``    (opt-in, partial multimodality) The unrolled chain starts at target + sigma * N(0, I), sigma log-uniform in
-               [start_sigma_min, start_sigma_max]; same loss, same cost (one chain per sample). The
-               start now says which mode is nearer, so the chain learns to descend into the nearest
-               demonstrated mode instead of the mean; inference still starts from N(0, I).
-               Measured, same setup, 2 inference steps, 32-64 starts at each of 3 contexts, seeds
-               0/1/2: +mode 20-30% / 23-28% / 14-22%, -mode 9-14% / 17-20% / 14-23%, average
-               28-33% / 25-28% / 25-52%. So both modes are produced (reference: never), but a
-               quarter to half of the starts still end in between, and more steps do not fix it:
-               the learned landscape along the mode axis is nearly flat (alpha*E differs by < 0.1
-               between modes and average) with a small tilt, which Nesterov momentum integrates
-               into a drift to one mode by 8-16 steps; best-of-N by lowest energy likewise picks one
-               mode. Unimodal MSE at 1/2/4/8 steps 0.070/0.0089/0.0010/0.0006: 2 steps beat the
-               mean predictor 6x but are worse than reference (pure-noise starts are the rare end
-               of the training start distribution).
-
-``path``       (opt-in, flow-matching-like) a0 ~ N(0, I), straight path a_t* = (1 - t) a0 + t target.
-               Training takes ONE step per sample from an ideal path point a_t*, t ~ U[0, 0.95]
-               (teacher forcing: first-order chain of length 1, one double backward), and a full
-               step must land on the target (x1-prediction; equivalent to supervising a step of
-               fraction dt / (1 - t) toward a_{t+dt}*, up to a per-t weight). Inference: K steps from
-               N(0, I), step k at t = k/K moving dt / (1 - t) of a full step (DDIM-like), momentum
-               off (``path_momentum``). A step only moves part of the way, so the start's noise
-               survives into the point the next step sees, which then leans to the nearer mode.
-               Measured (same setup, 300-600 steps, 32 starts x 4 contexts, seeds 0/1/2), +mode /
-               -mode / average: 2 steps 21-27% / 20-23% / 24-35%; 4 steps 25-34% / 21-24% / 17-31%;
-               8 steps 26-42% / 20-27% / 13-31% (the worst ends: seed 2 at 300 steps; at 600 steps
-               28% / 23% / 19% average at 2 / 4 / 8 steps). Unimodal MSE at 1/2/4/8 steps
-               0.0010/0.0002/0.0001/0.0001 (seeds 0/1; seed 2: 0.0011/0.0006/0.0005/0.0005): better
-               than reference at every step count, at ~0.35x reference's cost per training step
-               (26-34 vs 75-106 ms). The average share stays above 20% at 2 steps because the
-               learned step is smoother than the Bayes one: the mode it picks agrees in sign with
-               the exact posterior mean of the 2-step chain (corr 0.94) but its size is ~half, and
-               the exact posterior would leave 11% on the average. Also measured: a time token
-               (t as an extra context token) and a t-grid {0, 1/2}: worse at 2 steps (35-39%
-               average, and 4+ steps collapse to the average); unscaled steps (energy learns the
-               fraction): 38% average; own-iterate unroll instead of teacher forcing: 100% average
-               (the chain is then a function of a0 alone, whose MSE optimum is the mean); loss
-               weights (1 - t)^-1 / ^-2, init_scale 0.5, alpha 3000 / learnable, lr 3e-4 / 3e-3,
-               1500 steps: no gain (27-35% average at 2 steps).
-
-Energy shaping (``shaping``, any objective; an auxiliary loss on the energy's *values*)
--------------------------------------------------------------------------------------
-The behaviour-cloning losses above only constrain where the minimizer lands, not what the energy
-reads there, so the final energy carries an arbitrary per-context offset (measured: within-task
-failure AUROC 0.45-0.53 in the reference prototype). Two opt-in terms pin it down, each on the
-demonstrated chunk t and a perturbed copy t~ = t + sigma * N(0, I), sigma log-uniform in
-[shaping_sigma_min, shaping_sigma_max], added to the loss times ``shaping_weight``:
-
-``error``     self-assessed error: run the inference chain (``infer_steps`` steps from noise, no
-              graph) to its output a, and regress E(context, a) onto the per-sample squared error
-              mean((a - t)^2), both centred over the batch (the energy's level also sets the step size
-              through exp(E); pinning it to the error's level doubled the BC loss on reach2d at 200
-              steps). The chain's landing point is where the energy's gradient vanishes, so the value
-              there is free; the optimum is E(context, a) = E[||a - t||^2 | context] + const (bias^2
-              + the spread of the demonstrations): the final energy reads the expected error of the
-              chunk produced.
-              Measured (tests): a perturbation-distance regression instead ("E(t~) = c ||t~ - t||^2")
-              fought the unrolled BC loss (unimodal MSE 0.069 vs 0.003) and made the energy *lower*
-              on ambiguous contexts (AUROC 0.02); this term does not touch the landscape's shape.
-              Weight (synthetic mixed one-/two-mode task, 250 steps): 1 / 10 / 100 -> final energy
-              vs actual error Spearman 0.77 / 0.82 / 0.65, one-mode BC MSE 0.0043 / 0.0026 / 0.058
-              (unshaped 0.0029): 10 is the default.
-``margin``    contrastive hinge relu(E(t) - E(t~) + shaping_margin * sigma): a perturbed chunk must
-              score at least a margin (growing with the perturbation) above the demonstration.
-
-Closed loop (reach2d recipe, 1,000 steps, 120 episodes, recipes.studies.uncertainty; within-task
-failure AUROC of the episode-mean final energy): unshaped 0.68, ``error`` 0.63, ``margin`` 0.69 (2 of
-3 tasks had failures), ``path`` objective unshaped 0.77. Neither term made the energy rise under
-shift; the ``path`` head's energy did under image noise (AUROC 0.93 vs in-distribution). Success is
-not moved by either term beyond the seed-to-seed spread: on reach2d training either "grounds" the
-instruction (final MSE ~0.03-0.06, success ~0.9) or plateaus (~0.25, success ~0.3) depending on the
-seed, for the unshaped and the margin-shaped head alike.
-
-Tried and dropped (measured no multimodality at 300-600 steps): winner-take-all over 4 noise
-chains (100% average: the chains forget their start); an InfoNCE energy-shaping term (tau 1:
-unimodal landscape; tau 0.1: minimizer oscillates, collapses to one mode, ~4x training cost);
-1/sigma^2 weighting of the denoise loss, a logistic ranking term E(target) < E(start), WTA over
-noise chains added to the denoise chain (collapse to one mode), and 6-9 step denoise chains
-(truncated to the last 2: the long chain forgets its start and averages again).
+E(context, a): a transformer over the action-chunk tokens (self-attention among them, cross-attention
+to the context) whose per-token outputs (B, H, D) are averaged into one scalar per sample (B,).
+Actions are produced by minimizing E over a with a few gradient steps
+(:mod:`vla_ebt.heads.energy_minimizer`), from N(0, I) or a warm start; training unrolls those steps
+and supervises the iterates with behaviour cloning (``objective``: "reference", "denoise" or
+"path"), optionally plus a loss on the energy's values (``shaping``: "error" or "margin").
+Unknown objective / shaping names raise ValueError. What each option does and what was measured:
+docs/ebt_objectives.md.
 """
 
 from __future__ import annotations
@@ -105,8 +19,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .base import ActionHead, ChunkPrediction, Context, expand_mask, masked_mse
+from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities, expand_mask, masked_mse
 from .energy_minimizer import cosine_sigmas, minimize_energy
+from .factory import register_head
 from .trunk import ActionTrunk, TrunkConfig, sinusoidal_embedding
 
 
@@ -117,7 +32,7 @@ class EBTConfig:
     trunk: TrunkConfig = field(default_factory=TrunkConfig)  # energy transformer size
     horizon: int = 16  # H, action-chunk length
     action_dim: int = 7  # D, (padded) action dimension
-    objective: Literal["reference", "denoise", "path"] = "reference"  # training objective, see module doc
+    objective: Literal["reference", "denoise", "path"] = "reference"  # training objective, see docs/ebt_objectives.md
     # --- minimizer (shared by training and inference) ---
     alpha: float = 1000.0  # step size; reference 1000 (energy = mean over H*D, raw grads ~1e-3)
     alpha_jitter: float = 1.5  # training: per-sample alpha ~ U[alpha/j, alpha*j] (1 = off)
@@ -133,7 +48,7 @@ class EBTConfig:
     langevin_end: float = 0.002  # ... from langevin_start (first step) to langevin_end (last)
     start_sigma_min: float = 0.02  # "denoise": chain starts at target + sigma * N(0, I), ...
     start_sigma_max: float = 1.0  # ... sigma log-uniform in [start_sigma_min, start_sigma_max]
-    # --- "path" objective (see module doc) ---
+    # --- "path" objective (see docs/ebt_objectives.md) ---
     path_t: Literal["uniform", "grid"] = "uniform"  # training t ~ U[0, path_t_max] or the K-grid
     path_t_max: float = 0.95  # upper end of "uniform" t
     path_train_steps: int = 2  # K of the "grid" t in {0, 1/K, ..., (K-1)/K} (and of own-iterate chains)
@@ -147,16 +62,34 @@ class EBTConfig:
     num_candidates: int = 1  # best-of-N by lowest energy
     infer_noise: float = 0.0  # Langevin noise per inference step (useful with num_candidates > 1)
     init_scale: float = 1.0  # a0 ~ N(0, init_scale^2) (inference; "reference" training starts)
-    # --- energy shaping (see module doc; off by default) ---
+    # --- energy shaping (see docs/ebt_objectives.md; off by default) ---
     shaping: Literal["none", "error", "margin"] = "none"  # auxiliary loss on the energy's values
-    shaping_weight: float = 10.0  # loss = bc + shaping_weight * shaping term (see module doc)
+    shaping_weight: float = 10.0  # loss = bc + shaping_weight * shaping term
     shaping_margin: float = 0.1  # "margin": E(t~) >= E(t) + shaping_margin * sigma
     shaping_sigma_min: float = 0.05  # "margin": perturbation sigma, log-uniform in [min, max]
     shaping_sigma_max: float = 1.0
 
 
+@register_head("ebt")
 class EBTHead(ActionHead):
     """Energy head + minimizer. Context (B, T, W) -> action chunks (B, H, D)."""
+
+    config_class = EBTConfig
+    capabilities = HeadCapabilities(
+        warm_start=True,
+        # one evaluation = a forward and a backward w.r.t. the actions: 149 ms for 3 of them vs 23.5 ms
+        # per DDIM forward (benchmarks/head_latency.py, README "Measured") -> ~2.1 forwards
+        eval_cost=2.0,
+        knobs={
+            "num_steps": "minimizer steps (config: infer_steps)",
+            "min_grad": "stop a sample when its ||dE/da|| falls below this (0 = off)",
+            "num_candidates": "best-of-N chains by lowest final energy",
+            "noise": "Langevin noise per inference step",
+        },
+        reports_energy=True,
+        second_order_loss=True,
+        presets=(("ebt-2", {}),),
+    )
 
     def __init__(self, cfg: EBTConfig) -> None:
         super().__init__()
@@ -244,7 +177,7 @@ class EBTHead(ActionHead):
         b = target.shape[0]
         m = expand_mask(mask, target)
         if cfg.shaping == "error":
-            out = self.predict(context.detach(), num_candidates=1, noise=0.0, min_grad=0.0).actions.detach()
+            out = self.sample(context.detach(), num_candidates=1, noise=0.0, min_grad=0.0).actions.detach()
             err = ((out - target) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
             e = self.energy(context, out)
             # batch-centred: the energy reads the error up to a constant, so its level (which sets the
@@ -341,7 +274,7 @@ class EBTHead(ActionHead):
         return loss, info
 
     # ---------------------------------------------------------------- inference
-    def predict(
+    def sample(
         self,
         context: Context,
         init: Tensor | None = None,
@@ -350,13 +283,12 @@ class EBTHead(ActionHead):
         min_grad: float | None = None,
         num_candidates: int | None = None,
         noise: float | None = None,
-        return_trace: bool = False,
     ) -> ChunkPrediction:
         """Minimize the energy from ``init`` (B, H, D) (warm start) or from noise.
 
         With num_candidates = N > 1 every sample starts N chains (the warm start, if any, is the
         first of them) and keeps the one with the lowest final energy. Reports per sample the
-        steps used, the final energy and the final ||dE/da||.
+        steps used, the final energy, the final ||dE/da|| and the energy trace (K+1, B).
         """
         cfg = self.cfg
         steps = cfg.infer_steps if num_steps is None else num_steps
@@ -402,9 +334,7 @@ class EBTHead(ActionHead):
         best = e_final.argmin(1)
         idx = torch.arange(b, device=best.device)
         actions = final.view(b, n, self.horizon, self.action_dim)[idx, best]
-        trace = None
-        if return_trace:
-            trace = torch.cat([res.energies, e_final.view(1, -1)]).view(-1, b, n)[:, idx, best]
+        trace = torch.cat([res.energies, e_final.view(1, -1)]).view(-1, b, n)[:, idx, best]
         return ChunkPrediction(
             actions=actions,
             steps=res.steps.view(b, n)[idx, best],

@@ -15,7 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .base import ActionHead, ChunkPrediction, Context, masked_l1, masked_mse
+from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities, masked_l1, masked_mse
+from .factory import register_head
 from .trunk import ActionTrunk, TrunkConfig
 
 
@@ -29,8 +30,12 @@ class RegressionConfig:
     loss: Literal["mse", "l1"] = "mse"
 
 
+@register_head("regression")
 class RegressionHead(ActionHead):
     """Direct chunk regression. Context (B, T, W) -> chunks (B, H, D), one trunk evaluation."""
+
+    config_class = RegressionConfig
+    capabilities = HeadCapabilities(eval_cost=1.0, presets=(("regression", {}),))  # no inference knobs
 
     def __init__(self, cfg: RegressionConfig) -> None:
         super().__init__()
@@ -58,8 +63,8 @@ class RegressionHead(ActionHead):
         return loss, info
 
     @torch.no_grad()
-    def predict(self, context: Context, init: Tensor | None = None, **overrides) -> ChunkPrediction:
-        """One forward pass. ``init`` and overrides are accepted for interface parity and ignored."""
+    def sample(self, context: Context, init: Tensor | None = None) -> ChunkPrediction:
+        """One forward pass (``init`` is unused: no warm start)."""
         actions = self(context)
         b = context.batch_size
         return ChunkPrediction(

@@ -26,7 +26,15 @@ __all__ = ["Suite", "register_suite", "make_suite", "available_suites", "parse_s
 
 INSTRUCTION_SPLITS = ("train", "heldout")
 
-_REGISTRY: Registry[Callable[..., "Suite"]] = Registry("suite")
+# Built-in suites are imported on first use so that e.g. MuJoCo is loaded only by processes that need
+# it: suite name -> module whose import registers it.
+_REGISTRY: Registry[Callable[..., "Suite"]] = Registry("suite", lazy={
+    "reach2d": f"{__name__}.reach2d",
+    "reach2d_detour": f"{__name__}.reach2d_detour",
+    "metaworld": f"{__name__}.metaworld",
+    "pusht": f"{__name__}.pusht",
+    "libero": f"{__name__}.libero",
+})
 
 
 class Suite(abc.ABC):
@@ -84,35 +92,13 @@ def register_suite(name: str) -> Callable[[Callable[..., Suite]], Callable[..., 
     return _REGISTRY.register(name)
 
 
-# Built-in suites, imported on first use so that e.g. MuJoCo is loaded only by processes that need
-# it: suite name -> module (relative to this package) whose import registers it.
-_BUILTIN_MODULES: dict[str, str] = {
-    "reach2d": ".reach2d",
-    "reach2d_detour": ".reach2d_detour",
-    "metaworld": ".metaworld",
-    "pusht": ".pusht",
-    "libero": ".libero",
-}
-
-
-def _ensure_builtin(name: str) -> None:
-    mod = _BUILTIN_MODULES.get(name)
-    if mod is not None and name not in _REGISTRY:
-        import importlib
-
-        importlib.import_module(mod, __name__)
-
-
 def available_suites() -> list[str]:
-    """Sorted names of the registered and built-in suites."""
-    return sorted(set(_REGISTRY.names()) | set(_BUILTIN_MODULES))
+    """Sorted names of the registered and built-in suites (built-ins not imported yet included)."""
+    return _REGISTRY.names()
 
 
 def make_suite(name: str, **kwargs: Any) -> Suite:
     """Build a suite by name; unknown names raise ValueError listing the known ones."""
-    if name not in _REGISTRY and name not in _BUILTIN_MODULES:
-        raise ValueError(f"unknown suite {name!r}; known: {available_suites()}")
-    _ensure_builtin(name)
     suite = _REGISTRY.get(name)(**kwargs)
     try:  # how to rebuild it (env worker processes build their own copy)
         suite.make_kwargs = dict(kwargs)
