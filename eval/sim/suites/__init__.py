@@ -116,7 +116,9 @@ def make_suite(name: str, **kwargs: Any) -> Suite:
     suite = _REGISTRY.get(name)(**kwargs)
     try:  # how to rebuild it (env worker processes build their own copy)
         suite.make_kwargs = dict(kwargs)
-    except AttributeError:  # pragma: no cover - a suite with __slots__
+    except AttributeError:
+        # make_kwargs is a read-only property (MetaWorldSuite derives it from its config): keep the
+        # suite's own. (Not __slots__: Suite has none, so every subclass instance has a __dict__.)
         pass
     return suite
 
