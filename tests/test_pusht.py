@@ -14,6 +14,7 @@ import pytest
 from eval.sim import available_suites, make_suite
 from vla_ebt.data.episodes import episode_seed
 from eval.sim.demos import collect_demos
+from eval.sim.contracts import DisplaceableEnv, Displacement
 from eval.sim.rollout import ExpertPolicy, RandomPolicy, evaluate
 from eval.sim.suites.pusht import AGENT_RADIUS, WORKSPACE, PushTEnv
 
@@ -210,6 +211,13 @@ def test_displace_block_and_recovery(suite):
     while not (term or trunc):
         obs, _, term, trunc, info = env.step(fn(obs, env))
     assert info["is_success"]
+    # the suite-independent hook reports the block pose before and after
+    pose = env.block_pose
+    disp = env.displace_object(np.random.default_rng(1), scale=20.0)
+    assert isinstance(env, DisplaceableEnv) and isinstance(disp, Displacement)
+    np.testing.assert_array_equal(disp.before, pose)
+    np.testing.assert_array_equal(disp.after, env.block_pose)
+    assert np.linalg.norm(disp.delta[:2]) > 1.0
     with pytest.raises(RuntimeError, match="displace_block"):
         env.displace_block(np.random.default_rng(0), scale=5000.0, max_tries=3)
 
