@@ -10,7 +10,7 @@ from eval.sim import available_suites, make_suite
 from vla_ebt.data.episodes import episode_seed
 from eval.sim.demos import collect_demos
 from eval.sim.contracts import DisplaceableEnv, Displacement
-from eval.sim.rollout import ExpertPolicy, evaluate
+from eval.sim.rollout import EvalConfig, ExpertPolicy, evaluate
 from eval.sim.suites.metaworld import HELDOUT_TASKS, INSTRUCTIONS, STATE_MODES
 from eval.sim.suites.metaworld.instructions import InstructionsError, load_instructions
 
@@ -330,7 +330,7 @@ def test_collect_demos_and_evaluate(suite):
         assert ep.success and n < suite.max_episode_steps
         assert ep.instruction in suite.instructions("reach-v3")
     assert not np.array_equal(eps[0].images[0], eps[1].images[0])  # different episode seeds
-    report = evaluate(ExpertPolicy(suite), suite, ["push-v3"], episodes_per_task=2, seed=0)
+    report = evaluate(ExpertPolicy(suite), suite, EvalConfig(tasks=["push-v3"], episodes_per_task=2, seed=0))
     res = report.tasks["push-v3"]
     assert res.episodes == 2 and res.errors == 0 and res.success_rate == 1.0
     assert all(0 < e.length < suite.max_episode_steps for e in report.episodes)

@@ -196,7 +196,7 @@ def make_perturbation(spec: str) -> Callable[[gym.Env], gym.Env]:
 class PerturbedSuite:
     """A suite whose envs are wrapped by ``wrappers`` (applied in order); everything else delegates.
 
-    Runs in-process (``evaluate(..., num_workers=0)``): the wrappers are closures, not picklable.
+    Runs in-process (``EvalConfig(num_workers=0)``): the wrappers are closures, not picklable.
     """
 
     def __init__(self, suite: PerturbableSuite, wrappers: list[Callable[[gym.Env], gym.Env]], tag: str = "") -> None:
