@@ -83,10 +83,10 @@ def _mean_head(xs: list[float], n: int = 10) -> float:
 def make_eval_callback(suite, tasks: list[str], episodes_per_task: int, seed: int):
     """``on_eval(step, policy)`` for train_policy: closed-loop success of ``policy`` (the EMA weights)
     on ``episodes_per_task`` episodes of every task; returns {"success", "success/<task>"}."""
-    from eval.sim.rollout import evaluate
+    from eval.sim.rollout import EvalConfig, evaluate
 
     def on_eval(step: int, policy) -> dict[str, float]:
-        report = evaluate(policy, suite, tasks, episodes_per_task, seed=seed)
+        report = evaluate(policy, suite, EvalConfig(tasks=tasks, episodes_per_task=episodes_per_task, seed=seed))
         return {"success": report.success_rate, **{f"success/{t}": report.tasks[t].success_rate for t in tasks}}
 
     return on_eval
@@ -117,7 +117,7 @@ def run(cfg: TrainConfig, progress: bool = True, resume: str | None = None,
         vdist.init_distributed()
         world, rank = vdist.world_size(), vdist.rank()
 
-    from eval.sim.rollout import ExpertPolicy, RandomPolicy, evaluate
+    from eval.sim.rollout import EvalConfig, ExpertPolicy, RandomPolicy, evaluate
     from recipes.plots import plot_run
     from vla_ebt.policy import VLAPolicy
     from vla_ebt.train import train_policy
@@ -181,15 +181,14 @@ def run(cfg: TrainConfig, progress: bool = True, resume: str | None = None,
         print("[eval] eval.episodes_per_task = 0: no closed-loop evaluation")
     elif sim:
         rows = {}
-        report = evaluate(result.eval_policy, data.suite, tasks, cfg.eval.episodes_per_task, seed=cfg.eval.seed)
+        ecfg = EvalConfig(tasks=tasks, episodes_per_task=cfg.eval.episodes_per_task, seed=cfg.eval.seed)
+        report = evaluate(result.eval_policy, data.suite, ecfg)
         report.to_json(run_dir / "eval" / "report.json")
         (run_dir / "eval" / "report.md").write_text(report.to_markdown())
         rows[f"{pc.head} (trained)"] = report
         if cfg.eval.baselines:
-            rows["random"] = evaluate(RandomPolicy(data.suite, seed=cfg.eval.seed), data.suite, tasks,
-                                      cfg.eval.episodes_per_task, seed=cfg.eval.seed)
-            rows["expert"] = evaluate(ExpertPolicy(data.suite), data.suite, tasks, cfg.eval.episodes_per_task,
-                                      seed=cfg.eval.seed)
+            rows["random"] = evaluate(RandomPolicy(data.suite, seed=cfg.eval.seed), data.suite, ecfg)
+            rows["expert"] = evaluate(ExpertPolicy(data.suite), data.suite, ecfg)
         print(comparison_table(rows, tasks))
         summary["success"] = {name: r.success_rate for name, r in rows.items()}
         summary["per_task"] = {name: {t: r.tasks[t].success_rate for t in tasks} for name, r in rows.items()}

@@ -97,30 +97,31 @@ class CountingPolicy:
 
 
 def test_parallel_equals_serial():
-    from eval.sim.rollout import CallablePolicy, ExpertPolicy, RandomPolicy, evaluate
+    from eval.sim.rollout import CallablePolicy, EvalConfig, ExpertPolicy, RandomPolicy, evaluate
     from eval.sim.suites import make_suite
 
     suite = make_suite("reach2d", image_size=32, max_episode_steps=30)
     tasks = ["reach_red", "reach_blue"]
     for policy in (ExpertPolicy(suite, noise=0.03), RandomPolicy(suite, seed=4), CallablePolicy(_toward_center),
                    CountingPolicy()):
-        serial = evaluate(policy, suite, tasks, episodes_per_task=3, seeds=[0, 1])
+        serial = evaluate(policy, suite, EvalConfig(tasks=tasks, episodes_per_task=3, seeds=[0, 1]))
         if isinstance(policy, CountingPolicy):
             with pytest.warns(UserWarning, match="run one at a time"):
-                par = evaluate(policy, suite, tasks, episodes_per_task=3, seeds=[0, 1], num_workers=2)
+                par = evaluate(policy, suite, EvalConfig(tasks=tasks, episodes_per_task=3, seeds=[0, 1], num_workers=2))
         else:
-            par = evaluate(policy, suite, tasks, episodes_per_task=3, seeds=[0, 1], num_workers=2)
+            par = evaluate(policy, suite, EvalConfig(tasks=tasks, episodes_per_task=3, seeds=[0, 1], num_workers=2))
         assert par.num_workers == 2 and serial.num_workers == 0 and par.worker_restarts == 0
         assert [_key(e) for e in par.episodes] == [_key(e) for e in serial.episodes], type(policy).__name__
         assert len(par.episodes) == 12 and {e.base_seed for e in par.episodes} == {0, 1}
         assert par.to_dict()["tasks"]["reach_red"]["successes"] == serial.tasks["reach_red"].successes
     # the baselines behave as baselines through the workers
-    assert evaluate(ExpertPolicy(suite), suite, tasks, 3, seed=2, num_workers=2).overall.success_rate == 1.0
+    cfg = EvalConfig(tasks=tasks, episodes_per_task=3, seed=2, num_workers=2)
+    assert evaluate(ExpertPolicy(suite), suite, cfg).overall.success_rate == 1.0
 
 
 def test_crash_hang_and_env_errors_are_survived():
     from vla_ebt.data.episodes import episode_seed
-    from eval.sim.rollout import ExpertPolicy, evaluate
+    from eval.sim.rollout import EvalConfig, ExpertPolicy, evaluate
     from eval.sim.suites import make_suite
 
     faults = {
@@ -132,8 +133,9 @@ def test_crash_hang_and_env_errors_are_survived():
     kw = {"faults": {str(k): v for k, v in faults.items()}}
     suite = make_suite("faulty_reach2d", **kw)  # never stepped in this process
     t0 = time.perf_counter()
-    rep = evaluate(ExpertPolicy(suite), "faulty_reach2d", ["reach_red", "reach_blue"], episodes_per_task=4, seed=0,
-                   num_workers=2, suite_kwargs=kw, import_modules=[THIS_MODULE], step_timeout_s=1.0)
+    rep = evaluate(ExpertPolicy(suite), "faulty_reach2d", EvalConfig(
+        tasks=["reach_red", "reach_blue"], episodes_per_task=4, seed=0, num_workers=2, suite_kwargs=kw,
+        import_modules=[THIS_MODULE], step_timeout_s=1.0))
     wall = time.perf_counter() - t0
     errors = {(e.task, e.index): e.error for e in rep.episodes if e.error}
     assert errors.keys() == {("reach_red", 1), ("reach_red", 2), ("reach_blue", 0), ("reach_blue", 2)}
@@ -152,7 +154,7 @@ def test_crash_hang_and_env_errors_are_survived():
     assert wall < 30
     # the same env exception reads the same in a serial run (in this process: only the raising fault)
     raising = make_suite("faulty_reach2d", faults={str(episode_seed(0, "reach_blue", 2)): "raise"})
-    serial = evaluate(ExpertPolicy(raising), raising, ["reach_blue"], episodes_per_task=3, seed=0)
+    serial = evaluate(ExpertPolicy(raising), raising, EvalConfig(tasks=["reach_blue"], episodes_per_task=3, seed=0))
     assert serial.episodes[2].error == errors[("reach_blue", 2)]
 
 
@@ -211,11 +213,12 @@ def test_worker_start_errors_are_clear():
 
 
 def test_suite_object_and_mismatched_kwargs():
-    from eval.sim.rollout import ExpertPolicy, evaluate
+    from eval.sim.rollout import EvalConfig, ExpertPolicy, evaluate
     from eval.sim.suites import make_suite
 
     suite = make_suite("reach2d", image_size=24, max_episode_steps=25)  # kwargs inferred for the workers
-    rep = evaluate(ExpertPolicy(suite), suite, ["reach_green"], episodes_per_task=2, num_workers=2)
+    rep = evaluate(ExpertPolicy(suite), suite, EvalConfig(tasks=["reach_green"], episodes_per_task=2, num_workers=2))
     assert rep.overall.success_rate == 1.0
     with pytest.raises(ValueError, match=r"differs from the given suite in \['image_size'\]"):
-        evaluate(ExpertPolicy(suite), suite, ["reach_green"], 2, num_workers=1, suite_kwargs={"max_episode_steps": 25})
+        evaluate(ExpertPolicy(suite), suite, EvalConfig(tasks=["reach_green"], episodes_per_task=2, num_workers=1,
+                                                        suite_kwargs={"max_episode_steps": 25}))

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from eval.sim import available_suites, make_suite
-from vla_ebt_client import wire
 from eval.sim.libero_worker import quat_to_axis_angle
-from eval.sim.rollout import RandomPolicy, evaluate
+from eval.sim.rollout import EvalConfig, RandomPolicy, evaluate
+from vla_ebt_client import wire
 from eval.sim.suites.libero import (
     DEFAULT_PYTHON,
     LiberoUnavailableError,
@@ -177,7 +177,7 @@ def test_suite_close_stops_workers():
 def test_evaluate_one_camera_and_worker_exit_on_close():
     with make_suite("libero", benchmark=BENCH, image_size=SIZE, cameras=("agentview",), max_episode_steps=4) as s:
         task = s.task_names()[2]
-        report = evaluate(RandomPolicy(s), s, tasks=[task], episodes_per_task=1, seed=0)
+        report = evaluate(RandomPolicy(s), s, EvalConfig(tasks=[task], episodes_per_task=1, seed=0))
         (ep,) = report.episodes
         assert ep.error is None, ep.error
         assert ep.success is False and ep.length == 4 and ep.instruction == s.instructions(task)[0]

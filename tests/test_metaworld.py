@@ -9,8 +9,10 @@ import pytest
 from eval.sim import available_suites, make_suite
 from vla_ebt.data.episodes import episode_seed
 from eval.sim.demos import collect_demos
-from eval.sim.rollout import ExpertPolicy, evaluate
+from eval.sim.contracts import DisplaceableEnv, Displacement
+from eval.sim.rollout import EvalConfig, ExpertPolicy, evaluate
 from eval.sim.suites.metaworld import HELDOUT_TASKS, INSTRUCTIONS, STATE_MODES
+from eval.sim.suites.metaworld.instructions import InstructionsError, load_instructions
 
 MT10 = [
     "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
@@ -46,6 +48,8 @@ def test_benchmarks_tasks_and_errors(suite):
     assert "metaworld" in available_suites()
     assert suite.task_names() == MT10
     assert (suite.action_dim, suite.state_dim, suite.num_views, suite.max_episode_steps) == (4, 4, 1, 200)
+    # make_suite cannot overwrite the read-only make_kwargs property: the suite's full kwargs stay
+    assert suite.make_kwargs["image_size"] == 32 and suite.make_kwargs["cameras"] == ["corner2"]
     lo, hi = suite.action_bounds()
     assert lo.dtype == np.float32 and np.all(lo == -1) and np.all(hi == 1) and lo.shape == (4,)
     mt50 = make_suite("metaworld", benchmark="MT50")
@@ -82,6 +86,24 @@ def test_instructions_and_heldout_tasks(suite):
         env.close()
     with pytest.raises(ValueError):
         suite.instructions("reach-v3", "test")
+
+
+def test_instruction_table_errors_name_the_file(tmp_path):
+    with pytest.raises(InstructionsError, match="cannot read .*nope.json"):
+        load_instructions(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InstructionsError, match="bad.json is not valid JSON"):
+        load_instructions(bad)
+    bad.write_text('{"reach-v3": {"train": ["reach the goal"]}}')
+    with pytest.raises(InstructionsError, match="'reach-v3' needs exactly the keys"):
+        load_instructions(bad)
+    bad.write_text('{"reach-v3": {"train": ["reach the goal"], "heldout": []}}')
+    with pytest.raises(InstructionsError, match="'heldout' must be a non-empty list"):
+        load_instructions(bad)
+    good = tmp_path / "good.json"
+    good.write_text('{"reach-v3": {"train": ["reach the goal"], "heldout": ["touch the goal"]}}')
+    assert load_instructions(good) == {"reach-v3": (("reach the goal",), ("touch the goal",))}
 
 
 # ------------------------------------------------------------------------------ env
@@ -249,7 +271,10 @@ def test_displace_object_and_camera_offset(suite):
         for _ in range(10):
             obs, *_ = env.step(expert(obs, env))
         before = env.raw_obs[4:7].copy()
-        new = env.displace_object(rng, 0.06)
+        disp = env.displace_object(rng, 0.06)
+        assert isinstance(disp, Displacement) and isinstance(env, DisplaceableEnv)
+        new = disp.after
+        np.testing.assert_allclose(disp.before, before)
         np.testing.assert_allclose(np.linalg.norm(new[:2] - before[:2]), 0.06, atol=2e-3)
         np.testing.assert_allclose(env.raw_obs[4:7], new)
         obs, *_ = env.step(np.zeros(4, np.float32))
@@ -274,8 +299,9 @@ def test_displace_object_and_camera_offset(suite):
         try:
             env.reset()
             goal0, obj0 = env.raw_obs[-3:].copy(), env.raw_obs[4:7].copy()
-            new = env.displace_object(rng, 0.05)
-            moved = np.linalg.norm(new - (goal0 if task == "reach-v3" else obj0))
+            disp = env.displace_object(rng, 0.05)
+            np.testing.assert_allclose(disp.before, goal0 if task == "reach-v3" else obj0)
+            moved = np.linalg.norm(disp.after - (goal0 if task == "reach-v3" else obj0))
             assert 0.03 < moved < 0.06, (task, moved)
         finally:
             env.close()
@@ -304,7 +330,7 @@ def test_collect_demos_and_evaluate(suite):
         assert ep.success and n < suite.max_episode_steps
         assert ep.instruction in suite.instructions("reach-v3")
     assert not np.array_equal(eps[0].images[0], eps[1].images[0])  # different episode seeds
-    report = evaluate(ExpertPolicy(suite), suite, ["push-v3"], episodes_per_task=2, seed=0)
+    report = evaluate(ExpertPolicy(suite), suite, EvalConfig(tasks=["push-v3"], episodes_per_task=2, seed=0))
     res = report.tasks["push-v3"]
     assert res.episodes == 2 and res.errors == 0 and res.success_rate == 1.0
     assert all(0 < e.length < suite.max_episode_steps for e in report.episodes)

@@ -14,7 +14,8 @@ import pytest
 from eval.sim import available_suites, make_suite
 from vla_ebt.data.episodes import episode_seed
 from eval.sim.demos import collect_demos
-from eval.sim.rollout import ExpertPolicy, RandomPolicy, evaluate
+from eval.sim.contracts import DisplaceableEnv, Displacement
+from eval.sim.rollout import EvalConfig, ExpertPolicy, RandomPolicy, evaluate
 from eval.sim.suites.pusht import AGENT_RADIUS, WORKSPACE, PushTEnv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,17 +150,17 @@ def test_headless_subprocess(tmp_path):
 
 def test_expert_succeeds_and_random_does_not(suite):
     # measured: 100/100 successes on seeds episode_seed(0, "push_t", i < 100), mean length ~95
-    rep = evaluate(ExpertPolicy(suite), suite, episodes_per_task=8, seed=1)
+    rep = evaluate(ExpertPolicy(suite), suite, EvalConfig(episodes_per_task=8, seed=1))
     assert rep.overall.episodes == 8 and rep.overall.errors == 0
     assert rep.overall.successes >= 7, [(e.seed, e.length) for e in rep.episodes]
     assert rep.overall.mean_length < 200
-    rand = evaluate(RandomPolicy(suite, seed=0), suite, episodes_per_task=3, seed=1)
+    rand = evaluate(RandomPolicy(suite, seed=0), suite, EvalConfig(episodes_per_task=3, seed=1))
     assert rand.overall.errors == 0 and rand.overall.successes == 0
     assert all(e.length == suite.max_episode_steps for e in rand.episodes)
 
 
 def test_evaluate_matches_direct_expert_loop(suite):
-    rep = evaluate(ExpertPolicy(suite, noise=3.0), suite, episodes_per_task=2, seed=5)
+    rep = evaluate(ExpertPolicy(suite, noise=3.0), suite, EvalConfig(episodes_per_task=2, seed=5))
     assert len(rep.episodes) == 2 and rep.tasks[TASK].episodes == 2
     for res in rep.episodes:
         s = episode_seed(5, TASK, res.index)
@@ -210,6 +211,13 @@ def test_displace_block_and_recovery(suite):
     while not (term or trunc):
         obs, _, term, trunc, info = env.step(fn(obs, env))
     assert info["is_success"]
+    # the suite-independent hook reports the block pose before and after
+    pose = env.block_pose
+    disp = env.displace_object(np.random.default_rng(1), scale=20.0)
+    assert isinstance(env, DisplaceableEnv) and isinstance(disp, Displacement)
+    np.testing.assert_array_equal(disp.before, pose)
+    np.testing.assert_array_equal(disp.after, env.block_pose)
+    assert np.linalg.norm(disp.delta[:2]) > 1.0
     with pytest.raises(RuntimeError, match="displace_block"):
         env.displace_block(np.random.default_rng(0), scale=5000.0, max_tries=3)
 

@@ -13,6 +13,7 @@ from vla_ebt.data.episodes import ChunkDataset, Episode, collate, dataset_stats
 from eval.sim.demos import collect_demos
 from eval.sim.rollout import (
     CallablePolicy,
+    EvalConfig,
     ExpertPolicy,
     RandomPolicy,
     evaluate,
@@ -81,14 +82,15 @@ def test_instructions(suite):
 
 
 def test_expert_and_random_success(suite):
-    expert = evaluate(ExpertPolicy(suite), suite, episodes_per_task=7, seed=1)  # 21 episodes
+    expert = evaluate(ExpertPolicy(suite), suite, EvalConfig(episodes_per_task=7, seed=1))  # 21 episodes
     assert expert.overall.success_rate >= 0.95
-    rand = evaluate(RandomPolicy(suite, seed=0), suite, episodes_per_task=7, seed=1)
+    rand = evaluate(RandomPolicy(suite, seed=0), suite, EvalConfig(episodes_per_task=7, seed=1))
     assert rand.overall.success_rate <= 0.3
 
 
 def test_evaluate_matches_direct_count(suite, tmp_path):
-    rep = evaluate(ExpertPolicy(suite, noise=0.03), suite, ["reach_red", "reach_blue"], episodes_per_task=6, seed=5)
+    rep = evaluate(ExpertPolicy(suite, noise=0.03), suite,
+                   EvalConfig(tasks=["reach_red", "reach_blue"], episodes_per_task=6, seed=5))
     for task in ("reach_red", "reach_blue"):
         eps = [e for e in rep.episodes if e.task == task]
         tr = rep.tasks[task]
@@ -136,11 +138,12 @@ def test_crashing_policy_recorded(suite):
             raise RuntimeError("boom")
         return np.zeros(2, np.float32)
 
-    rep = evaluate(CallablePolicy(bad), suite, ["reach_red"], episodes_per_task=3, seed=0)
+    rep = evaluate(CallablePolicy(bad), suite, EvalConfig(tasks=["reach_red"], episodes_per_task=3, seed=0))
     assert rep.tasks["reach_red"].episodes == 3 and rep.tasks["reach_red"].successes == 0
     assert rep.tasks["reach_red"].errors == 3
     assert all("RuntimeError: boom" in e.error and "select_action" in e.error for e in rep.episodes)
-    nan = evaluate(CallablePolicy(lambda o: np.full(2, np.nan)), suite, ["reach_red"], episodes_per_task=1, seed=0)
+    nan = evaluate(CallablePolicy(lambda o: np.full(2, np.nan)), suite,
+                   EvalConfig(tasks=["reach_red"], episodes_per_task=1, seed=0))
     assert "non-finite" in nan.episodes[0].error
     assert "non-finite" in nan.to_markdown()
 
@@ -210,7 +213,7 @@ def test_demo_success_radius(suite):
 
 
 def test_video(suite, tmp_path):
-    rep = evaluate(ExpertPolicy(suite), suite, ["reach_green"], episodes_per_task=2, seed=0,
-                   video_dir=tmp_path, max_videos_per_task=1)
+    rep = evaluate(ExpertPolicy(suite), suite, EvalConfig(tasks=["reach_green"], episodes_per_task=2, seed=0,
+                                                         video_dir=tmp_path, max_videos_per_task=1))
     assert rep.episodes[0].video and (tmp_path / "reach_green_ep000_success.gif").exists()
     assert rep.episodes[1].video is None

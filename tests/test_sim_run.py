@@ -13,7 +13,7 @@ import torch
 from eval.sim import make_suite
 from vla_ebt.data.episodes import dataset_stats
 from eval.sim.demos import collect_demos
-from eval.sim.rollout import evaluate, load_report
+from eval.sim.rollout import EvalConfig, evaluate, load_report
 from eval.sim.run import main
 from vla_ebt.backbones import BackboneConfig
 from vla_ebt.bridge import BridgeConfig
@@ -91,8 +91,8 @@ def test_cli_end_to_end_with_workers(policy_dir, tmp_path):
 
     # the same policy evaluated serially in this process: identical episodes (rollout_state swapping)
     policy = VLAPolicy.from_pretrained(policy_dir)
-    serial = evaluate(policy, make_suite("reach2d", image_size=IMG, max_episode_steps=10), ["reach_red", "reach_blue"],
-                      episodes_per_task=2, seed=0)
+    serial = evaluate(policy, make_suite("reach2d", image_size=IMG, max_episode_steps=10),
+                      EvalConfig(tasks=["reach_red", "reach_blue"], episodes_per_task=2, seed=0))
     key = ("task", "index", "seed", "instruction", "success", "length", "energy", "steps", "error")
     assert [tuple(e[k] for k in key) for e in rep["episodes"]] == \
         [tuple(getattr(e, k) for k in key) for e in serial.episodes]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eval.sim.perturb import ActionBurst, DisplaceObject, ForceGripperOpen, ImageNoise, ImageShift, PerturbedSuite, make_perturbation
-from eval.sim.rollout import ExpertPolicy, evaluate
+from eval.sim.rollout import EvalConfig, ExpertPolicy, evaluate
 from eval.sim.suites import make_suite
 from recipes.studies.common import auroc, predict_overrides
 from recipes.studies.episodes import run_study_episodes
@@ -80,7 +80,7 @@ def test_expert_recovers_from_injected_failures_through_perturbed_suite():
     suite = make_suite("reach2d")
     for spec in ("burst:start=2,length=5", "displace:at=3,scale=0.3"):
         rep = evaluate(ExpertPolicy(suite), PerturbedSuite(suite, [make_perturbation(spec)], tag=spec),
-                       ["reach_red", "reach_blue"], 4, seed=3)
+                       EvalConfig(tasks=["reach_red", "reach_blue"], episodes_per_task=4, seed=3))
         assert rep.success_rate == 1.0, spec  # the closed-loop expert re-plans from wherever it is
     # a blind open-loop replay of the unperturbed expert's actions does not recover from the burst
     env = suite.make_env("reach_red", seed=5)

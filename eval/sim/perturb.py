@@ -11,7 +11,8 @@ Failure injection (the episode is pushed off the demonstrated path mid-way):
 - :class:`ActionBurst`:     for ``length`` steps from ``start`` the env executes uniform random
                             actions from the action box instead of the policy's.
 - :class:`DisplaceObject`:  at step ``at`` the env's ``displace_object(rng, scale)`` hook moves the
-                            task object / target (suites implement it; others raise a clear error).
+                            task object / target and returns a :class:`~eval.sim.contracts.Displacement`
+                            (suites implement it; others raise a clear error).
                             ``scale`` is in the suite's units (reach2d: unit square, Meta-World:
                             metres, PushT: pixels); omitted, the suite's default applies.
 - :class:`ForceGripperOpen`: for ``length`` steps from ``start`` action dim ``dim`` is forced to
@@ -29,6 +30,8 @@ from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
+
+from .contracts import Displacement, DisplaceableEnv, PerturbableSuite
 
 __all__ = ["ImageNoise", "ImageShift", "ActionBurst", "DisplaceObject", "ForceGripperOpen", "PerturbedSuite",
            "make_perturbation", "PERTURBATIONS"]
@@ -114,22 +117,31 @@ class ActionBurst(_Seeded):
 
 
 class DisplaceObject(_Seeded):
-    """At step ``at`` call ``env.unwrapped.displace_object(rng, scale)`` (the suite's hook)."""
+    """At step ``at`` call ``env.unwrapped.displace_object(rng, scale)`` (the suite's hook, see
+    :class:`~eval.sim.contracts.DisplaceableEnv`); ``displacement`` holds what it returned."""
 
     salt = 37
 
     def __init__(self, env: gym.Env, at: int = 10, scale: float | None = None) -> None:
         super().__init__(env)
-        hook = getattr(env.unwrapped, "displace_object", None)
-        if hook is None:
+        if not isinstance(env.unwrapped, DisplaceableEnv):
             raise ValueError(f"{type(env.unwrapped).__name__} has no displace_object(rng, scale) hook; "
                              "this suite does not support the object-displacement perturbation")
         self.at, self.scale = int(at), scale  # None: the suite's own default (units differ per suite)
+        self.displacement: Displacement | None = None
+
+    def reset(self, **kw: Any):
+        self.displacement = None
+        return super().reset(**kw)
 
     def step(self, action):
         if self.t == self.at:
             hook = self.env.unwrapped.displace_object
-            hook(self.rng) if self.scale is None else hook(self.rng, float(self.scale))
+            d = hook(self.rng) if self.scale is None else hook(self.rng, float(self.scale))
+            if not isinstance(d, Displacement):
+                raise TypeError(f"{type(self.env.unwrapped).__name__}.displace_object returned {type(d).__name__}, "
+                                "expected eval.sim.contracts.Displacement")
+            self.displacement = d
         self.t += 1
         return self.env.step(action)
 
@@ -184,10 +196,13 @@ def make_perturbation(spec: str) -> Callable[[gym.Env], gym.Env]:
 class PerturbedSuite:
     """A suite whose envs are wrapped by ``wrappers`` (applied in order); everything else delegates.
 
-    Runs in-process (``evaluate(..., num_workers=0)``): the wrappers are closures, not picklable.
+    Runs in-process (``EvalConfig(num_workers=0)``): the wrappers are closures, not picklable.
     """
 
-    def __init__(self, suite: Any, wrappers: list[Callable[[gym.Env], gym.Env]], tag: str = "") -> None:
+    def __init__(self, suite: PerturbableSuite, wrappers: list[Callable[[gym.Env], gym.Env]], tag: str = "") -> None:
+        if not isinstance(suite, PerturbableSuite):
+            raise TypeError(f"PerturbedSuite: {type(suite).__name__} is not a suite (needs name and "
+                            "make_env(task, seed, split); see eval.sim.contracts.PerturbableSuite)")
         self._suite = suite
         self._wrappers = list(wrappers)
         self.name = f"{suite.name}+{tag}" if tag else suite.name

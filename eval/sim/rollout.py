@@ -1,56 +1,22 @@
 """Closed-loop evaluation of a policy on a simulated suite.
 
-``evaluate(policy, suite, tasks, episodes_per_task, seed)`` runs every (task, episode) through
-one loop: ``policy.reset()``, then per control step ``policy.select_action(obs_batch)`` on a
-B = 1 observation in the schema of :mod:`vla_ebt.schema`::
+``evaluate(policy, suite, EvalConfig(tasks=..., episodes_per_task=..., seed=...))`` runs every
+(task, episode) through one loop: ``policy.reset()``, then per control step
+``policy.select_action(obs_batch)`` on a B = 1 observation in the schema of :mod:`vla_ebt.schema`
+(images float32 (1, V, 3, S, S) in [0, 1], instruction [str], state float32 (1, To, state_dim),
+embodiment long (1,)). The policy must satisfy :class:`eval.sim.contracts.RolloutPolicy`.
 
-    images       float32 (1, V, 3, S, S) in [0, 1]   (V = cameras, or cameras * To with image_history)
-    instruction  [str]
-    state        float32 (1, To, state_dim)           (history repeats the first step at the start)
-    embodiment   long (1,)
-
-Any object with ``reset()``, ``select_action(obs) -> (1, >= D)`` and a ``last_output`` attribute
-(``None`` or an object with ``latency_ms`` and optionally ``energy`` / ``steps``) works:
-:class:`vla_ebt.policy.VLAPolicy`, or the adapters :class:`ExpertPolicy`, :class:`RandomPolicy`
-and :class:`CallablePolicy` (baselines through the exact same loop). A policy may define
-``begin_episode(env=..., task=..., seed=..., suite=...)``; it is called after ``reset()``.
-
-A new chunk is counted whenever ``policy.last_output`` changes identity after a
-``select_action`` call; its latency / energy / steps are recorded per episode.
-
-An exception in the env or the policy ends that episode as a failure with the reason in
-``EpisodeResult.error``; evaluation continues. Episode seeds come from
-:func:`vla_ebt.data.episodes.episode_seed` (independent of the task order), and torch's global RNG is
-seeded with the episode seed at each episode start (inside a ``fork_rng``, so the caller's stream
-is untouched): results are reproducible and independent of the episode order and of parallelism.
-
-Parallel evaluation (``num_workers = N > 0``): N env worker processes
-(:mod:`eval.sim.workers`) each build the suite and serve one env at a time; the policy stays in
-this process. Up to N episodes are in flight; whenever a worker answers (an observation), the
-policy's ``select_action`` runs for that episode and the step is sent back at once, so env
-stepping / rendering in the workers overlaps with each other and with policy inference. A policy
-with ``rollout_state()`` / ``load_rollout_state(state)`` (VLAPolicy and the adapters here) has its
-per-episode execution state swapped around every call; a policy without them is assumed to keep
-hidden per-episode state and runs one episode at a time (envs still in workers). The scripted
-expert reads privileged env state, so :class:`ExpertPolicy` runs *inside* the worker (the
-worker returns the expert's action with every observation). Serial and parallel evaluation run
-the same episode code (:class:`_Episode` on the policy side, :class:`eval.sim.workers.EnvSession`
-on the env side) and give identical per-episode results for a deterministic policy.
-
-A worker that crashes (the process dies) or hangs (no reply within ``step_timeout_s`` for a
-step, ``reset_timeout_s`` for make_env + reset) fails its episode with the reason in
-``EpisodeResult.error`` (e.g. ``"env worker crashed (exit code -11) during env.step"``), is
-killed and replaced, and evaluation goes on; ``EvalReport.worker_restarts`` counts replacements.
+An env or policy exception ends that episode as a failure (``EpisodeResult.error``); evaluation
+goes on. Results are reproducible and independent of the episode order and of ``num_workers``
+(env worker processes; :mod:`eval.sim.workers`). Details: docs/evaluation.md.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -60,9 +26,12 @@ from vla_ebt_client import ObservationHistory
 
 from vla_ebt.data.episodes import episode_seed
 
+from .adapters import CallablePolicy, ChunkInfo, ExpertPolicy, RandomPolicy
+from .contracts import InterleavablePolicy, RolloutPolicy, WorkerSideExpert, check_rollout_policy
+from .eval_config import EvalConfig
 from .report import EpisodeResult, EpisodeSpec, EvalReport, TaskResult, load_report, wilson_interval  # noqa: F401
 from .videos import write_video as _write_video
-from .suites import Suite, make_suite
+from .suites import Suite, make_suite, suite_make_kwargs
 from .workers import (
     EnvOpError,
     EnvSession,
@@ -79,6 +48,8 @@ from .workers import (
 __all__ = [
     "evaluate",
     "evaluate_callable",
+    "EvalConfig",
+    "RolloutPolicy",
     "EvalReport",
     "TaskResult",
     "EpisodeResult",
@@ -90,122 +61,6 @@ __all__ = [
     "wilson_interval",
     "load_report",
 ]
-
-@dataclass
-class ChunkInfo:
-    """Minimal ``last_output`` of the adapters (one single-step "chunk" per control step)."""
-
-    latency_ms: float
-    energy: torch.Tensor | None = None
-    steps: torch.Tensor | None = None
-
-
-class _AdapterBase:
-    """Each select_action is one planned chunk of length 1 with a measured latency.
-
-    ``rollout_state`` / ``load_rollout_state`` capture / restore the per-episode state (``last_output``
-    plus the attributes named in ``_episode_attrs``) so episodes can be interleaved."""
-
-    _episode_attrs: tuple[str, ...] = ()
-
-    def __init__(self) -> None:
-        self.last_output: ChunkInfo | None = None
-
-    def reset(self) -> None:
-        self.last_output = None
-
-    def rollout_state(self) -> dict[str, Any]:
-        return {"last_output": self.last_output, **{k: getattr(self, k) for k in self._episode_attrs}}
-
-    def load_rollout_state(self, state: dict[str, Any]) -> None:
-        self.last_output = state["last_output"]
-        for k in self._episode_attrs:
-            setattr(self, k, state[k])
-
-    def begin_episode(self, env: Any, task: str, seed: int, suite: Suite) -> None:  # noqa: ARG002
-        pass
-
-    def _act(self, obs: dict[str, Any]) -> np.ndarray:
-        raise NotImplementedError
-
-    def select_action(self, obs: dict[str, Any]) -> torch.Tensor:
-        t0 = time.perf_counter()
-        a = np.asarray(self._act(obs), np.float32)
-        if a.ndim == 1:
-            a = a[None]
-        self.last_output = ChunkInfo(latency_ms=(time.perf_counter() - t0) * 1e3)
-        return torch.from_numpy(a)
-
-
-class ExpertPolicy(_AdapterBase):
-    """The suite's scripted expert (privileged: reads the env) behind the policy interface.
-
-    With env workers the env lives in another process: the evaluator asks the worker to run
-    ``suite.expert(task, noise, seed)`` there (``worker_expert_args``) and ``begin_episode``
-    receives a :class:`~eval.sim.workers.RemoteEnvHandle` whose ``expert_fn`` returns the action
-    the worker computed for the same observation."""
-
-    _episode_attrs = ("_fn", "_env")
-
-    def __init__(self, suite: Suite, noise: float = 0.0) -> None:
-        super().__init__()
-        self.suite, self.noise = suite, float(noise)
-        self._fn: Callable | None = None
-        self._env: Any = None
-
-    def worker_expert_args(self) -> dict[str, Any]:
-        """What an env worker needs to run this expert next to the env."""
-        return {"noise": self.noise}
-
-    def begin_episode(self, env: Any, task: str, seed: int, suite: Suite) -> None:
-        self._env = env
-        if isinstance(env, RemoteEnvHandle):
-            self._fn = env.expert_fn
-        else:
-            self._fn = self.suite.expert(task, noise=self.noise, seed=seed)
-
-    def _act(self, obs: dict[str, Any]) -> np.ndarray:
-        if self._fn is None:
-            raise RuntimeError("ExpertPolicy: begin_episode() was not called (it needs the env)")
-        raw = {"state": obs["state"][0, -1].cpu().numpy(), "instruction": obs["instruction"][0]}
-        return self._fn(raw, self._env)
-
-
-class RandomPolicy(_AdapterBase):
-    """Uniform random actions in the suite's action box, seeded per episode."""
-
-    _episode_attrs = ("_rng",)
-
-    def __init__(self, suite: Suite, seed: int = 0) -> None:
-        super().__init__()
-        self.low, self.high = suite.action_bounds()
-        self.seed = int(seed)
-        self._rng = np.random.default_rng(self.seed)
-
-    def begin_episode(self, env: Any, task: str, seed: int, suite: Suite) -> None:
-        self._rng = np.random.default_rng([self.seed, seed])
-
-    def _act(self, obs: dict[str, Any]) -> np.ndarray:
-        return self._rng.uniform(self.low, self.high).astype(np.float32)
-
-
-class CallablePolicy(_AdapterBase):
-    """Wrap ``fn(obs_batch) -> (1, D) or (D,)`` array-like as a policy.
-
-    With env workers, calls for different episodes interleave: ``fn`` must not keep per-episode
-    state (wrap such a policy in a class without ``rollout_state`` to run one episode at a time)."""
-
-    def __init__(self, fn: Callable[[dict[str, Any]], Any], name: str | None = None) -> None:
-        super().__init__()
-        self.fn = fn
-        self.name = name or getattr(fn, "__name__", "callable")
-
-    def _act(self, obs: dict[str, Any]) -> np.ndarray:
-        a = self.fn(obs)
-        if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().float().numpy()
-        return np.asarray(a, np.float32)
-
 
 # --------------------------------------------------------------------------------------------
 # the loop
@@ -427,7 +282,8 @@ def run_episode(
 
 
 def _has_rollout_state(policy: Any) -> bool:
-    return callable(getattr(policy, "rollout_state", None)) and callable(getattr(policy, "load_rollout_state", None))
+    return (isinstance(policy, InterleavablePolicy) and callable(policy.rollout_state)
+            and callable(policy.load_rollout_state))
 
 
 def _drive_parallel(
@@ -449,8 +305,7 @@ def _drive_parallel(
         warnings.warn(f"evaluate: {type(policy).__name__} has no rollout_state()/load_rollout_state(); its episodes "
                       f"run one at a time (envs still in the {len(pool)} workers)", stacklevel=3)
     rng = _TorchRng(_policy_device(policy))
-    expert_fn = getattr(policy, "worker_expert_args", None)
-    expert = expert_fn() if callable(expert_fn) else None
+    expert = policy.worker_expert_args() if isinstance(policy, WorkerSideExpert) else None
     queue = deque(enumerate(jobs))
     running: dict[int, tuple[int, _Episode]] = {}
     results: list[EpisodeResult | None] = [None] * len(jobs)
@@ -504,107 +359,34 @@ def _policy_device(policy: Any) -> torch.device | None:
 
 
 # --------------------------------------------------------------------------------------------
-# videos
+# evaluate
 # --------------------------------------------------------------------------------------------
 
 
-def _plain_value(v: Any) -> bool:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return True
-    if isinstance(v, (list, tuple)):
-        return all(_plain_value(x) for x in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _plain_value(x) for k, x in v.items())
-    return False
-
-
-def _suite_make_kwargs(suite: Any) -> dict[str, Any]:
-    """Best guess of the ``make_suite`` kwargs that rebuild ``suite`` in a worker: its
-    ``make_kwargs`` attribute if present, else the constructor's parameters that the suite keeps
-    as same-named plain attributes (the worker's suite is then checked against this one)."""
-    kw = getattr(suite, "make_kwargs", None)
-    if isinstance(kw, dict):
-        return dict(kw)
-    out: dict[str, Any] = {}
-    try:
-        params = inspect.signature(type(suite).__init__).parameters
-    except (TypeError, ValueError):
-        return out
-    for name, p in params.items():
-        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        if hasattr(suite, name) and _plain_value(getattr(suite, name)):
-            v = getattr(suite, name)
-            out[name] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def _run_jobs(jobs: Sequence[EpisodeSpec], run_one: Callable[[EpisodeSpec], EpisodeResult], num_workers: int) -> list[EpisodeResult]:
-    """Run episode jobs serially in this process (``evaluate`` routes ``num_workers > 0`` to the
-    env worker pool instead; kept for callers that pass their own ``run_one``)."""
-    return [run_one(j) for j in jobs]
-
-
-def evaluate(
-    policy: Any,
-    suite: Suite | str,
-    tasks: Sequence[str] | None = None,
-    episodes_per_task: int = 10,
-    seed: int = 0,
-    num_workers: int = 0,
-    video_dir: str | Path | None = None,
-    *,
-    split: str = "train",
-    embodiment: int = 0,
-    obs_steps: int | None = None,
-    image_history: bool = False,
-    instruction: str | None = None,
-    max_videos_per_task: int = 2,
-    log: Callable[[str], None] | None = None,
-    seeds: Sequence[int] | None = None,
-    suite_kwargs: dict[str, Any] | None = None,
-    import_modules: Sequence[str] = (),
-    worker_python: str | None = None,
-    step_timeout_s: float = 30.0,
-    reset_timeout_s: float = 120.0,
-    video_format: str = "gif",
-) -> EvalReport:
-    """Closed-loop evaluation (see the module docstring).
-
-    suite:        a Suite or a registered name (built with ``suite_kwargs``). tasks None: all tasks.
-    seeds:        base seeds; each runs ``episodes_per_task`` per task (None: ``[seed]``).
-    num_workers:  0: episodes run serially in this process; N > 0: N env worker processes.
-    split:        instruction paraphrases the envs draw from ("train" or "heldout").
-    obs_steps:    state/frame history length To; None: ``policy.cfg.obs_steps`` if present, else 1.
-    image_history: send the last To frames per camera (camera-major) instead of the current one.
-    instruction:  override every episode's instruction (e.g. for language probes).
-    video_dir:    write videos of the first ``max_videos_per_task`` episodes of each task (first
-                  seed only) as ``{task}_ep{index:03d}_{success|fail}.{video_format}`` ("gif" or "mp4").
-
-    Env workers: the workers build ``make_suite(name, **suite_kwargs)`` after importing
-    ``import_modules``; for a Suite object without ``suite_kwargs`` the kwargs are inferred from
-    its attributes and the workers' suite must match it (task names, dims, image size, horizon).
-    ``worker_python``: the workers' interpreter (a suite living in another virtualenv; with a
-    suite name, the suite is then never built in this process). ``step_timeout_s`` bounds each env
-    step / render, ``reset_timeout_s`` each make_env + reset; a worker past it is killed.
-    """
-    base_seeds = [int(seed)] if seeds is None else [int(s) for s in seeds]
-    if not base_seeds:
-        raise ValueError("evaluate: seeds must not be empty")
-    if video_format not in ("gif", "mp4"):
-        raise ValueError(f"evaluate: video_format must be 'gif' or 'mp4', got {video_format!r}")
-    num_workers = int(num_workers or 0)
-    foreign = worker_python is not None and num_workers > 0  # the suite may not be importable here
+def evaluate(policy: RolloutPolicy, suite: Suite | str, config: EvalConfig | None = None) -> EvalReport:
+    """Closed-loop evaluation of ``policy`` on ``suite`` (a Suite or a registered name) as set by
+    ``config`` (default ``EvalConfig()``); see the module docstring and :class:`EvalConfig`.
+    A policy that is not a :class:`~eval.sim.contracts.RolloutPolicy` raises TypeError naming what it
+    lacks; unknown tasks / splits and a worker suite that differs from ``suite`` raise ValueError."""
+    cfg = EvalConfig() if config is None else config
+    if not isinstance(cfg, EvalConfig):
+        raise TypeError(f"evaluate: config must be an EvalConfig, got {type(cfg).__name__} (the keyword "
+                        f"arguments of older versions are EvalConfig fields now)")
+    check_rollout_policy(policy)
+    tasks, split = cfg.tasks, cfg.split
+    base_seeds = cfg.base_seeds()
+    num_workers = int(cfg.num_workers or 0)
+    foreign = cfg.worker_python is not None and num_workers > 0  # the suite may not be importable here
     if not foreign:
-        for mod in import_modules:
+        for mod in cfg.import_modules:
             importlib.import_module(mod)
     if isinstance(suite, str):
-        suite_name, make_kw = suite, dict(suite_kwargs or {})
+        suite_name, make_kw = suite, dict(cfg.suite_kwargs or {})
         suite_obj: Any = None if foreign else make_suite(suite, **make_kw)
     else:
         suite_obj = suite
         suite_name = getattr(suite, "name", "") or type(suite).__name__
-        make_kw = dict(suite_kwargs) if suite_kwargs is not None else _suite_make_kwargs(suite)
+        make_kw = dict(cfg.suite_kwargs) if cfg.suite_kwargs is not None else suite_make_kwargs(suite)
     if suite_obj is not None:
         for t in suite_obj.task_names() if tasks is None else tasks:
             suite_obj.check_task(t)
@@ -613,10 +395,10 @@ def evaluate(
     pool: EnvWorkerPool | None = None
     if num_workers > 0:
         n_jobs = (len(tasks) if tasks is not None else len(suite_obj.task_names()) if suite_obj is not None
-                  else num_workers) * episodes_per_task * len(base_seeds)
-        cfg = WorkerConfig(suite=suite_name, suite_kwargs=make_kw, import_modules=tuple(import_modules),
-                           python=worker_python)
-        pool = EnvWorkerPool(cfg, max(1, min(num_workers, n_jobs)))
+                  else num_workers) * cfg.episodes_per_task * len(base_seeds)
+        wcfg = WorkerConfig(suite=suite_name, suite_kwargs=make_kw, import_modules=tuple(cfg.import_modules),
+                            python=cfg.worker_python)
+        pool = EnvWorkerPool(wcfg, max(1, min(num_workers, n_jobs)))
     try:
         if pool is not None and suite_obj is not None:
             diff = pool.info.compatible_with(SuiteInfo.from_suite(suite_obj))
@@ -630,12 +412,7 @@ def evaluate(
         for t in task_list:
             meta.check_task(t)
         meta.check_split(split)
-        report = _evaluate_jobs(
-            policy, meta, task_list, episodes_per_task, base_seeds, pool, video_dir,
-            split=split, embodiment=embodiment, obs_steps=obs_steps, image_history=image_history,
-            instruction=instruction, max_videos_per_task=max_videos_per_task, log=log,
-            step_timeout_s=step_timeout_s, reset_timeout_s=reset_timeout_s, video_format=video_format,
-        )
+        report = _evaluate_jobs(policy, meta, task_list, base_seeds, pool, cfg)
     finally:
         if pool is not None:
             pool.close()
@@ -646,40 +423,30 @@ def _evaluate_jobs(
     policy: Any,
     suite: Any,
     tasks: list[str],
-    episodes_per_task: int,
     seeds: list[int],
     pool: EnvWorkerPool | None,
-    video_dir: str | Path | None,
-    *,
-    split: str,
-    embodiment: int,
-    obs_steps: int | None,
-    image_history: bool,
-    instruction: str | None,
-    max_videos_per_task: int,
-    log: Callable[[str], None] | None,
-    step_timeout_s: float,
-    reset_timeout_s: float,
-    video_format: str,
+    cfg: EvalConfig,
 ) -> EvalReport:
-    to = _policy_obs_steps(policy) if obs_steps is None else int(obs_steps)
+    to = _policy_obs_steps(policy) if cfg.obs_steps is None else int(cfg.obs_steps)
     jobs = [EpisodeSpec(t, i, episode_seed(s, t, i), base_seed=s) for s in seeds for t in tasks
-            for i in range(episodes_per_task)]
-    vdir = Path(video_dir) if video_dir is not None else None
+            for i in range(cfg.episodes_per_task)]
+    vdir = Path(cfg.video_dir) if cfg.video_dir is not None else None
+    log = cfg.log
 
     def want_video(spec: EpisodeSpec) -> bool:
-        return vdir is not None and spec.index < max_videos_per_task and spec.base_seed == seeds[0]
+        return vdir is not None and spec.index < cfg.max_videos_per_task and spec.base_seed == seeds[0]
 
     def make_episode(spec: EpisodeSpec) -> _Episode:
-        return _Episode(policy, suite, spec, embodiment=embodiment, obs_steps=to, image_history=image_history,
-                        instruction=instruction, record_frames=want_video(spec), seed_torch=True)
+        return _Episode(policy, suite, spec, embodiment=cfg.embodiment, obs_steps=to,
+                        image_history=cfg.image_history, instruction=cfg.instruction,
+                        record_frames=want_video(spec), seed_torch=True)
 
     def on_done(ep: _Episode) -> None:
         res, spec = ep.res, ep.spec
         if want_video(spec) and ep.frames:
             tag = "success" if res.success else "fail"
             try:
-                res.video = _write_video(ep.frames, vdir / f"{spec.task}_ep{spec.index:03d}_{tag}.{video_format}")
+                res.video = _write_video(ep.frames, vdir / f"{spec.task}_ep{spec.index:03d}_{tag}.{cfg.video_format}")
             except Exception as e:  # noqa: BLE001 - a video must not end the evaluation
                 warnings.warn(f"evaluate: could not write video: {e}", stacklevel=2)
         ep.frames = []
@@ -699,14 +466,14 @@ def _evaluate_jobs(
             if pool is None:
                 def run_one(spec: EpisodeSpec) -> EpisodeResult:
                     ep = make_episode(spec)
-                    _drive_local(ep, EnvSession(suite), split)
+                    _drive_local(ep, EnvSession(suite), cfg.split)
                     on_done(ep)
                     return ep.res
 
-                results = _run_jobs(jobs, run_one, 0)
+                results = [run_one(j) for j in jobs]
             else:
-                results = _drive_parallel(jobs, make_episode, on_done, pool, policy, split,
-                                          step_timeout_s=step_timeout_s, reset_timeout_s=reset_timeout_s)
+                results = _drive_parallel(jobs, make_episode, on_done, pool, policy, cfg.split,
+                                          step_timeout_s=cfg.step_timeout_s, reset_timeout_s=cfg.reset_timeout_s)
     finally:
         if was_training:
             policy.train()
@@ -716,7 +483,7 @@ def _evaluate_jobs(
         suite=getattr(suite, "name", type(suite).__name__),
         policy=name,
         seed=seeds[0],
-        split=split,
+        split=cfg.split,
         tasks=per_task,
         episodes=results,
         wall_s=time.perf_counter() - t0,
@@ -726,6 +493,7 @@ def _evaluate_jobs(
     )
 
 
-def evaluate_callable(fn: Callable[[dict[str, Any]], Any], suite: Suite | str, *args: Any, **kwargs: Any) -> EvalReport:
-    """``evaluate(CallablePolicy(fn), suite, ...)``: fn maps a B = 1 observation batch to an action."""
-    return evaluate(CallablePolicy(fn), suite, *args, **kwargs)
+def evaluate_callable(fn: Callable[[dict[str, Any]], Any], suite: Suite | str,
+                      config: EvalConfig | None = None) -> EvalReport:
+    """``evaluate(CallablePolicy(fn), suite, config)``: fn maps a B = 1 observation batch to an action."""
+    return evaluate(CallablePolicy(fn), suite, config)

@@ -181,7 +181,7 @@ def check_policy_fits(cfg: Any, normalizer: Any, suite: Any, embodiment: str | N
 
 
 def _load_policy(args: argparse.Namespace, suite: Any, info: Any) -> tuple[Any, dict[str, Any]]:
-    """(policy, evaluate kwargs for it)."""
+    """(policy, the EvalConfig fields it needs)."""
     from .rollout import ExpertPolicy, RandomPolicy
 
     if args.policy == "expert":
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2) from None
 
     from .report_plot import plot_report
-    from .rollout import evaluate
+    from .rollout import EvalConfig, evaluate
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -277,13 +277,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"[eval] {args.policy} on {info.name}: {len(tasks)} task(s) x {args.episodes} episode(s) x "
           f"{len(args.seeds)} seed(s) = {n} episodes, {args.workers or 'no'} env worker(s)", flush=True)
     t0 = time.perf_counter()
-    report = evaluate(
-        policy, suite if suite is not None else info.name, tasks, args.episodes, seeds=args.seeds,
+    report = evaluate(policy, suite if suite is not None else info.name, EvalConfig(
+        tasks=tasks, episodes_per_task=args.episodes, seeds=args.seeds,
         num_workers=args.workers, video_dir=out / "videos" if args.videos else None,
         max_videos_per_task=args.videos, video_format="mp4", split=args.split, instruction=args.instruction,
         suite_kwargs=suite_kwargs, import_modules=tuple(args.suite_module), worker_python=args.worker_python,
         step_timeout_s=args.step_timeout, reset_timeout_s=args.reset_timeout, log=log, **policy_kw,
-    )
+    ))
     wall = time.perf_counter() - t0
     extra = {
         "command": "python -m eval.sim.run " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from eval.sim.rollout import EpisodeResult, EvalReport, evaluate
+from eval.sim.rollout import EpisodeResult, EvalConfig, EvalReport, evaluate
 
 from .common import ChunkSignals, SignalRecorder
 
@@ -34,6 +34,7 @@ def run_study_episodes(policy: Any, suite: Any, tasks: Sequence[str], episodes_p
     """``evaluate(policy, suite, ...)`` serially with a :class:`SignalRecorder` attached.
 
     env_attrs: attributes of ``env.unwrapped`` read after each episode (missing ones are None).
+    eval_kwargs: further :class:`~eval.sim.rollout.EvalConfig` fields.
     """
     recorder = SignalRecorder(policy, spread_candidates=spread_candidates) if hasattr(policy, "head") else None
     started: dict[tuple[str, int], tuple[Any, ChunkSignals | None]] = {}
@@ -50,8 +51,8 @@ def run_study_episodes(policy: Any, suite: Any, tasks: Sequence[str], episodes_p
     policy.begin_episode = begin_episode  # run_episode calls it after env.reset and policy.reset
     try:
         with recorder if recorder is not None else contextlib.nullcontext():
-            report = evaluate(policy, suite, list(tasks), episodes_per_task, seed=seed, split=split,
-                              num_workers=0, **eval_kwargs)
+            report = evaluate(policy, suite, EvalConfig(tasks=list(tasks), episodes_per_task=episodes_per_task,
+                                                        seed=seed, split=split, num_workers=0, **eval_kwargs))
     finally:
         if own_hook is not None:
             policy.begin_episode = own_hook

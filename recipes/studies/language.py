@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from eval.sim.rollout import evaluate
+from eval.sim.rollout import EvalConfig, evaluate
 
 from .common import load_policy, write_study
 from .recovery import parse_policies, plot
@@ -32,7 +32,8 @@ def run_language(policies: dict[str, Any], suite: Any, tasks: Sequence[str], epi
         if heldout_tasks:
             conds.append(("held-out tasks", heldout_tasks, "train"))
         for label, ts, split in conds:
-            rep = evaluate(pol, suite, ts, episodes_per_task, seed=seed, split=split)
+            ecfg = EvalConfig(tasks=ts, episodes_per_task=episodes_per_task, seed=seed, split=split)
+            rep = evaluate(pol, suite, ecfg)
             o = rep.overall
             rows.append({"policy": name, "perturbation": label, "success": o.success_rate, "ci_low": o.ci_low,
                          "ci_high": o.ci_high, "episodes": o.episodes,

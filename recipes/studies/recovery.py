@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from eval.sim.perturb import PerturbedSuite, make_perturbation
-from eval.sim.rollout import evaluate
+from eval.sim.rollout import EvalConfig, evaluate
 
 from .common import load_policy, write_study, pyplot, save_figure
 
@@ -44,13 +44,13 @@ def run_recovery(policies: dict[str, Any], suite: Any, tasks: Sequence[str], epi
                  perturbations: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
     for name, pol in policies.items():
-        clean = evaluate(pol, suite, list(tasks), episodes_per_task, seed=seed)
+        ecfg = EvalConfig(tasks=list(tasks), episodes_per_task=episodes_per_task, seed=seed)
+        clean = evaluate(pol, suite, ecfg)
         base = clean.success_rate
         rows.append({"policy": name, "perturbation": "none", "success": base, "ci_low": clean.overall.ci_low,
                      "ci_high": clean.overall.ci_high, "recovery": 1.0, "episodes": clean.overall.episodes})
         for spec in perturbations:
-            rep = evaluate(pol, PerturbedSuite(suite, [make_perturbation(spec)], tag=spec), list(tasks),
-                           episodes_per_task, seed=seed)
+            rep = evaluate(pol, PerturbedSuite(suite, [make_perturbation(spec)], tag=spec), ecfg)
             o = rep.overall
             rows.append({"policy": name, "perturbation": spec, "success": o.success_rate, "ci_low": o.ci_low,
                          "ci_high": o.ci_high, "recovery": o.success_rate / base if base > 0 else float("nan"),

@@ -15,6 +15,7 @@ factory returning one).
 from __future__ import annotations
 
 import abc
+import inspect
 import json
 from typing import Any, Callable, Sequence
 
@@ -22,7 +23,8 @@ import numpy as np
 
 from vla_ebt.registry import Registry
 
-__all__ = ["Suite", "register_suite", "make_suite", "available_suites", "parse_suite_args", "INSTRUCTION_SPLITS"]
+__all__ = ["Suite", "register_suite", "make_suite", "available_suites", "parse_suite_args", "suite_make_kwargs",
+           "INSTRUCTION_SPLITS"]
 
 INSTRUCTION_SPLITS = ("train", "heldout")
 
@@ -102,9 +104,42 @@ def make_suite(name: str, **kwargs: Any) -> Suite:
     suite = _REGISTRY.get(name)(**kwargs)
     try:  # how to rebuild it (env worker processes build their own copy)
         suite.make_kwargs = dict(kwargs)
-    except AttributeError:  # pragma: no cover - a suite with __slots__
+    except AttributeError:
+        # make_kwargs is a read-only property (MetaWorldSuite derives it from its config): keep the
+        # suite's own. (Not __slots__: Suite has none, so every subclass instance has a __dict__.)
         pass
     return suite
+
+
+def _plain_value(v: Any) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain_value(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain_value(x) for k, x in v.items())
+    return False
+
+
+def suite_make_kwargs(suite: Any) -> dict[str, Any]:
+    """Best guess of the ``make_suite`` kwargs that rebuild ``suite`` (e.g. in an env worker): its
+    ``make_kwargs`` attribute if present, else the constructor's parameters that the suite keeps
+    as same-named plain attributes (the worker's suite is then checked against this one)."""
+    kw = getattr(suite, "make_kwargs", None)
+    if isinstance(kw, dict):
+        return dict(kw)
+    out: dict[str, Any] = {}
+    try:
+        params = inspect.signature(type(suite).__init__).parameters
+    except (TypeError, ValueError):
+        return out
+    for name, p in params.items():
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if hasattr(suite, name) and _plain_value(getattr(suite, name)):
+            v = getattr(suite, name)
+            out[name] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 def parse_suite_args(items: Sequence[str]) -> dict[str, Any]:

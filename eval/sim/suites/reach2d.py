@@ -30,6 +30,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ..contracts import Displacement
 from . import Suite, register_suite
 
 __all__ = ["Reach2DSuite", "Reach2DEnv", "COLORS", "TASKS", "STATE_DIM", "ACTION_DIM", "MAX_DELTA"]
@@ -161,13 +162,14 @@ class Reach2DEnv(gym.Env):
         dist = float(np.linalg.norm(self.agent - self.goal))
         return {"is_success": dist <= SUCCESS_RADIUS, "distance": dist, "task": self.task, "step": self._steps}
 
-    def displace_object(self, rng: np.random.Generator, scale: float = 0.3) -> np.ndarray:
+    def displace_object(self, rng: np.random.Generator, scale: float = 0.3) -> Displacement:
         """Perturbation hook (recovery / shift studies): move the instructed target by a random
-        offset of length ``scale`` (kept in [0.1, 0.9]^2). Returns the new target position (2,)."""
+        offset of length ``scale`` (kept in [0.1, 0.9]^2). Returns its position (2,) before and after."""
+        before = self.goal.copy()
         ang = rng.uniform(0.0, 2 * np.pi)
         new = np.clip(self.goal + scale * np.array([np.cos(ang), np.sin(ang)]), 0.1, 0.9)
         self.targets[self.target_index] = new
-        return new.copy()
+        return Displacement(before=before, after=new.copy())
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
