@@ -7,5 +7,6 @@ history) is the torch-free package :mod:`vla_ebt_client` (``packages/vla_ebt_cli
 * :mod:`eval.real.run_sim_loop`  — drive a simulated suite through the client (the robot path,
   without a robot).
 * :mod:`eval.real.replay`        — ``python -m eval.real.replay``: open-loop replay of recorded
-  episodes, error vs recorded actions, energy/error correlation.
+  episodes, error vs recorded actions, energy/error correlation; :mod:`eval.real.replay_report`
+  writes its report files.
 """
