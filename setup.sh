@@ -27,7 +27,7 @@ fi
 DS_BUILD_OPS=0 .venv/bin/pip install -q --disable-pip-version-check -e packages/vla_ebt_client -e '.[dev]'
 .venv/bin/python -c "import vla_ebt, vla_ebt_client, torch; print(f'vla_ebt {vla_ebt.__version__} installed (torch {torch.__version__})')"
 
-# LIBERO (eval/sim/suites/libero.py) lives in its own venv, run as a worker process: it pins
+# LIBERO (eval/sim/suites/libero/) lives in its own venv, run as a worker process: it pins
 # robosuite 1.4.0, the main env pins mujoco 3.3.0. On Python 3.10/3.11 the [compatible] extra gives
 # upstream LIBERO's reference stack (mujoco 2.3.7, numpy 1.26.4). About 1 min and 2.1 GB.
 # Skip with VLA_EBT_SKIP_LIBERO=1; a failure only warns (the suite then says how to install it).

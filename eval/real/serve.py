@@ -5,34 +5,12 @@
     python -m eval.real.serve --policy runs/default/policy [--host 127.0.0.1 --port 8000]
         [--token T | env VLA_EBT_SERVE_TOKEN] [--max-message-mb 16] [--port-file FILE]
 
-Protocol (``PROTOCOL``; every message is one binary msgpack frame, see :mod:`vla_ebt_client.codec`):
-
-1. On connect the server sends the **metadata** ``{"type": "metadata", "protocol", "spec"
-   (ObservationSpec.to_dict()), "cameras" (= num_views), "image_size", "obs_steps", "state_dim",
-   "action_dim", "horizon", "embodiments" [names], "embodiment_dims" {name: {action_dim, state_dim}},
-   "head", "execution" {mode, n_action_steps, ensemble_decay}, "max_message_bytes", "auth"}``.
-2. The client sends an **observation** in the schema of :mod:`vla_ebt.schema` with numpy arrays:
-   ``images`` uint8 or float32 in [0, 1] (B, V, 3, S, S), ``instruction`` str or [str] * B, ``state``
-   float (B, To, <= S) or (B, <= S), ``embodiment`` int / [int] * B / embodiment name; optionally
-   ``request_id`` (echoed back). ``{"type": "metadata"}`` asks for the metadata again.
-3. The server answers ``{"type": "result", "request_id", "actions" float32 (B, H, D) unnormalized
-   (dims past the embodiment's own are 0), "energy" (B,) or None, "steps" (B,), "grad_norm" (B,) or
-   None, "nfe", "infer_ms" (model time), "queue_ms" (waiting for the model), "server_ms" (receipt to
-   reply)}`` or ``{"type": "error", "request_id", "kind": "bad_request" | "internal", "error": msg}``;
-   the connection stays open after an error.
-
-Health: plain HTTP ``GET /healthz`` -> 200 JSON (status, counters, uptime; no token needed).
-
-Safety: binds 127.0.0.1 unless ``--host`` says otherwise (a warning is logged when it binds
-elsewhere without a token); with a token, the WebSocket handshake must carry
-``Authorization: Bearer <token>`` (else HTTP 401); messages above ``max_message_bytes`` close the
-connection with code 1009 (the server keeps serving others); every request is validated (keys,
-shapes, dtypes, image size, NaN/inf, value range, batch size) before it reaches the model.
-
-Concurrency: connections are served by one asyncio loop; decoding, validation and inference run
-in a worker thread pool (``workers``, default 1) with a lock around the model, so a slow inference
-never blocks the loop (pings, health checks, other clients' handshakes keep being answered) and
-requests of several clients are served in turn.
+Protocol ``PROTOCOL`` (one binary msgpack frame per message): on connect the server sends the
+metadata; each observation (validated by :mod:`eval.real.serve_request`) gets a ``result``
+(actions float32 (B, H, D), unnormalized) or an ``error`` reply (``bad_request`` / ``internal``;
+the connection stays open). ``GET /healthz``: 200 JSON. Binds 127.0.0.1 by default; with a token
+the handshake needs ``Authorization: Bearer <token>`` (else HTTP 401); oversized messages close
+the connection with 1009. Message fields, safety and concurrency: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -57,31 +35,13 @@ import numpy as np
 from vla_ebt.config_io import atomic_write_text
 from vla_ebt_client.codec import CodecError, packb, unpackb
 
-__all__ = ["PolicyServer", "RequestError", "PROTOCOL", "DEFAULT_MAX_MESSAGE_BYTES", "main"]
+from .serve_request import DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL, RequestError, check_observation, to_numpy
 
-PROTOCOL = "vla_ebt.serve/1"
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20
-OBS_KEYS = ("images", "instruction", "state", "embodiment")
-CONTROL_KEYS = ("request_id", "type")
+__all__ = ["PolicyServer", "warmup", "main"]
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 log = logging.getLogger("vla_ebt.serve")
-
-
-class RequestError(ValueError):
-    """A request the server refuses (message names the key and the expectation)."""
-
-
-def _np(x: Any) -> np.ndarray | None:
-    """Tensor / array / None -> numpy (CPU) or None."""
-    if x is None:
-        return None
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-        if x.dtype.is_floating_point:
-            x = x.float()
-        x = x.numpy()
-    return np.asarray(x)
 
 
 class PolicyServer:
@@ -186,77 +146,9 @@ class PolicyServer:
 
     # ------------------------------------------------------------------ validation
     def check_observation(self, req: Mapping[str, Any]) -> dict[str, Any]:
-        """Request dict -> observation for ``predict_chunk`` (numpy arrays, canonical forms).
-
-        Checks what :func:`vla_ebt.schema.validate_observation` does not (types from the wire,
-        image size, float image range, batch size, embodiment names, unknown keys); the policy
-        validates shapes, NaN/inf and embodiment ids again.
-        """
-        spec = self.spec
-        unknown = sorted(set(req) - set(OBS_KEYS) - set(CONTROL_KEYS))
-        if unknown:
-            raise RequestError(f"unknown key(s) {unknown}; an observation has keys {list(OBS_KEYS)} "
-                               f"(+ optional {list(CONTROL_KEYS)})")
-        missing = [k for k in OBS_KEYS if k not in req]
-        if missing:
-            raise RequestError(f"missing key(s) {missing}; an observation has keys {list(OBS_KEYS)}")
-        images = req["images"]
-        if not isinstance(images, np.ndarray):
-            raise RequestError(f"'images' must be an array (B, {spec.num_views}, 3, {spec.image_size}, "
-                               f"{spec.image_size}), got {type(images).__name__}")
-        want = (spec.num_views, 3, spec.image_size, spec.image_size)
-        if images.ndim != 5 or tuple(images.shape[1:]) != want:
-            raise RequestError(f"'images' expected shape (B, {', '.join(map(str, want))}), got {tuple(images.shape)}")
-        b = images.shape[0]
-        if not 1 <= b <= self.max_batch:
-            raise RequestError(f"batch size must be in [1, {self.max_batch}], got {b}")
-        if images.dtype == np.uint8:
-            pass
-        elif images.dtype.kind == "f":
-            if not np.isfinite(images).all():
-                raise RequestError("'images' contains NaN or inf")
-            lo, hi = float(images.min()), float(images.max())
-            if lo < -1e-3 or hi > 1 + 1e-3:
-                raise RequestError(f"float 'images' must be in [0, 1] (got [{lo:.3g}, {hi:.3g}]); send uint8 for 0..255")
-            images = images.astype(np.float32, copy=False)
-        else:
-            raise RequestError(f"'images' dtype must be uint8 or float, got {images.dtype}")
-
-        instr = req["instruction"]
-        if isinstance(instr, str):
-            instr = [instr] * b if b > 1 else [instr]
-        if not isinstance(instr, list) or len(instr) != b or not all(isinstance(s, str) for s in instr):
-            raise RequestError(f"'instruction' must be a string or a list of {b} strings, got {str(instr)[:200]}")
-
-        state = req["state"]
-        if isinstance(state, list):
-            try:
-                state = np.asarray(state, np.float32)
-            except (TypeError, ValueError) as e:
-                raise RequestError(f"'state' is not a numeric array: {e}") from None
-        if not isinstance(state, np.ndarray) or state.dtype.kind != "f":
-            got = state.dtype if isinstance(state, np.ndarray) else type(state).__name__
-            raise RequestError(f"'state' must be a float array (B, {spec.obs_steps}, <= {spec.state_dim}), got {got}")
-        if not np.isfinite(state).all():
-            raise RequestError("'state' contains NaN or inf")
-        state = state.astype(np.float32, copy=False)
-
-        emb = req["embodiment"]
-        names = list(spec.embodiments)
-        if isinstance(emb, str):
-            if emb not in names:
-                raise RequestError(f"unknown embodiment {emb!r}; known: {names}")
-            emb = names.index(emb)
-        if isinstance(emb, bool) or (isinstance(emb, np.ndarray) and emb.dtype.kind not in "iu"):
-            raise RequestError(f"'embodiment' must be integer id(s) or a name in {names}")
-        try:
-            emb = np.asarray(emb)
-        except (TypeError, ValueError) as e:
-            raise RequestError(f"'embodiment' is not an id or list of ids: {e}") from None
-        if emb.dtype.kind not in "iu":
-            raise RequestError(f"'embodiment' must be integer id(s) or a name in {names}, got dtype {emb.dtype}")
-        emb = emb.astype(np.int64).reshape(-1)
-        return {"images": images, "instruction": instr, "state": state, "embodiment": emb}
+        """Request dict -> observation for ``predict_chunk``; :func:`eval.real.serve_request.check_observation`
+        against this server's spec and ``max_batch`` (RequestError otherwise)."""
+        return check_observation(req, self.spec, self.max_batch)
 
     # ------------------------------------------------------------------ work (worker thread)
     def _error_reply(self, rid: Any, kind: str, msg: str) -> dict[str, Any]:
@@ -295,14 +187,14 @@ class PolicyServer:
                 finally:
                     self.busy = False
                 t1 = time.perf_counter()
-            actions = _np(out.actions).astype(np.float32)
+            actions = to_numpy(out.actions).astype(np.float32)
             reply = {
                 "type": "result",
                 "request_id": rid,
                 "actions": actions,
-                "energy": _np(getattr(out, "energy", None)),
-                "steps": _np(getattr(out, "steps", None)),
-                "grad_norm": _np(getattr(out, "grad_norm", None)),
+                "energy": to_numpy(getattr(out, "energy", None)),
+                "steps": to_numpy(getattr(out, "steps", None)),
+                "grad_norm": to_numpy(getattr(out, "grad_norm", None)),
                 "nfe": int(getattr(out, "nfe", 0) or 0),
                 "infer_ms": (t1 - t0) * 1e3,
                 "queue_ms": (t0 - t_recv) * 1e3,

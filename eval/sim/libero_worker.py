@@ -5,50 +5,14 @@ the main process talks to it through :class:`eval.sim.suites.libero.LiberoWorker
 only import numpy, msgpack and the stdlib at module level (``libero`` is imported after start-up)
 because the main process imports it too (for its constants). It never imports torch/vla_ebt.
 
-Protocol
---------
-Every message is one :mod:`vla_ebt_client.wire` frame: a 4-byte big-endian length, then a msgpack body in
-which numpy arrays travel as dtype/shape/bytes (nothing is pickled; ``dtype.str`` is the same in
-the LIBERO venv's numpy 1.26 and the main env's numpy 2). Run as a script (another virtualenv's
-interpreter, started with ``-I``), the worker puts ``packages/vla_ebt_client`` (stdlib + numpy +
-msgpack only) on its ``sys.path`` to import the framing. Tuples arrive as lists.
-
-* Start-up: the worker imports LIBERO and sends ``{"ok": True, "result": {"versions": {...}}}``
-  (or ``{"ok": False, "error": ...}`` and exits 1 when the import fails).
-* Request: ``{"cmd": name, "args": {...}}``. Reply: ``{"ok": True, "result": ...}`` or
-  ``{"ok": False, "error": "<Type>: <message>", "traceback": str}``; an exception in a command
-  never ends the worker. EOF on stdin or ``shutdown`` ends it (exit 0).
-
-Commands (``suite`` is a LIBERO benchmark name such as ``"libero_spatial"``; task order is the
-benchmark's default, ``task_order_index=0``):
-
-==============  ==================================================================================
-list_tasks      ``(suite)`` -> list[str] task names.
-instructions    ``(suite)`` -> {task name: language instruction} (the upstream ``task.language``).
-make_env        ``(suite, task, image_size, cameras, init_state_index=0, render_size=None,
-                settle_steps=10, fast_render=False)`` -> {"instruction", "n_init_states",
-                "action_low", "action_high", "cached"}: builds the env (or keeps the one already
-                built for the same arguments; the next ``reset`` restores the state anyway).
-reset           ``(init_state_index=None, seed=None)`` -> obs: seeds numpy's global RNG with
-                ``seed`` (None: the index; LIBERO draws fixture placements from it), ``env.reset()``
-                (soft: the model is kept; the gripper's incremental command is zeroed), then
-                ``set_init_state`` with init state ``index % n_init_states`` (None: make_env's),
-                then ``settle_steps`` steps of the no-op action ``[0]*6 + [-1]`` (LIBERO eval
-                practice: objects settle after the init state is restored). Cameras render once,
-                at the end. Same (index, seed) -> bit-identical observations.
-step            ``(action)`` -> {"obs", "reward", "success"}: one control step (20 Hz).
-render          ``(camera="agentview", size=None)`` -> uint8 (size, size, 3) of the current state,
-                upright (size None: image_size).
-close           closes the env (the worker keeps running).
-ping            -> "pong".
-shutdown        closes the env and exits.
-==============  ==================================================================================
-
-Observation ``obs``: ``{"image": uint8 (V, 3, S, S), "state": float32 (8,)}`` with the cameras in
-request order, each rotated by 180 degrees (robosuite renders in OpenGL convention, upside down;
-the rotation matches the LIBERO RLDS datasets / OpenVLA / openpi preprocessing), ``state`` =
-eef position (3, world frame, m) + eef orientation as axis-angle (3, rad; from robosuite's
-(x, y, z, w) quaternion) + the two gripper finger joint positions (2).
+Protocol: one :mod:`vla_ebt_client.wire` frame per message (nothing pickled). Start-up reply
+``{"ok": True, "result": {"versions": {...}}}`` (or ``{"ok": False, "error": ...}``, exit 1);
+request ``{"cmd": name, "args": {...}}`` -> ``{"ok": True, "result": ...}`` or ``{"ok": False,
+"error": "<Type>: <message>", "traceback": str}`` (a failing command never ends the worker); EOF
+on stdin or ``shutdown`` ends it (exit 0). Commands: list_tasks, instructions, make_env, reset,
+step, render, close, ping, shutdown. Observation: ``{"image": uint8 (V, 3, S, S), "state":
+float32 (8,)}``. Arguments, results, reset semantics and the state layout: docs/suites.md, section
+"Worker protocol" under "LIBERO".
 """
 
 from __future__ import annotations

@@ -11,15 +11,9 @@
     state = loader.state_dict()                                     # {"seed": .., "batches": ..}
     loader.load_state_dict(state)                                   # resume at the same position
 
-Pipeline per (rank, worker) consumer and per dataset: shard order shuffled per epoch (seeded) ->
-split by node and worker (by shard when there are at least ``world_size * num_workers`` shards, else
-by episode index, so small datasets lose nothing and never overlap) -> episodes read sequentially
-from tar (``iter_shard``) -> per-step sample references ``(episode, t)`` -> shuffle buffer of
-``shuffle_buffer`` references -> weighted choice among datasets -> batch of references -> decode
-(only the frames a sample uses), observation history (To), action chunk (H, ``action_mask`` False
-past the episode end, the last action repeated), train-only augmentation (random resized crop +
-color jitter, same parameters across a sample's history frames of one camera), padding to the
-normalizer's max dims, collate.
+Pipeline (per consumer and dataset): seeded shard shuffle -> split by node and worker -> episodes
+-> shuffle buffer of step references -> weighted choice among datasets -> decode, history, chunk,
+augmentation, padding, collate; the steps and the memory bound: docs/data_loading.md.
 
 Values stay **unnormalized** (``VLAPolicy.compute_loss`` normalizes); the embodiment id is
 ``normalizer.embodiment_id(dataset)`` and a dataset missing from the normalizer is refused.
@@ -27,9 +21,6 @@ Streams are infinite (``StreamConfig.infinite``; epochs only reshuffle) and dete
 (seed, rank, world size, num_workers), which is what makes resuming by batch count exact (the
 sample sequence is replayed exactly; augmentation draws after a resume are fresh, not replayed).
 Resuming skips the consumed batches without decoding images (it re-reads the tar shards).
-
-Memory: images stay JPEG/PNG-encoded until their batch is decoded; the buffer holds references, so
-host RAM is bounded by the episodes the buffer references (about shuffle_buffer / T + a few).
 
 Camera roles a dataset lacks (e.g. a wrist camera for bridge) come out as black frames.
 """
