@@ -1,5 +1,5 @@
 """Convert robot datasets to episode shards (schema: :mod:`data_pipelines.shards`): RLDS (Open
-X-Embodiment, without TensorFlow), LeRobotDataset v2 folders, robomimic-style HDF5 and npz demos.
+X-Embodiment, without TensorFlow), LeRobotDataset v2.x / v3.0 folders, robomimic-style HDF5 and npz demos.
 
 ::
 

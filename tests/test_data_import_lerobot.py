@@ -346,9 +346,13 @@ def test_lerobot_bad_metadata(tmp_path, lerobot_src):
     with pytest.raises(DataError, match=r"field 'action': camera \(primary\) key is not an image feature"):
         _convert(src, "koch", tmp_path / "o2", camera_keys="action")
     info = json.loads((src / "meta" / "info.json").read_text())
-    info["codebase_version"] = "v3.0"
+    info["codebase_version"] = "v3.0"  # v3.0 is read with its own layout: this v2 folder has no meta/episodes/
     (src / "meta" / "info.json").write_text(json.dumps(info))
-    with pytest.raises(DataError, match="v3.0 is not supported"):
+    with pytest.raises(DataError, match=r"episodes'.*missing episodes metadata"):
+        _convert(src, "koch", tmp_path / "o3")
+    info["codebase_version"] = "v1.6"
+    (src / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match="v1.6 is not supported"):
         _convert(src, "koch", tmp_path / "o3")
     (src / "meta" / "info.json").unlink()
     with pytest.raises(DataError, match=r"info.json'.*missing file"):
