@@ -25,3 +25,5 @@ def test_head_latency_reports_flow_and_backward_over_forward(tmp_path):
     assert r["backward_over_forward"] == pytest.approx((r["trunk_fwd_bwd_ms"] - r["trunk_fwd_ms"]) / r["trunk_fwd_ms"])
     assert r["ebt_step_forward_equiv"] == pytest.approx(1 + r["backward_over_forward"])
     assert r["ebt_declared_eval_cost"] == 2.0
+    assert r["backward_over_forward_cpu"] == pytest.approx(
+        (r["trunk_fwd_bwd_cpu_ms"] - r["trunk_fwd_cpu_ms"]) / r["trunk_fwd_cpu_ms"])
