@@ -1,12 +1,17 @@
-"""Per-chunk action-head latency: EBT (1/2/4/8 steps) vs DDPM-100 vs DDIM-10 vs regression.
+"""Per-chunk action-head latency: EBT (1/2/4/8 steps) vs DDPM-100 vs DDIM-10 vs flow-10 vs regression.
 
 All heads share one trunk size and read the same random context (batch 1, ``--context-tokens``
 tokens); the latency is the median wall time of ``--repeats`` ``predict`` calls after
 ``--warmup`` untimed ones, interleaved round-robin across methods (on CPU the median process
 CPU time is reported too, as ``<method>_cpu_ms``). "nfe" is what each head reports: trunk
-forwards for diffusion and regression, forward + backward w.r.t. the actions for EBT (including the final energy/gradient
+forwards for diffusion, flow and regression, forward + backward w.r.t. the actions for EBT (including the final energy/gradient
 evaluation its ``predict`` always does). ``trunk_fwd_ms`` / ``trunk_fwd_bwd_ms`` time one bare
-trunk forward and one forward + action-gradient, to convert nfe into forward equivalents.
+trunk forward (no autograd) and one forward + action-gradient, to convert nfe into forward
+equivalents: ``backward_over_forward`` = (trunk_fwd_bwd - trunk_fwd) / trunk_fwd, the cost of the
+backward (with the forward's graph recording) in forwards, so one EBT step costs
+``ebt_step_forward_equiv`` = 1 + backward_over_forward forwards (compare ``EBTHead.capabilities.eval_cost``).
+On CPU ``backward_over_forward_cpu`` is the same ratio from process CPU time, which time spent
+descheduled for other work on a shared machine does not inflate.
 
     python benchmarks/head_latency.py --out head_latency.json
 """
@@ -27,6 +32,8 @@ from vla_ebt.heads import (
     DiffusionHead,
     EBTConfig,
     EBTHead,
+    FlowConfig,
+    FlowHead,
     RegressionConfig,
     RegressionHead,
     TrunkConfig,
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace) -> dict:
     shared = dict(trunk=trunk, horizon=args.horizon, action_dim=args.action_dim)
     ebt = EBTHead(EBTConfig(**shared)).to(device).eval()
     diff = DiffusionHead(DiffusionConfig(**shared)).to(device).eval()
+    flow = FlowHead(FlowConfig(**shared)).to(device).eval()
     reg = RegressionHead(RegressionConfig(**shared)).to(device).eval()
     ctx = Context(
         torch.randn(1, args.context_tokens, args.width, device=device),
@@ -87,6 +95,7 @@ def run(args: argparse.Namespace) -> dict:
         methods[f"ebt_{k}"] = lambda k=k: ebt.predict(ctx, num_steps=k)
     methods["ddpm_100"] = lambda: diff.predict(ctx, sampler="ddpm", num_steps=100)
     methods["ddim_10"] = lambda: diff.predict(ctx, sampler="ddim", num_steps=10)
+    methods["flow_10"] = lambda: flow.predict(ctx, num_steps=10)
     methods["regression"] = lambda: reg.predict(ctx)
 
     # Bare trunk costs, for reading nfe as forward equivalents.
@@ -112,6 +121,15 @@ def run(args: argparse.Namespace) -> dict:
 
     result["ebt2_over_ddpm100"] = result["ebt_2_ms"] / result["ddpm_100_ms"]
     result["ebt2_over_ddim10"] = result["ebt_2_ms"] / result["ddim_10_ms"]
+    result["flow10_over_ddim10"] = result["flow_10_ms"] / result["ddim_10_ms"]
+    result["ebt2_over_flow10"] = result["ebt_2_ms"] / result["flow_10_ms"]
+    fwd_ms = result["trunk_fwd_ms"]
+    result["backward_over_forward"] = (result["trunk_fwd_bwd_ms"] - fwd_ms) / fwd_ms
+    result["ebt_step_forward_equiv"] = 1.0 + result["backward_over_forward"]
+    result["ebt_declared_eval_cost"] = EBTHead.capabilities.eval_cost
+    if device.type == "cpu":
+        fwd_cpu = result["trunk_fwd_cpu_ms"]
+        result["backward_over_forward_cpu"] = (result["trunk_fwd_bwd_cpu_ms"] - fwd_cpu) / fwd_cpu
     result["nfe"] = {name: result[f"{name}_nfe"] for name in methods}
     result["config"] = {
         "width": args.width,
@@ -140,11 +158,15 @@ def print_table(r: dict) -> None:
             f"{name:<12}{ms:>10.2f}{r[f'{name}_nfe']:>6}{ms / fwd:>8.1f}"
             f"{ms / r['ddpm_100_ms']:>13.3f}{ms / r['ddim_10_ms']:>12.3f}"
         )
-    print(f"trunk forward {fwd:.2f} ms, forward + action-gradient {r['trunk_fwd_bwd_ms']:.2f} ms")
+    print(f"trunk forward {fwd:.2f} ms, forward + action-gradient {r['trunk_fwd_bwd_ms']:.2f} ms: "
+          f"backward_over_forward = {r['backward_over_forward']:.2f}, one EBT step = "
+          f"{r['ebt_step_forward_equiv']:.2f} forwards (declared eval_cost {r['ebt_declared_eval_cost']:g})"
+          + (f"; from process CPU time {r['backward_over_forward_cpu']:.2f}" if "backward_over_forward_cpu" in r else ""))
     if "ddpm_100_cpu_ms" in r:
         cpu = "  ".join(f"{n} {r[f'{n}_cpu_ms']:.1f}" for n in r["nfe"])
         print(f"process CPU ms/chunk (excludes time descheduled for other work): {cpu}")
-    print(f"ebt2_over_ddpm100 = {r['ebt2_over_ddpm100']:.3f}  ebt2_over_ddim10 = {r['ebt2_over_ddim10']:.3f}")
+    print(f"ebt2_over_ddpm100 = {r['ebt2_over_ddpm100']:.3f}  ebt2_over_ddim10 = {r['ebt2_over_ddim10']:.3f}  "
+          f"flow10_over_ddim10 = {r['flow10_over_ddim10']:.3f}  ebt2_over_flow10 = {r['ebt2_over_flow10']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -60,7 +60,7 @@ def test_declared_knobs_are_exactly_the_sample_keywords(kind: str) -> None:
 def test_capabilities_say_what_each_head_is() -> None:
     ebt, diff, reg = (head_class(k).capabilities for k in ("ebt", "diffusion", "regression"))
     assert ebt.warm_start and ebt.reports_energy and ebt.second_order_loss and ebt.eval_cost > 1
-    assert not (diff.warm_start or diff.reports_energy or diff.second_order_loss) and diff.eval_cost == 1
+    assert diff.warm_start and not (diff.reports_energy or diff.second_order_loss) and diff.eval_cost == 1
     assert not (reg.warm_start or reg.reports_energy) and reg.knobs == {} and reg.eval_cost == 1
     assert {"num_steps", "min_grad", "num_candidates", "noise"} <= set(ebt.knobs)
     assert {"num_steps", "sampler"} <= set(diff.knobs)
@@ -69,7 +69,7 @@ def test_capabilities_say_what_each_head_is() -> None:
 def test_unknown_knob_names_the_head_the_knob_and_the_known_ones() -> None:
     head = _head("diffusion")
     with pytest.raises(ValueError, match=r"head 'diffusion' has no inference knob\(s\) \['min_grad'\]; "
-                                         r"known: \['generator', 'num_steps', 'sampler'\]"):
+                                         r"known: \['generator', 'num_steps', 'sampler', 'warm_noise'\]"):
         head.predict(_ctx(), min_grad=1e-3)
     with pytest.raises(ValueError, match="head 'diffusion'.*'num_candidates'"):
         with head.inference_overrides(num_candidates=4):  # validated on entry, before any predict

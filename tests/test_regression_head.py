@@ -102,5 +102,5 @@ def test_factory_builds_every_kind():
     assert head_config_for("regression", TRUNK, H, D, loss="l1").loss == "l1"
     with pytest.raises(TypeError):
         build_head("diffusion", EBTConfig(trunk=TRUNK, horizon=H, action_dim=D))
-    with pytest.raises(ValueError, match=r"unknown head 'flow'; known heads: \['diffusion', 'ebt', 'regression'"):
-        head_config_for("flow", TRUNK, H, D)
+    with pytest.raises(ValueError, match=r"unknown head 'foo'; known heads: \['diffusion', 'ebt', 'flow', 'regression'"):
+        head_config_for("foo", TRUNK, H, D)

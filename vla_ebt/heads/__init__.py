@@ -1,4 +1,4 @@
-"""Action heads: EBT (energy minimization), diffusion (DDPM/DDIM) and regression baselines.
+"""Action heads: EBT (energy minimization), diffusion (DDPM/DDIM), flow matching and regression baselines.
 
 Heads register by name (:mod:`vla_ebt.heads.factory`); adding one: docs/adding_a_head.md.
 """
@@ -6,6 +6,7 @@ Heads register by name (:mod:`vla_ebt.heads.factory`); adding one: docs/adding_a
 from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities
 from .diffusion import DiffusionConfig, DiffusionHead
 from .ebt import EBTConfig, EBTHead
+from .flow import FlowConfig, FlowHead
 from .factory import available_heads, build_head, head_class, head_config_for, register_head
 from .regression import RegressionConfig, RegressionHead
 from .trunk import TrunkConfig
@@ -18,6 +19,8 @@ __all__ = [
     "DiffusionHead",
     "EBTConfig",
     "EBTHead",
+    "FlowConfig",
+    "FlowHead",
     "HeadCapabilities",
     "RegressionConfig",
     "RegressionHead",

@@ -93,6 +93,17 @@ def masked_l1(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
     return masked_mean((pred - target).abs(), mask)
 
 
+def warm_start_steps(num_steps: int, warm_noise: float) -> int:
+    """Steps a warm-started sampler runs when it re-runs the last ``warm_noise`` share (in [0, 1]) of
+    a ``num_steps`` schedule: ``max(1, round(num_steps * warm_noise))``, and 0 when ``warm_noise`` is 0
+    (the init is returned as it is). Out-of-range values raise ValueError."""
+    if not 0.0 <= warm_noise <= 1.0:
+        raise ValueError(f"warm_noise must be in [0, 1], got {warm_noise}")
+    if warm_noise == 0.0:
+        return 0
+    return min(num_steps, max(1, round(num_steps * warm_noise)))
+
+
 @dataclass(frozen=True)
 class HeadCapabilities:
     """What a head is, declared by the head class (callers query this, never the head's name).

@@ -10,6 +10,14 @@ Diffusion Policy: 100 training timesteps, squared-cosine betas, epsilon predicti
 clipped to [-1, 1]; DDPM samples with all 100 steps, DDIM (eta = 0) with 10 by default. Training
 and each sampler own separate scheduler instances, so ``set_timesteps`` in one ``predict`` call
 never leaks into another call or into training.
+
+Warm start (``capabilities.warm_start``; the policy passes the previous plan shifted as ``init``):
+``warm_noise`` = w in [0, 1] runs only the last share of the sampler's schedule,
+n = max(1, round(w * num_steps)) steps, starting from ``init`` noised to the first of those timesteps
+(``add_noise``: sqrt(abar_t) * init + sqrt(1 - abar_t) * noise), for DDPM and DDIM alike. w = 1 (the
+config default) ignores ``init`` (the cold sample, identical for the same generator); w = 0 returns
+``init`` unchanged with no network evaluation. With the squared-cosine schedule, w = 0.5 starts at
+abar ~ 0.5, the same signal-to-noise ratio (1) as the flow head's warm start at t0 = 0.5.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import Tensor, nn
 
-from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities, masked_mse
+from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities, masked_mse, warm_start_steps
 from .factory import register_head
 from .trunk import ActionTrunk, TrunkConfig, sinusoidal_embedding
 
@@ -41,6 +49,9 @@ class DiffusionConfig:
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
     clip_sample: bool = True
     clip_sample_range: float = 1.0
+    # warm start: share of the schedule re-run from the noised init (1 = cold, init ignored;
+    # 0.5 = the protocol's warm row)
+    warm_noise: float = 1.0
 
 
 def _expand_mask(mask: Tensor, like: Tensor) -> Tensor:
@@ -57,17 +68,21 @@ class DiffusionHead(ActionHead):
 
     config_class = DiffusionConfig
     capabilities = HeadCapabilities(
+        warm_start=True,
         eval_cost=1.0,  # one denoiser forward per step
         knobs={
             "num_steps": "denoising steps (config: num_inference_steps for DDPM, ddim_steps for DDIM)",
             "sampler": '"ddpm" or "ddim" (eta = 0)',
             "generator": "torch.Generator for the initial noise and the DDPM step noise",
+            "warm_noise": "warm start: run the last warm_noise share of the schedule from init noised to "
+                          "its first timestep (1 = ignore init; config: warm_noise)",
         },
         presets=(("ddpm-100", {"sampler": "ddpm", "num_steps": 100}), ("ddim-10", {"sampler": "ddim", "num_steps": 10})),
     )
 
     def __init__(self, cfg: DiffusionConfig) -> None:
         super().__init__()
+        warm_start_steps(1, cfg.warm_noise)  # validates the range
         self.cfg = cfg
         self.horizon, self.action_dim = cfg.horizon, cfg.action_dim
         w = cfg.trunk.width
@@ -131,8 +146,10 @@ class DiffusionHead(ActionHead):
         num_steps: int | None = None,
         sampler: Literal["ddpm", "ddim"] | None = None,
         generator: torch.Generator | None = None,
+        warm_noise: float | None = None,
     ) -> ChunkPrediction:
-        """Denoise from N(0, I) (``init`` is unused: no warm start).
+        """Denoise from N(0, I), or (warm start: ``init`` given and ``warm_noise`` < 1) from ``init``
+        noised to the timestep where the last ``warm_noise`` share of the schedule begins.
 
         sampler: "ddpm" (default num_steps = cfg.num_inference_steps) or "ddim" (default
         num_steps = cfg.ddim_steps, eta = 0).
@@ -152,8 +169,19 @@ class DiffusionHead(ActionHead):
         tokens, cmask = context.tokens, context.mask.bool()
         b, t_ctx, w = tokens.shape
         device, dtype = tokens.device, tokens.dtype
+        wn = cfg.warm_noise if warm_noise is None else float(warm_noise)
+        n_warm = warm_start_steps(steps, wn)  # validates warm_noise on every call
+        warm = n_warm if init is not None and wn < 1.0 else None
         sched.set_timesteps(steps, device="cpu")
         ts = [int(t) for t in sched.timesteps]
+        shape = (b, self.horizon, self.action_dim)
+        if warm is not None and init.shape != shape:
+            raise ValueError(f"diffusion init must have shape {tuple(shape)}, got {tuple(init.shape)}")
+        if warm == 0:
+            return ChunkPrediction(actions=init.to(device=device, dtype=dtype).clone(),
+                                   steps=torch.zeros(b, dtype=torch.long, device=device), nfe=0)
+        if warm is not None:
+            ts = ts[-warm:]  # the same spacing as the full schedule, only its last share
 
         # Context with one slot for the timestep token, built once; all timestep tokens for the
         # schedule are embedded in one batched call.
@@ -162,8 +190,12 @@ class DiffusionHead(ActionHead):
         ctx_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=device), cmask], dim=1)
         temb = self.time_tokens(torch.tensor(ts, device=device)).to(dtype)  # (K, W)
 
-        shape = (b, self.horizon, self.action_dim)
-        x = torch.randn(shape, generator=generator, device=device, dtype=dtype) * sched.init_noise_sigma
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        if warm is None:
+            x = noise * sched.init_noise_sigma
+        else:
+            start = torch.full((b,), ts[0], dtype=torch.long, device=device)
+            x = sched.add_noise(init.to(device=device, dtype=dtype), noise, start)
         for i, t in enumerate(ts):
             ctx[:, 0] = temb[i]
             out = self.trunk(x, ctx, ctx_mask)
