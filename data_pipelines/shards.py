@@ -11,14 +11,16 @@ import os
 import tarfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from vla_ebt.config_io import save_json
 from vla_ebt.data.shard_format import FORMAT, MANIFEST, STATS, iter_shard, read_manifest, shard_paths
 from vla_ebt.data.oxe_configs import CAMERA_ROLES, get_config, known_datasets
-from vla_ebt.normalize import DatasetStats, FeatureStats, save_stats
+
+if TYPE_CHECKING:
+    from vla_ebt.normalize import DatasetStats
 
 from .rlds import StdEpisode, encode_image
 
@@ -131,6 +133,7 @@ def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> None:
 
 def compute_stats(out_dir: str | os.PathLike, manifest: dict) -> DatasetStats:
     """Statistics over every step of the finished shards (from the per-shard npz rows)."""
+    from vla_ebt.normalize import DatasetStats, FeatureStats  # imports torch: the driver's job, not each worker's
     acts, sts, eps = [], [], 0
     for name, info in sorted(manifest["shards"].items()):
         if info["episodes"] == 0:
@@ -147,6 +150,8 @@ def compute_stats(out_dir: str | os.PathLike, manifest: dict) -> DatasetStats:
 
 
 def finalize(out_dir: str | os.PathLike, manifest: dict) -> DatasetStats:
+    from vla_ebt.normalize import save_stats
+
     stats = compute_stats(out_dir, manifest)
     save_stats(Path(out_dir) / STATS, {manifest["dataset"]: stats})
     manifest["num_episodes"] = stats.num_episodes
