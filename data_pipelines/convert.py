@@ -363,7 +363,14 @@ def _run_ray(tasks: list[tuple], record, address: str | None, workers: int | Non
         if address is None:
             ray.init(address="local", num_cpus=workers, **kw)
         else:
-            ray.init(address=address, **kw)
+            try:
+                ray.init(address=address, **kw)
+            except ConnectionError as e:
+                hint = ("" if os.environ.get("RAY_AUTH_MODE") else
+                        "; a cluster started with `ray start` uses token authentication by default (Ray 2.60): set "
+                        "RAY_AUTH_MODE=token here, with the head's ~/.ray/auth_token copied to this machine (or its "
+                        "content in RAY_AUTH_TOKEN)")
+                raise ConnectionError(f"--address {address}: {e}{hint}") from None
         started = True
     elif address is not None:
         print(f"[convert] note: Ray is already initialized in this process; --address {address} is not used",
@@ -442,6 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (ConnectionError, RuntimeError) as e:  # --engine ray: cluster unreachable, task lost after retries
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     see = " (listed in manifest.json 'skipped')" if s["skipped"] else ""
     print(f"[convert] {s['dataset']}: {s['episodes']} episodes, {s['steps']} steps in {s['files']} shard(s) "
           f"({s['converted']} converted, {s['resumed']} already done); skipped {s['skipped']} bad episode(s)"

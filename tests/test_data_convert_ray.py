@@ -130,9 +130,11 @@ def _free_port() -> int:
 
 def test_ray_cli_on_a_cluster_started_with_ray_start(tmp_path):
     """`ray start --head` on loopback in a subprocess (its own temp dir and ports; stopped by
-    SIGTERM to that process, which stops what it started), then the CLI with --address."""
+    SIGTERM to that process, which stops what it started), then the CLI with --address, connecting
+    as the README says (the head's default token authentication, RAY_AUTH_MODE=token)."""
     src = write_rlds(tmp_path / "src", "jaco_play", [[1, 2], [3], [4]])
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
     ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     port = _free_port()
     head = subprocess.Popen(
@@ -144,8 +146,8 @@ def test_ray_cli_on_a_cluster_started_with_ray_start(tmp_path):
     try:
         r = subprocess.run([sys.executable, "-m", "data_pipelines.convert", "--src", str(src), "--dataset", "jaco_play",
                             "--out", str(tmp_path / "ray"), "--image-size", "16", "--no-progress", "--engine", "ray",
-                            "--address", f"127.0.0.1:{port}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=180)
+                            "--address", f"127.0.0.1:{port}"], cwd=ROOT, env={**env, "RAY_AUTH_MODE": "token"},
+                           capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "4 episodes" in r.stdout and "3 converted" in r.stdout
     finally:
