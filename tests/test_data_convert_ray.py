@@ -160,3 +160,18 @@ def test_ray_cli_on_a_cluster_started_with_ray_start(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     _convert(src, "jaco_play", tmp_path / "local", workers=1)
     _assert_same_output(tmp_path / "local", tmp_path / "ray")
+
+
+def test_ray_engine_on_npz_and_hdf5_sources_equals_local(tmp_path, ray_local):
+    """The non-RLDS readers' units (groups of --episodes-per-shard episodes) run as Ray tasks too."""
+    from tests.test_data_import_hdf5_npz import write_hdf5, write_npz
+
+    write_npz(tmp_path / "npz", n=5)
+    write_hdf5(tmp_path / "lift.hdf5")
+    for fmt, src, kw in (("npz", tmp_path / "npz", {}),
+                         ("hdf5", tmp_path / "lift.hdf5", {"instruction": "lift the cube"})):
+        for engine, out in (("local", tmp_path / f"{fmt}_local"), ("ray", tmp_path / f"{fmt}_ray")):
+            s = conv.convert(src, "push", out, image_size=8, image_format="png", progress=False, format=fmt,
+                             episodes_per_shard=2, engine=engine, workers=1 if engine == "local" else None, **kw)
+            assert s["converted"] >= 2
+        _assert_same_output(tmp_path / f"{fmt}_local", tmp_path / f"{fmt}_ray")
