@@ -3,8 +3,9 @@
 equal the local engine's (shards byte for byte, manifest entries, statistics); resume and bad-data
 errors behave as with the local engine.
 
-Each Ray start costs ~10 s on a 2-core machine, so these tests are ``slow`` and share one Ray
-instance (one xdist group)."""
+Each Ray start costs ~10 s on a 2-core machine, so these tests are ``slow`` and the in-process
+checks share one Ray instance in one test function (``xdist_group`` does not keep tests on one
+xdist worker with the pytest-xdist installed here, so separate tests would start Ray twice)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,12 @@ from vla_ebt.normalize import load_stats
 
 ray = pytest.importorskip("ray")
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_local():
     """A local Ray instance (2 CPUs, no dashboard) in its own short temp dir (unix socket paths);
     convert() uses an initialized Ray as it is."""
@@ -78,7 +79,7 @@ def _bad_seed_7(seed, feats):
     return feats
 
 
-def test_ray_engine_output_equals_local(tmp_path, ray_local):
+def _check_output_equals_local(tmp_path: Path) -> None:
     src = write_rlds(tmp_path / "src", "bridge", [[1, 2], [3], [4, 5, 6], [7, 8], [9]], mutate=_bad_seed_7)
     sl = _convert(src, "bridge", tmp_path / "local", workers=1, skip_bad=True)
     sr = _convert(src, "bridge", tmp_path / "ray", engine="ray", skip_bad=True)
@@ -92,7 +93,7 @@ def test_ray_engine_output_equals_local(tmp_path, ray_local):
     _assert_same_output(tmp_path / "local2", tmp_path / "ray2")
 
 
-def test_ray_engine_resumes_and_names_bad_data(tmp_path, ray_local):
+def _check_resume_and_bad_data(tmp_path: Path) -> None:
     src = write_rlds(tmp_path / "src", "language_table", [[1], [2], [3], [4]])
     out = tmp_path / "out"
     assert _convert(src, "language_table", out, engine="ray")["converted"] == 4
@@ -162,7 +163,7 @@ def test_ray_cli_on_a_cluster_started_with_ray_start(tmp_path):
     _assert_same_output(tmp_path / "local", tmp_path / "ray")
 
 
-def test_ray_engine_on_npz_and_hdf5_sources_equals_local(tmp_path, ray_local):
+def _check_npz_and_hdf5_sources(tmp_path: Path) -> None:
     """The non-RLDS readers' units (groups of --episodes-per-shard episodes) run as Ray tasks too."""
     from tests.test_data_import_hdf5_npz import write_hdf5, write_npz
 
@@ -175,3 +176,13 @@ def test_ray_engine_on_npz_and_hdf5_sources_equals_local(tmp_path, ray_local):
                              episodes_per_shard=2, engine=engine, workers=1 if engine == "local" else None, **kw)
             assert s["converted"] >= 2
         _assert_same_output(tmp_path / f"{fmt}_local", tmp_path / f"{fmt}_ray")
+
+
+def test_ray_engine_in_process(tmp_path, ray_local):
+    """On a local Ray instance: output equal to the local engine's (OXE and TFDS bridge layouts,
+    --skip-bad), resume after a shard lost with its node, the same named DataError for bad data,
+    and npz / hdf5 sources."""
+    for name, check in (("equal", _check_output_equals_local), ("resume", _check_resume_and_bad_data),
+                        ("npz_hdf5", _check_npz_and_hdf5_sources)):
+        (tmp_path / name).mkdir()
+        check(tmp_path / name)
