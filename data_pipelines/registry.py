@@ -9,5 +9,6 @@ from vla_ebt.data.oxe_configs import (  # noqa: F401
     apply_gripper,
     get_config,
     known_datasets,
+    layout_candidates,
     register_config,
 )

@@ -1,6 +1,6 @@
 """Episode shard writers (schema and readers: :mod:`vla_ebt.data.shard_format`).
 
-:class:`ShardWriter` writes one shard atomically (``.<name>.tmp`` renamed when complete);
+:class:`ShardWriter` writes one shard atomically (``.<name>.<writer>.tmp`` renamed when complete);
 :func:`write_episodes` writes sim :class:`vla_ebt.data.episodes.Episode` lists in the same schema."""
 
 from __future__ import annotations
@@ -9,15 +9,18 @@ import io
 import json
 import os
 import tarfile
+import uuid
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from vla_ebt.config_io import save_json
 from vla_ebt.data.shard_format import FORMAT, MANIFEST, STATS, iter_shard, read_manifest, shard_paths
 from vla_ebt.data.oxe_configs import CAMERA_ROLES, get_config, known_datasets
-from vla_ebt.normalize import DatasetStats, FeatureStats, save_stats
+
+if TYPE_CHECKING:
+    from vla_ebt.normalize import DatasetStats
 
 from .rlds import StdEpisode, encode_image
 
@@ -40,7 +43,10 @@ class ShardWriter:
     def __init__(self, path: str | os.PathLike, stats_path: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
         self.stats_path = Path(stats_path) if stats_path else None
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        # unique per writer: two writers of one shard (a Ray task retried while the first attempt
+        # still runs on a cut-off node) never share a temp file; the last complete one is renamed
+        self._tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp = self.path.with_name(f".{self.path.name}.{self._tag}.tmp")
         self.episodes = 0
         self.steps = 0
         self._actions: list[np.ndarray] = []
@@ -108,7 +114,7 @@ class ShardWriter:
             return
         if self.stats_path is not None:
             self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.stats_path.with_name(f".{self.stats_path.name}.tmp")
+            tmp = self.stats_path.with_name(f".{self.stats_path.name}.{self._tag}.tmp")
             with open(tmp, "wb") as f:
                 a = np.concatenate(self._actions) if self._actions else np.zeros((0, 0), np.float32)
                 s = np.concatenate(self._states) if self._states else np.zeros((0, 0), np.float32)
@@ -127,6 +133,7 @@ def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> None:
 
 def compute_stats(out_dir: str | os.PathLike, manifest: dict) -> DatasetStats:
     """Statistics over every step of the finished shards (from the per-shard npz rows)."""
+    from vla_ebt.normalize import DatasetStats, FeatureStats  # imports torch: the driver's job, not each worker's
     acts, sts, eps = [], [], 0
     for name, info in sorted(manifest["shards"].items()):
         if info["episodes"] == 0:
@@ -143,6 +150,8 @@ def compute_stats(out_dir: str | os.PathLike, manifest: dict) -> DatasetStats:
 
 
 def finalize(out_dir: str | os.PathLike, manifest: dict) -> DatasetStats:
+    from vla_ebt.normalize import save_stats
+
     stats = compute_stats(out_dir, manifest)
     save_stats(Path(out_dir) / STATS, {manifest["dataset"]: stats})
     manifest["num_episodes"] = stats.num_episodes

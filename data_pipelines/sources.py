@@ -23,12 +23,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from vla_ebt.data.oxe_configs import CAMERA_ROLES, DatasetConfig, Part, apply_gripper
+from vla_ebt.data.oxe_configs import CAMERA_ROLES, GRIPPER_TRANSFORMS, DatasetConfig, Part, apply_gripper
 
 from .rlds import DataError, encode_image, resize_image
 
 __all__ = ["SourceSpec", "SpecOptions", "resolve_spec", "assign_roles", "parse_camera_keys", "parse_keys",
-           "assemble", "encode_frames", "natural_key", "chunks"]
+           "parse_part", "assemble", "encode_frames", "natural_key", "chunks"]
 
 WRIST_HINTS = ("wrist", "hand", "gripper", "eye_in_hand")
 
@@ -89,6 +89,27 @@ def parse_keys(text: str | None) -> tuple[str, ...] | None:
     if text.strip().lower() in ("", "none"):
         return ()
     return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+_PART_RE = re.compile(r"^(?P<key>[^\[\]:\s]+?)(?:\[(?P<a>-?\d*):(?P<b>-?\d*)\])?(?::(?P<g>[A-Za-z0-9_]+))?$")
+
+
+def parse_part(text: str) -> tuple[str, tuple[int | None, int | None] | None, str]:
+    """One part of a ``--action-key`` / ``--state-key`` list (RLDS): ``KEY``, ``KEY[a:b]`` (a slice of
+    the flattened per-step vector), ``KEY:GRIPPER`` or ``KEY[a:b]:GRIPPER`` (a gripper transform of
+    :data:`~vla_ebt.data.oxe_configs.GRIPPER_TRANSFORMS`) -> (key, (a, b) or None, transform).
+    ValueError for anything else."""
+    m = _PART_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"cannot parse key {text!r}: expected KEY, KEY[start:stop], KEY:GRIPPER or "
+                         f"KEY[start:stop]:GRIPPER")
+    g = m.group("g") or "none"
+    if g not in GRIPPER_TRANSFORMS:
+        raise ValueError(f"key {text!r}: unknown gripper transform {g!r}; known: {GRIPPER_TRANSFORMS}")
+    sl = None
+    if m.group("a") is not None:
+        sl = tuple(int(v) if v not in ("", "-") else None for v in (m.group("a"), m.group("b")))
+    return m.group("key"), sl, g  # type: ignore[return-value]
 
 
 def parse_camera_keys(text: str | None) -> dict[str, str] | None:

@@ -16,11 +16,12 @@ from data_pipelines import convert as conv
 from data_pipelines.rlds import DataError
 from vla_ebt.data.shard_format import iter_shard
 from data_pipelines.shards import ShardWriter
-from tests.test_data_fixture import make_episode, write_rlds
+from tests.test_data_fixture import LAYOUTS, TFDS_NAMES, make_episode, write_rlds
 from vla_ebt.data.oxe_configs import apply_gripper, get_config, known_datasets
 from vla_ebt.normalize import load_stats
 
-LAYOUT_DATASETS = ["bridge", "fractal20220817_data", "language_table", "droid", "taco_play"]
+# every registered Open X-Embodiment config (they carry a published version; sim configs don't)
+OXE_CONFIGS = [n for n in known_datasets() if get_config(n).version]
 
 
 def _audit(tar_path: Path) -> dict[str, dict]:
@@ -65,7 +66,35 @@ def test_gripper_rel2abs():
     assert apply_gripper(x, "rel_pm1_close_pos")[:, 0].tolist() == [1, 0, 0, 1, 1]
 
 
-@pytest.mark.parametrize("name", LAYOUT_DATASETS)
+def test_every_registered_oxe_config_has_a_fixture_in_its_published_layout():
+    assert {"bridge", "bridge_tfds", "fractal20220817_data", "taco_play", "jaco_play", "berkeley_autolab_ur5",
+            "language_table", "droid"} <= set(OXE_CONFIGS)
+    for name in OXE_CONFIGS:
+        assert name in LAYOUTS, f"registered OXE config {name!r} has no fixture layout in tests/test_data_fixture.py"
+        layout = {f"steps/{k}": v for k, v in LAYOUTS[name].items()}
+        for key, (shape, kind) in get_config(name).required_step_keys().items():
+            assert key in layout, (name, key)
+            if kind != "string":
+                assert tuple(layout[key][1]) == tuple(shape), (name, key)
+        for key, (shape, _dtype) in get_config(name).extra_keys.items():  # documented extras are in the fixture too
+            if key.startswith("steps/"):
+                assert key in layout and tuple(layout[key][1]) == tuple(shape), (name, key)
+
+
+def _expected(cfg, feats, T):
+    """Standardized (action, state) from raw fixture features, straight from the config's parts."""
+    def vec(parts):
+        cols = [np.zeros((T, 0), np.float32)]
+        for part in parts:
+            x = np.asarray(feats[f"steps/{part.key}"][1], np.float32).reshape(T, -1)
+            if part.take is not None:
+                x = x[:, part.take[0]:part.take[1]]
+            cols.append(apply_gripper(x, part.gripper))
+        return np.concatenate(cols, 1)
+    return vec(cfg.action), vec(cfg.state)
+
+
+@pytest.mark.parametrize("name", OXE_CONFIGS)
 def test_convert_real_layouts_end_to_end(tmp_path, name):
     seeds = [[1, 2], [3]]
     src = write_rlds(tmp_path / "src", name, seeds, instruction="put the cup on the plate")
@@ -102,6 +131,21 @@ def test_convert_real_layouts_end_to_end(tmp_path, name):
         elif name == "taco_play":
             np.testing.assert_array_equal(ep["action"][:, :6], f("action/rel_actions_world")[:, :6])
             np.testing.assert_array_equal(ep["state"], f("observation/robot_obs")[:, :7])
+        elif name == "bridge_tfds":
+            np.testing.assert_array_equal(ep["action"], f("action"))  # flat 7-D, gripper already 1 = open
+            np.testing.assert_array_equal(ep["state"], f("observation/state"))
+        elif name == "jaco_play":
+            want_a = np.concatenate([f("action/world_vector"),
+                                     apply_gripper(f("action/gripper_closedness_action"), "rel_pm1_close_pos")], 1)
+            np.testing.assert_array_equal(ep["action"], want_a)
+            np.testing.assert_array_equal(ep["state"], f("observation/end_effector_cartesian_pos"))
+        elif name == "berkeley_autolab_ur5":
+            np.testing.assert_array_equal(ep["state"], f("observation/robot_state")[:, 6:14])
+            np.testing.assert_array_equal(ep["action"][:, :6], np.concatenate(
+                [f("action/world_vector"), f("action/rotation_delta")], 1))
+        want_a, want_s = _expected(cfg, feats, T)
+        np.testing.assert_array_equal(ep["action"], want_a)
+        np.testing.assert_array_equal(ep["state"], want_s)
         all_actions.append(ep["action"])
     # statistics beside the shards == numpy over every step
     st = load_stats(tmp_path / "out" / "stats.json")[name]
@@ -244,6 +288,158 @@ def test_features_json_mismatch_named(tmp_path):
         _convert(src2, "droid", tmp_path / "o2")
 
 
+# ------------------------------------------------------------------ layouts as served; key mappings
+
+
+def test_bridge_layout_chosen_from_features_json(tmp_path, capsys):
+    # the tensorflow-datasets catalog's bridge (image_0..3, flat action) converts as `bridge`
+    src = write_rlds(tmp_path / "tfds", "bridge_tfds", [[1, 2], [3]], instruction="wipe the table")
+    assert src.parent.name == "bridge" and (src / "bridge-train.tfrecord-00000-of-00002").exists()
+    s = _convert(src, "bridge", tmp_path / "out")
+    assert (s["episodes"], s["action_dim"], s["state_dim"]) == (3, 7, 7)
+    assert "matches the registered layout 'bridge_tfds'" in capsys.readouterr().err
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["settings"]["layout"] == "bridge_tfds" and man["config"]["cameras"]["primary"][0] == "observation/image_0"
+    assert sorted(man["shards"]) == ["bridge-00000.tar", "bridge-00001.tar"]
+    for key, ep in _audit(tmp_path / "out" / "bridge-00000.tar").items():
+        seed = int(ep["meta"]["file_path"].rsplit("_", 1)[1].split(".")[0])
+        T = 4 + seed % 5
+        feats = make_episode("bridge_tfds", T, seed)
+        np.testing.assert_array_equal(ep["action"], np.asarray(feats["steps/action"][1], np.float32).reshape(T, 7))
+        assert ep["meta"]["dataset"] == "bridge" and ep["frames"] == {"primary": T}
+        assert ep["instruction"] == "wipe the table"
+    assert list(load_stats(tmp_path / "out" / "stats.json")) == ["bridge"]
+    # the OXE release layout still converts as `bridge`, with its own config
+    s2 = _convert(write_rlds(tmp_path / "oxe", "bridge", [[1]]), "bridge", tmp_path / "out2")
+    man2 = json.loads((tmp_path / "out2" / "manifest.json").read_text())
+    assert s2["episodes"] == 1 and "layout" not in man2["settings"]
+    assert man2["config"]["cameras"]["primary"][0] == "observation/image"
+    # neither layout: the error names features.json, the field and both layouts' first problem
+    with pytest.raises(DataError) as ei:
+        _convert(write_rlds(tmp_path / "d", "droid", [[1]]), "bridge", tmp_path / "o3")
+    msg = str(ei.value)
+    assert ei.value.field == "steps/observation/image" and ei.value.file.endswith("features.json")
+    assert "missing from features.json" in msg and "'bridge_tfds': field 'steps/observation/image_0' missing" in msg
+
+
+MY_ARM = {  # an unregistered RLDS layout
+    "observation/front_rgb": ("image", (120, 160, 3), "uint8"),
+    "observation/wrist_rgb": ("image", (64, 64, 3), "uint8"),
+    "observation/joints": ("float", (8,), "float32"),
+    "observation/tcp": ("float", (7,), "float32"),
+    "action/delta": ("float", (6,), "float32"),
+    "action/gripper": ("float", (1,), "float32"),
+    "task": ("string", (), "string"),
+}
+
+
+def test_cli_key_mapping_converts_an_unregistered_layout(tmp_path, capsys):
+    src = write_rlds(tmp_path / "src", "my_arm", [[1, 2], [3]], layout=MY_ARM, instruction="stack the cups")
+    assert "my_arm" not in known_datasets()
+    argv = ["--src", str(src), "--dataset", "my_arm", "--out", str(tmp_path / "out"), "--image-size", "16",
+            "--workers", "1", "--no-progress",
+            "--camera-keys", "primary=observation/front_rgb,wrist=steps/observation/wrist_rgb",
+            "--state-key", "observation/joints[0:7],observation/tcp[:3]",
+            "--action-key", "action/delta,action/gripper:pm1_open_pos",
+            "--instruction-key", "task", "--control-hz", "12.5"]
+    assert conv.main(argv) == 0, capsys.readouterr().err
+    assert "3 episodes" in capsys.readouterr().out
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["settings"]["mapping"]["action_key"] == ["action/delta", "action/gripper:pm1_open_pos"]
+    n = 0
+    for p in sorted((tmp_path / "out").glob("*.tar")):
+        for key, ep in _audit(p).items():
+            seed = int(ep["meta"]["file_path"].rsplit("_", 1)[1].split(".")[0])
+            T = 4 + seed % 5
+            feats = make_episode("my_arm", T, seed, layout=MY_ARM)
+            f = lambda k: np.asarray(feats[f"steps/{k}"][1], np.float32).reshape(T, -1)  # noqa: E731
+            np.testing.assert_array_equal(ep["action"], np.concatenate(
+                [f("action/delta"), (np.clip(f("action/gripper"), -1, 1) + 1) / 2], 1))
+            np.testing.assert_array_equal(ep["state"], np.concatenate(
+                [f("observation/joints")[:, :7], f("observation/tcp")[:, :3]], 1))
+            assert ep["frames"] == {"primary": T, "wrist": T} and ep["instruction"] == "stack the cups"
+            assert ep["meta"]["control_hz"] == 12.5 and ep["meta"]["action_encoding"] == "unspecified"
+            n += 1
+    assert n == 3
+    # a rerun with the same mapping resumes; another mapping starts over
+    assert conv.main(argv) == 0 and "2 already done" in capsys.readouterr().out
+    assert conv.main(argv[:-2]) == 0 and "0 already done" in capsys.readouterr().out
+    # defaults: images by name (wrist-like -> wrist), no state; `task` is not a default instruction key,
+    # so without --instruction-key every episode gets the --instruction text
+    s = _convert(src, "my_arm", tmp_path / "o2", action_key="action/delta", state_key="none",
+                 instruction="do it")
+    assert (s["episodes"], s["action_dim"], s["state_dim"]) == (3, 6, 0)
+    ep = next(iter(_audit(tmp_path / "o2" / "my_arm-00000.tar").values()))
+    assert ep["instruction"] == "do it"
+    assert ep["frames"] == {"primary": 5, "wrist": 5} and ep["state"].shape == (5, 0)
+    man = json.loads((tmp_path / "o2" / "manifest.json").read_text())
+    assert man["config"]["cameras"]["wrist"][0] == "observation/wrist_rgb"
+    # with the key, the data's own instruction wins and --instruction only fills empty ones
+    _convert(src, "my_arm", tmp_path / "o3", action_key="action/delta", state_key="none", instruction="do it",
+             instruction_key="task")
+    assert next(iter(_audit(tmp_path / "o3" / "my_arm-00000.tar").values()))["instruction"] == "stack the cups"
+
+
+def test_key_mapping_over_a_registered_config(tmp_path):
+    # bridge (TFDS layout) with its secondary camera and a binarized-free relative gripper mapping
+    src = write_rlds(tmp_path / "src", "bridge_tfds", [[1]])
+    s = _convert(src, "bridge", tmp_path / "out", camera_keys="primary=observation/image_0,secondary=observation/image_1")
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["settings"]["layout"] == "bridge_tfds" and s["action_dim"] == 7
+    assert man["config"]["action_encoding"] == "eef_delta_xyz_rpy_gripper"  # action parts kept from the config
+    ep = next(iter(_audit(tmp_path / "out" / "bridge-00000.tar").values()))
+    assert ep["frames"] == {"primary": 5, "secondary": 5}
+
+
+@pytest.mark.parametrize("option,value,field,problem", [
+    ("--action-key", "action/nope", "steps/action/nope", "action key missing from features.json; numeric step keys"),
+    ("--state-key", "observation/joints[5:2]", "steps/observation/joints", "empty slice"),
+    ("--state-key", "task", "steps/task", "must be a numeric per-step tensor"),
+    ("--camera-keys", "primary=observation/joints", "steps/observation/joints", "camera (primary) key is not an"),
+    ("--camera-keys", "wrist=observation/cam9", "steps/observation/cam9", "camera (wrist) key missing"),
+    ("--instruction-key", "observation/text", "steps/observation/text", "instruction key missing from features.json"),
+    ("--action-key", "action/delta:squeeze", "action/delta:squeeze", "unknown gripper transform 'squeeze'"),
+])
+def test_key_mapping_naming_a_missing_key_fails_clearly(tmp_path, capsys, option, value, field, problem):
+    src = write_rlds(tmp_path / "src", "my_arm", [[1]], layout=MY_ARM)
+    base = {"--action-key": "action/delta", "--state-key": "observation/joints", "--instruction-key": "task",
+            "--camera-keys": "primary=observation/front_rgb"}
+    base[option] = value
+    argv = ["--src", str(src), "--dataset", "my_arm", "--out", str(tmp_path / "out"), "--no-progress",
+            *[x for kv in base.items() for x in kv]]
+    assert conv.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"dataset 'my_arm', file '{src / 'features.json'}'" in err and f"field '{field}'" in err, err
+    assert problem in err, err
+    assert not (tmp_path / "out").exists()  # checked before any work
+    with pytest.raises(DataError) as ei:
+        _convert(src, "my_arm", tmp_path / "o", **{option[2:].replace("-", "_"): value,
+                                                  **{k[2:].replace("-", "_"): v for k, v in base.items() if k != option}})
+    assert ei.value.field == field and ei.value.episode is None
+
+
+def test_unregistered_dataset_without_mapping_points_to_it(tmp_path, capsys):
+    src = write_rlds(tmp_path / "src", "my_arm", [[1]], layout=MY_ARM)
+    assert conv.main(["--src", str(src), "--dataset", "my_arm", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'my_arm'" in err and "--action-key" in err
+    # no steps/action and no --action-key; no observation/state and no --state-key
+    assert conv.main(["--src", str(src), "--dataset", "my_arm", "--out", str(tmp_path / "o"),
+                      "--state-key", "none"]) == 2
+    assert "field 'steps/action': no --action-key given" in capsys.readouterr().err
+    assert conv.main(["--src", str(src), "--dataset", "my_arm", "--out", str(tmp_path / "o"),
+                      "--action-key", "action/delta"]) == 2
+    assert "field 'steps/observation/state': no --state-key given" in capsys.readouterr().err
+
+
+def test_data_error_pickles_with_its_fields():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(DataError("bridge", "f.tfrecord", 3, "steps/action", "bad")))
+    assert (e.dataset, e.file, e.episode, e.field, e.problem) == ("bridge", "f.tfrecord", 3, "steps/action", "bad")
+    assert str(e) == "dataset 'bridge', file 'f.tfrecord', episode 3, field 'steps/action': bad"
+
+
 # ------------------------------------------------------------------ atomicity / resume / parallel
 
 
@@ -269,14 +465,15 @@ def test_interrupted_conversion_leaves_no_readable_partial_shard_and_resumes(tmp
     from vla_ebt.data.stream import dataset_info
 
     # a SIGKILLed writer would leave its temp file: never listed, never read, cleaned on resume
-    (out / ".bridge-00001.tar.tmp").write_bytes(b"partial")
+    (out / ".bridge-00001.tar.123-abcdef12.tmp").write_bytes(b"partial")
+    (out / "_stats" / ".bridge-00001.tar.npz.123-abcdef12.tmp").write_bytes(b"partial")
     with pytest.raises(FileNotFoundError):  # no stats.json yet: the loader refuses an unfinished dataset
         dataset_info(out)
     mtime0 = (out / "bridge-00000.tar").stat().st_mtime_ns
     s = _convert(src, "bridge", out)
     assert (s["resumed"], s["converted"], s["episodes"]) == (1, 2, 6)
     assert (out / "bridge-00000.tar").stat().st_mtime_ns == mtime0  # finished shard skipped
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("_stats/.*.tmp"))
     assert [p.name for p in dataset_info(out)["shards"]] == [f"bridge-{i:05d}.tar" for i in range(3)]
     # a rerun converts nothing
     assert _convert(src, "bridge", out)["converted"] == 0

@@ -2,7 +2,10 @@
 protobufs and TFRecord framing by hand (independently of data_pipelines' reader), plus a
 TFDS-style ``features.json`` / ``dataset_info.json``.
 
-Layouts follow the published ``features.json`` of each dataset (per-step shapes and dtypes).
+Layouts follow the published ``features.json`` of each dataset (per-step shapes and dtypes): one
+for every registered OXE config (``LAYOUTS[name]``; ``bridge_tfds`` is the tensorflow-datasets
+catalog's ``bridge``, served as ``bridge/0.1.0`` with ``bridge-train.tfrecord-*`` files); tests may
+pass their own ``layout`` dict for unregistered datasets.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ LAYOUTS: dict[str, dict[str, tuple]] = {
         "observation/natural_language_instruction": ("string", (), "string"),
         "observation/natural_language_embedding": ("float", (512,), "float32"),
         "observation/vector_to_go": ("float", (3,), "float32"),
+        "observation/rotation_delta_to_go": ("float", (3,), "float32"),
         "action/world_vector": ("float", (3,), "float32"),
         "action/rotation_delta": ("float", (3,), "float32"),
         "action/gripper_closedness_action": ("float", (1,), "float32"),
@@ -135,12 +139,62 @@ LAYOUTS: dict[str, dict[str, tuple]] = {
     "taco_play": {
         "observation/rgb_static": ("image", (150, 200, 3), "uint8"),
         "observation/rgb_gripper": ("image", (84, 84, 3), "uint8"),
+        "observation/depth_static": ("float", (150, 200), "float32"),
+        "observation/depth_gripper": ("float", (84, 84), "float32"),
         "observation/robot_obs": ("float", (15,), "float32"),
         "observation/natural_language_instruction": ("string", (), "string"),
+        "observation/natural_language_embedding": ("float", (512,), "float32"),
         "action/rel_actions_world": ("float", (7,), "float32"),
+        "action/rel_actions_gripper": ("float", (7,), "float32"),
         "action/actions": ("float", (7,), "float32"),
+        "action/terminate_episode": ("int", (), "int32"),
+    },
+    "jaco_play": {
+        "observation/image": ("image", (224, 224, 3), "uint8"),
+        "observation/image_wrist": ("image", (224, 224, 3), "uint8"),
+        "observation/end_effector_cartesian_pos": ("float", (7,), "float32"),
+        "observation/end_effector_cartesian_velocity": ("float", (6,), "float32"),
+        "observation/joint_pos": ("float", (8,), "float32"),
+        "observation/natural_language_instruction": ("string", (), "string"),
+        "observation/natural_language_embedding": ("float", (512,), "float32"),
+        "action/world_vector": ("float", (3,), "float32"),
+        "action/gripper_closedness_action": ("float", (1,), "float32"),
+        "action/terminate_episode": ("int", (3,), "int32"),
+    },
+    "berkeley_autolab_ur5": {
+        "observation/image": ("image", (480, 640, 3), "uint8"),
+        "observation/hand_image": ("image", (480, 640, 3), "uint8"),
+        "observation/image_with_depth": ("float", (480, 640, 1), "float32"),
+        "observation/robot_state": ("float", (15,), "float32"),
+        "observation/natural_language_instruction": ("string", (), "string"),
+        "observation/natural_language_embedding": ("float", (512,), "float32"),
+        "action/world_vector": ("float", (3,), "float32"),
+        "action/rotation_delta": ("float", (3,), "float32"),
+        "action/gripper_closedness_action": ("float", (), "float32"),
+        "action/terminate_episode": ("float", (), "float32"),
+    },
+    # the tensorflow-datasets catalog's `bridge` 0.1.0 (BridgeData V2): four 256x256 cameras
+    # (episode_metadata/has_image_N says which exist), a flat 7-D action, top-level language keys
+    "bridge_tfds": {
+        "observation/image_0": ("image", (256, 256, 3), "uint8"),
+        "observation/image_1": ("image", (256, 256, 3), "uint8"),
+        "observation/image_2": ("image", (256, 256, 3), "uint8"),
+        "observation/image_3": ("image", (256, 256, 3), "uint8"),
+        "observation/state": ("float", (7,), "float32"),
+        "action": ("float", (7,), "float32"),
+        "language_instruction": ("string", (), "string"),
+        "language_embedding": ("float", (512,), "float32"),
     },
 }
+
+# episode_metadata beyond file_path: key -> (kind, value)
+EPISODE_METADATA: dict[str, dict[str, tuple]] = {
+    "bridge_tfds": {"has_image_0": ("bool", 1), "has_image_1": ("bool", 1), "has_image_2": ("bool", 0),
+                    "has_image_3": ("bool", 0), "has_language": ("bool", 1), "episode_id": ("int", 0)},
+}
+
+# the name a layout is served under (file names, dataset_info.json), when not its key in LAYOUTS
+TFDS_NAMES = {"bridge_tfds": "bridge"}
 
 COMMON_STEP = {
     "is_first": ("bool", (), "bool"),
@@ -149,6 +203,8 @@ COMMON_STEP = {
     "reward": ("float", (), "float32"),
     "discount": ("float", (), "float32"),
 }
+
+LARGE_VALUES = 100_000  # per-step float tensors larger than this are not written (pure-Python CRC: ~3 MB/s)
 
 _JPEG_CACHE: dict[tuple, bytes] = {}
 
@@ -165,15 +221,19 @@ def _jpeg(shape: tuple, seed: int) -> bytes:
     return _JPEG_CACHE[key]
 
 
-def make_episode(dataset: str, T: int, seed: int, instruction: str = "pick up the red block") -> dict:
+def make_episode(dataset: str, T: int, seed: int, instruction: str = "pick up the red block",
+                 layout: dict | None = None) -> dict:
     """Flattened Example features of one episode: {key: (kind, values)}; values are deterministic
-    (``action`` part k at step t = seed + t / 10 + k / 100 for float fields)."""
+    (``action`` part k at step t = seed + t / 10 + k / 100 for float fields; gripper fields +-1).
+    ``layout``: per-step keys (as :data:`LAYOUTS` entries) of a dataset not in :data:`LAYOUTS`."""
     rng = np.random.default_rng(seed)
     feats: dict[str, tuple] = {}
-    layout = {**LAYOUTS[dataset], **COMMON_STEP}
+    layout = {**(LAYOUTS[dataset] if layout is None else layout), **COMMON_STEP}
     for key, (kind, shape, _dtype) in layout.items():
         n = int(np.prod(shape)) if shape else 1
         k = f"steps/{key}"
+        if kind == "float" and n > LARGE_VALUES:  # e.g. berkeley_autolab_ur5's 480x640 depth: listed in
+            continue  # features.json, left out of the records (no config reads it; the reader skips unread keys)
         if kind == "image":
             feats[k] = ("bytes", [_jpeg(shape, seed + t) for t in range(T)])
         elif kind == "string":
@@ -199,10 +259,12 @@ def make_episode(dataset: str, T: int, seed: int, instruction: str = "pick up th
                 vals = np.where(np.arange(T)[:, None] % 3 == 0, 1.0, -1.0) * np.ones((1, n))
             feats[k] = ("float", vals.reshape(-1).astype(np.float32))
     feats["episode_metadata/file_path"] = ("bytes", [f"/raw/{dataset}/episode_{seed}.npy".encode()])
+    for key, (kind, v) in EPISODE_METADATA.get(dataset, {}).items():
+        feats[f"episode_metadata/{key}"] = ("int", np.array([seed if key == "episode_id" else v], np.int64))
     return feats
 
 
-def features_json(dataset: str) -> dict:
+def features_json(dataset: str, layout: dict | None = None) -> dict:
     """TFDS features.json (FeaturesDict / Dataset / Tensor / Image / Text) for the layout."""
     def leaf(kind, shape, dtype):
         if kind == "image":
@@ -232,31 +294,37 @@ def features_json(dataset: str) -> dict:
                     "featuresDict": {"features": {k: to_fd(v) for k, v in node.items()}}}
         return to_fd(tree)
 
-    steps = nest({**LAYOUTS[dataset], **COMMON_STEP})
+    steps = nest({**(LAYOUTS[dataset] if layout is None else layout), **COMMON_STEP})
+    meta = {"file_path": ("string", (), "string")}
+    for key, (kind, _v) in EPISODE_METADATA.get(dataset, {}).items():
+        meta[key] = ("bool", (), "bool") if kind == "bool" else ("int", (), "int32")
     return {"pythonClassName": "tensorflow_datasets.core.features.features_dict.FeaturesDict",
             "featuresDict": {"features": {
                 "steps": {"pythonClassName": "tensorflow_datasets.core.features.dataset_feature.Dataset",
                           "sequence": {"feature": steps, "length": "-1"}},
-                "episode_metadata": nest({"file_path": ("string", (), "string")}),
+                "episode_metadata": nest(meta),
             }}}
 
 
 def write_rlds(root: Path, dataset: str, episodes_per_file: list[list[int]], lengths=None,
-               mutate=None, instruction: str = "pick up the red block") -> Path:
-    """Write ``root/<dataset>/<version>`` with one TFRecord file per entry of ``episodes_per_file``
-    (a list of episode seeds). ``lengths``: seed -> T (default 4 + seed % 5). ``mutate``: fn(seed,
-    feats) -> feats | bytes to corrupt single episodes. Returns the dataset folder."""
-    d = root / dataset / "1.0.0"
+               mutate=None, instruction: str = "pick up the red block", layout: dict | None = None) -> Path:
+    """Write ``root/<name>/<version>`` with one TFRecord file per entry of ``episodes_per_file``
+    (a list of episode seeds); ``<name>`` is the name the layout is served under
+    (:data:`TFDS_NAMES`, default ``dataset``). ``lengths``: seed -> T (default 4 + seed % 5).
+    ``mutate``: fn(seed, feats) -> feats | bytes to corrupt single episodes. ``layout``: per-step
+    keys of a dataset not in :data:`LAYOUTS`. Returns the dataset folder."""
+    name = TFDS_NAMES.get(dataset, dataset)
+    d = root / name / "1.0.0"
     d.mkdir(parents=True, exist_ok=True)
     n = len(episodes_per_file)
-    (d / "features.json").write_text(json.dumps(features_json(dataset)))
-    (d / "dataset_info.json").write_text(json.dumps({"name": dataset, "version": "1.0.0", "fileFormat": "tfrecord",
+    (d / "features.json").write_text(json.dumps(features_json(dataset, layout)))
+    (d / "dataset_info.json").write_text(json.dumps({"name": name, "version": "1.0.0", "fileFormat": "tfrecord",
                                                      "splits": [{"name": "train", "numShards": n}]}))
     for i, seeds in enumerate(episodes_per_file):
-        with open(d / f"{dataset}-train.tfrecord-{i:05d}-of-{n:05d}", "wb") as f:
+        with open(d / f"{name}-train.tfrecord-{i:05d}-of-{n:05d}", "wb") as f:
             for s in seeds:
                 T = (lengths or {}).get(s, 4 + s % 5)
-                feats = make_episode(dataset, T, s, instruction)
+                feats = make_episode(dataset, T, s, instruction, layout)
                 rec = mutate(s, feats) if mutate else feats
                 f.write(frame(rec if isinstance(rec, bytes) else encode_example(rec)))
     return d

@@ -272,7 +272,7 @@ def test_npz_bad_source(tmp_path):
     write_npz(tmp_path / "src", n=1, mutate=lambda i, d: {**d, "meta": np.array([{"a": 1}], dtype=object)})
     with pytest.raises(DataError, match=r"field 'meta': cannot load array .*object arrays are not supported"):
         _convert("npz", tmp_path / "src", "push", tmp_path / "o2")
-    with pytest.raises(ValueError, match="only for --format lerobot/hdf5/npz"):
-        conv.convert(tmp_path, "bridge", tmp_path / "o3", action_key="x", progress=False)
+    with pytest.raises(FileNotFoundError, match="features.json: missing; a key mapping \\(--action-key\\)"):
+        conv.convert(tmp_path, "bridge", tmp_path / "o3", action_key="x", progress=False)  # rlds: checked there
     assert conv.main(["--format", "npz", "--src", str(tmp_path / "nope"), "--dataset", "push",
                       "--out", str(tmp_path / "o4")]) == 2

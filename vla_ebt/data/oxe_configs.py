@@ -31,6 +31,14 @@ Gripper transforms (``Part.gripper``):
 
 Look up a config with :func:`get_config`; an unknown name raises ``ValueError`` listing the known
 names. Register your own robot with :func:`register_config`.
+
+Layout variants: one dataset can be served in more than one layout (BridgeData V2: the OXE
+release ``bridge`` with ``observation/image`` and a split ``action/...`` dict, and the
+tensorflow-datasets catalog's ``bridge`` with ``observation/image_0..3`` and a flat 7-D
+``action``). Each layout is its own config; a variant names its base dataset in
+:attr:`DatasetConfig.variant_of` (``bridge_tfds`` is a variant of ``bridge``), and
+:func:`layout_candidates` lists a name's configs so the converter can pick the one that fits a
+dataset's ``features.json`` (``--dataset bridge`` converts either layout).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ __all__ = [
     "get_config",
     "register_config",
     "known_datasets",
+    "layout_candidates",
     "apply_gripper",
     "GRIPPER_TRANSFORMS",
     "CAMERA_ROLES",
@@ -114,8 +123,10 @@ class DatasetConfig:
     cameras:        role -> (RLDS key relative to ``steps/``, published (H, W, 3) shape) or None.
     language_key:   key relative to ``steps/``; ``language_encoding`` "string" (bytes per step)
                     or "utf8_int" (int array of UTF-8 codes, zero padded: language_table).
-    control_hz:     control frequency of the recorded data.
+    control_hz:     control frequency of the recorded data (None: unknown).
     extra_keys:     other step keys present in the published layout (documented; not read).
+    variant_of:     for another layout of a dataset registered under a different name: that name
+                    (``--dataset <that name>`` picks whichever layout fits ``features.json``).
     """
 
     name: str
@@ -125,13 +136,14 @@ class DatasetConfig:
     action_encoding: str
     state_encoding: str
     language_key: str
-    control_hz: float
+    control_hz: float | None
     language_encoding: Literal["string", "utf8_int"] = "string"
     language_shape: tuple[int, ...] = ()
     gripper_convention: str = "1 = open, 0 = closed (after transform)"
     version: str = ""
     extra_keys: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
     notes: str = ""
+    variant_of: str = ""
 
     @property
     def action_dim(self) -> int:
@@ -154,7 +166,9 @@ class DatasetConfig:
             out[f"steps/{key}"] = (tuple(shape), "image")
         for p in self.state + self.action:
             out[f"steps/{p.key}"] = (tuple(p.shape), "float")
-        if self.language_encoding == "string":
+        if not self.language_key:  # no instruction in the data (a fixed --instruction text)
+            pass
+        elif self.language_encoding == "string":
             out[f"steps/{self.language_key}"] = ((), "string")
         else:
             out[f"steps/{self.language_key}"] = (tuple(self.language_shape), "int")
@@ -217,6 +231,14 @@ def get_config(name: str) -> DatasetConfig:
     return _REGISTRY.get(name)
 
 
+def layout_candidates(name: str) -> list[DatasetConfig]:
+    """The configs ``--dataset name`` may convert with, in the order tried: ``name``'s own config,
+    then the registered variants of it (:attr:`DatasetConfig.variant_of`), by name. ValueError
+    listing the known names for an unknown ``name``."""
+    base = get_config(name)
+    return [base] + [get_config(n) for n in known_datasets() if get_config(n).variant_of == name]
+
+
 # ------------------------------------------------------------------------------------------
 # Open X-Embodiment datasets (key names / shapes from their published features.json)
 # ------------------------------------------------------------------------------------------
@@ -263,6 +285,31 @@ register_config(DatasetConfig(
     control_hz=5.0,
     extra_keys={"steps/observation/natural_language_embedding": _EMB512,
                 "steps/action/terminate_episode": ((), "float32")},
+))
+
+register_config(DatasetConfig(
+    name="bridge_tfds",  # the tensorflow-datasets catalog's `bridge` (BridgeData V2 as RLDS), 0.1.0
+    version="0.1.0",
+    cameras={"primary": ("observation/image_0", (256, 256, 3)), "wrist": None},
+    state=(Part("observation/state", (7,)),),  # eef xyz + euler + gripper
+    action=(
+        Part("action", (7,), take=(0, 6)),
+        Part("action", (7,), take=(6, 7), gripper="none"),  # continuous, 1 = open
+    ),
+    action_encoding="eef_delta_xyz_rpy_gripper",
+    state_encoding="eef_pos_euler_gripper",
+    language_key="language_instruction",
+    control_hz=5.0,
+    variant_of="bridge",
+    extra_keys={"steps/observation/image_1": ((256, 256, 3), "image"),
+                "steps/observation/image_2": ((256, 256, 3), "image"),
+                "steps/observation/image_3": ((256, 256, 3), "image"),
+                "steps/language_embedding": _EMB512,
+                "episode_metadata/has_image_0": ((), "bool"), "episode_metadata/has_image_1": ((), "bool"),
+                "episode_metadata/has_image_2": ((), "bool"), "episode_metadata/has_image_3": ((), "bool"),
+                "episode_metadata/has_language": ((), "bool")},
+    notes="image_0 is the fixed over-the-shoulder camera every episode has (has_image_0); image_1..3 exist "
+          "only where episode_metadata/has_image_N is set (image_3: wrist), so they are not read",
 ))
 
 register_config(DatasetConfig(

@@ -23,7 +23,7 @@ Each shard is a plain tar (webdataset layout). **One sample = one episode**, key
                            "state_encoding", "step_ids": [0..T-1]}``
 =========================  ==========================================================================
 
-Atomicity: a shard is written to ``.<name>.tmp`` and renamed when complete; the manifest (written
+Atomicity: a shard is written to ``.<name>.<writer>.tmp`` and renamed when complete; the manifest (written
 atomically after each finished shard) lists finished shards only, so an interrupted conversion
 leaves nothing that a loader reads. Writers live in
 :mod:`data_pipelines.shards`; this module is the read side (loaders, demo cache, replay).
