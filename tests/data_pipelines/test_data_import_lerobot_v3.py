@@ -23,9 +23,9 @@ from data_pipelines.rlds import DataError
 from vla_ebt.data.shard_format import iter_shard
 from vla_ebt.normalize import load_stats
 
-FIXTURES = Path(__file__).parent / "fixtures" / "lerobot_v3"
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "lerobot_v3"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOP, WRIST = "observation.images.top", "observation.images.wrist"
 
 

@@ -21,7 +21,7 @@ from eval.sim.suites.reach2d import Reach2DEnv, Reach2DSuite
 from eval.sim.workers import EnvWorkerPool, RemoteError, WorkerConfig, WorkerCrashed, WorkerStartError, WorkerTimeout
 
 FAULT_STEP = 3
-THIS_MODULE = __name__  # "tests.test_env_workers" under pytest
+THIS_MODULE = __name__  # "tests.eval.sim.test_env_workers" under pytest
 
 
 class FaultyEnv(Reach2DEnv):

@@ -22,7 +22,7 @@ from recipes.finetune import run
 from vla_ebt.backbones.tiny import build_tiny_paligemma
 from vla_ebt.policy import VLAPolicy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INSTRUCTIONS = ["pick up the red block", "open the top drawer", "push the blue cube to the left"]
 
 

@@ -16,7 +16,7 @@ from data_pipelines import convert as conv
 from data_pipelines.rlds import DataError
 from vla_ebt.data.shard_format import iter_shard
 from data_pipelines.shards import ShardWriter
-from tests.test_data_fixture import LAYOUTS, TFDS_NAMES, make_episode, write_rlds
+from tests.data_pipelines.test_data_fixture import LAYOUTS, TFDS_NAMES, make_episode, write_rlds
 from vla_ebt.data.oxe_configs import apply_gripper, get_config, known_datasets
 from vla_ebt.normalize import load_stats
 
@@ -171,7 +171,7 @@ def test_cli_and_console_script_entry(tmp_path, capsys):
     assert conv.main(["--src", str(src), "--dataset", "no_such_robot", "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert "unknown dataset 'no_such_robot'" in err and "bridge" in err and "droid" in err
-    text = Path(__file__).resolve().parents[1].joinpath("pyproject.toml").read_text()
+    text = Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
     assert 'vla-ebt-convert = "data_pipelines.convert:main"' in text
 
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from recipes.finetune import parse_launch_args
-from tests.test_checkpoint_policy import assert_same_policy, observation_for
+from tests.vla_ebt.test_checkpoint_policy import assert_same_policy, observation_for
 from vla_ebt.policy import VLAPolicy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DS = ROOT / "recipes" / "deepspeed"
 SMALL = ["--recipe", "reach2d_ebt", "--data.episodes-per-task", "4", "--optim.batch-size", "8", "--optim.steps", "4",
          "--optim.warmup-steps", "2", "--optim.log-every", "1", "--policy.trunk.width", "32",

@@ -15,7 +15,7 @@ import pytest
 
 from vla_ebt_client import wire
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _message() -> dict:

@@ -18,7 +18,7 @@ from eval.sim.contracts import DisplaceableEnv, Displacement
 from eval.sim.rollout import EvalConfig, ExpertPolicy, RandomPolicy, evaluate
 from eval.sim.suites.pusht import AGENT_RADIUS, WORKSPACE, PushTEnv
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 TASK = "push_t"
 
 

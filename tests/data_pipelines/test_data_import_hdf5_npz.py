@@ -12,7 +12,7 @@ import pytest
 from data_pipelines import convert as conv
 from data_pipelines.rlds import DataError
 from vla_ebt.data.shard_format import iter_shard
-from tests.test_data_import_lerobot import check_stats, smooth_frame, stream_samples
+from tests.data_pipelines.test_data_import_lerobot import check_stats, smooth_frame, stream_samples
 
 S = 16
 DEMOS = {"demo_0": 4, "demo_1": 6, "demo_10": 5}  # natural order: 0, 1, 10

@@ -35,7 +35,7 @@ from vla_ebt_client import (
 )
 from vla_ebt_client.codec import packb, unpackb
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "s3cret-token"
 MAX_BYTES = 1 << 20
 

@@ -10,7 +10,7 @@ import pytest
 
 from recipes.finetune import main as finetune_main
 from recipes.scaling import parse_scaling_args, point_configs
-from tests.test_oxe_mix import write_fixture_shards
+from tests.recipes.test_oxe_mix import write_fixture_shards
 
 QUICK = ["--base.deepspeed", "", "--base.data.num-workers", "0", "--base.data.shuffle-buffer", "20",
          "--base.policy.bridge.max-prefix-tokens", "8", "--base.optim.log-every", "1", "--batch-size", "4"]

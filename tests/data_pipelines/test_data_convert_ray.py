@@ -24,14 +24,14 @@ import pytest
 
 from data_pipelines import convert as conv
 from data_pipelines.rlds import DataError
-from tests.test_data_fixture import write_rlds
+from tests.data_pipelines.test_data_fixture import write_rlds
 from vla_ebt.normalize import load_stats
 
 ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ def test_ray_cli_on_a_cluster_started_with_ray_start(tmp_path):
 
 def _check_npz_and_hdf5_sources(tmp_path: Path) -> None:
     """The non-RLDS readers' units (groups of --episodes-per-shard episodes) run as Ray tasks too."""
-    from tests.test_data_import_hdf5_npz import write_hdf5, write_npz
+    from tests.data_pipelines.test_data_import_hdf5_npz import write_hdf5, write_npz
 
     write_npz(tmp_path / "npz", n=5)
     write_hdf5(tmp_path / "lift.hdf5")

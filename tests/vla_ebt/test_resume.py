@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_checkpoint_policy import assert_same_policy, observation_for
+from tests.vla_ebt.test_checkpoint_policy import assert_same_policy, observation_for
 from vla_ebt.policy import VLAPolicy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--recipe", "reach2d_ebt", "--data.episodes-per-task", "4", "--optim.batch-size", "8",
          "--optim.warmup-steps", "3", "--optim.log-every", "1", "--policy.trunk.width", "32",
          "--policy.trunk.depth", "1", "--policy.finetune.mode", "frozen", "--eval.episodes-per-task", "1",

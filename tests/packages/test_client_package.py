@@ -21,7 +21,7 @@ from tests.policy_fixtures import D, H, make_policy
 from vla_ebt.data.episodes import ChunkDataset, Episode
 from vla_ebt_client import ActionChunkBroker, ObservationHistory, camera_major, history_indices
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DIR = ROOT / "packages" / "vla_ebt_client"
 
 

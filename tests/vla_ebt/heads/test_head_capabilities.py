@@ -31,7 +31,7 @@ from vla_ebt.heads.base import masked_mse
 from vla_ebt.heads.factory import HEADS
 from vla_ebt.registry import Registry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TRUNK = TrunkConfig(width=16, depth=1, num_heads=2)
 H, D, W = 4, 3, 16
 

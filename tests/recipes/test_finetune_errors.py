@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from recipes.finetune import main
-from tests.test_oxe_mix import write_fixture_shards
+from tests.recipes.test_oxe_mix import write_fixture_shards
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--recipe", "reach2d_ebt", "--data.episodes-per-task", "3", "--optim.batch-size", "8",
          "--optim.warmup-steps", "1", "--optim.log-every", "1", "--policy.trunk.width", "32",
          "--policy.trunk.depth", "1", "--policy.finetune.mode", "frozen", "--eval.episodes-per-task", "1",

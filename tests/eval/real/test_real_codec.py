@@ -11,7 +11,7 @@ import pytest
 from eval.real.replay import spearman
 from vla_ebt_client.codec import CodecError, packb, unpackb
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int64", "float32", "float64", "float16", "bool", ">f4", "complex64"])
