@@ -12,6 +12,7 @@ The cache key is a hash of the :class:`DemoSpec` (suite, suite kwargs, tasks, ep
 noise) plus :data:`CACHE_VERSION`; the folder is written under a temporary name and renamed when
 complete, so a killed generation never leaves a folder that a later run would read. The same
 folder can be streamed by :mod:`vla_ebt.data.stream` (it is an ordinary converted dataset).
+``num_workers`` generates in env worker processes (byte-identical episodes; not part of the key).
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def read_demo_shards(folder: str | os.PathLike) -> list[Episode]:
 
 
 def cached_demos(spec: DemoSpec, cache_root: str | os.PathLike | None = None,
-                 log: Any = print) -> tuple[list[Episode], Path]:
-    """Demonstrations for ``spec`` and the shard folder holding them (generated on a cache miss).
+                 log: Any = print, num_workers: int = 0) -> tuple[list[Episode], Path]:
+    """Demonstrations for ``spec`` and the shard folder holding them (generated on a cache miss,
+    in ``num_workers`` env worker processes when > 0; same episodes either way).
 
     Returns (episodes, folder). ``cache_root`` None: :func:`default_cache_root`.
     """
@@ -111,7 +113,8 @@ def cached_demos(spec: DemoSpec, cache_root: str | os.PathLike | None = None,
 
     suite = make_suite(spec.suite, **spec.suite_kwargs)
     tasks = list(spec.tasks) or suite.task_names()
-    eps = collect_demos(suite, tasks, spec.episodes_per_task, seed=spec.seed, action_noise=spec.action_noise)
+    eps = collect_demos(suite, tasks, spec.episodes_per_task, seed=spec.seed, action_noise=spec.action_noise,
+                        num_workers=num_workers, suite_kwargs=dict(spec.suite_kwargs))
     tmp = root / f".{folder.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     write_episodes(eps, tmp, spec.suite)
