@@ -13,7 +13,7 @@ import pytest
 from eval.sim import demo_cache
 from eval.sim.demo_cache import BaselineSpec, cached_baseline
 from eval.sim.report import load_report
-from eval.sim.rollout import RandomPolicy, evaluate
+from eval.sim.rollout import RandomPolicy, evaluate, evaluate_callable
 from eval.sim.suites import make_suite
 from eval.sim.suites.reach2d import Reach2DSuite
 
@@ -74,6 +74,27 @@ def test_cached_baseline_hits_and_every_key_change_misses(tmp_path, monkeypatch,
     (entry / "report.json").write_text("{not json")
     _, hit = cached_baseline(*spec_and_fn(), tmp_path, log=None)
     assert not hit and cached_baseline(*spec_and_fn(), tmp_path, log=None)[1]
+
+
+def test_a_baseline_with_failed_episodes_is_not_cached(tmp_path) -> None:
+    """An episode that ended in an error (say, a crashed env worker) is no result of the baseline:
+    the report is returned but not kept, so the next run evaluates again."""
+    suite = make_suite("reach2d", image_size=32)
+    spec = BaselineSpec("reach2d", "broken", ("reach_red",), 2, seed=1)
+
+    def broken(obs):
+        raise RuntimeError("boom")
+
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return evaluate_callable(broken, suite, ["reach_red"], 2, seed=1)
+
+    report, hit = cached_baseline(spec, fn, tmp_path, log=None)
+    assert not hit and all("boom" in e.error for e in report.episodes)
+    assert not cached_baseline(spec, fn, tmp_path, log=None)[1] and len(calls) == 2
+    assert not list((tmp_path / "baselines").glob("reach2d-broken-*"))
 
 
 def _tiny_run_config(tmp_path, **changes):

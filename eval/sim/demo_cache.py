@@ -163,7 +163,8 @@ def cached_baseline(spec: BaselineSpec, evaluate_fn: Callable[[], Any], cache_ro
 
     On a miss ``evaluate_fn()`` runs the evaluation (it must match ``spec``); its report is stored in
     ``<cache_root>/baselines/<suite>-<policy>-<key>/report.json`` (+ ``spec.json``), written under a
-    temporary name and renamed, so an interrupted run never leaves a partial entry. ``cache_root``
+    temporary name and renamed, so an interrupted run never leaves a partial entry. A report with an
+    episode that ended in an error (env / worker failure) is returned but not stored. ``cache_root``
     None: :func:`default_cache_root` (the demo cache root).
     """
     from .report import load_report
@@ -181,6 +182,11 @@ def cached_baseline(spec: BaselineSpec, evaluate_fn: Callable[[], Any], cache_ro
                 log(f"[eval] {spec.policy} baseline from the cache ({folder})")
             return report, True
     report = evaluate_fn()
+    errors = [e.error for e in report.episodes if getattr(e, "error", None)]
+    if errors:  # e.g. a crashed env worker: not a result of the baseline itself, so not kept
+        if log is not None:
+            log(f"[eval] {spec.policy} baseline not cached: {len(errors)} episode(s) ended in an error ({errors[0]})")
+        return report, False
     tmp = folder.parent / f".{folder.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
