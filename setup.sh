@@ -46,5 +46,5 @@ if [ "${VLA_EBT_SKIP_LIBERO:-0}" != 1 ]; then
 fi
 
 if [ "${1:-}" != "--install-only" ]; then
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python recipes/finetune.py --recipe default
+  .venv/bin/python recipes/finetune.py --recipe default   # torch threads / env workers: --threads, --env-workers
 fi

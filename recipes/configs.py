@@ -74,6 +74,14 @@ class TrainConfig:
     # DeepSpeed JSON config used when no --deepspeed-config flag is given ("": the plain loop). A relative
     # path is looked up from the working directory, then from the repository root.
     deepspeed: str = ""
+    # torch threads of this process (training, and the policy during evaluation); "auto": $OMP_NUM_THREADS
+    # if set, else the usable cores not busy with other processes (all of them on an idle machine;
+    # vla_ebt.cores). Several runs sharing a machine: 1 each.
+    threads: int | Literal["auto"] = "auto"
+    # env worker processes (1 torch thread each) for sim demo generation and the final closed-loop
+    # evaluation and baselines (0: in this process); "auto": one per usable core when there are several,
+    # else 0.
+    env_workers: int | Literal["auto"] = "auto"
 
 
 def _reach2d() -> TrainConfig:

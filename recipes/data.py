@@ -47,12 +47,15 @@ def _fail(msg: str) -> SystemExit:
 # ---------------------------------------------------------------------------------------------- sim
 
 
-def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world: int, rank: int) -> TrainData:
-    """Expert demonstrations from ``dc.suite`` (collected in memory), chunked per step, shuffled by a
-    seeded DataLoader (a DistributedSampler per rank when world > 1)."""
+def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world: int, rank: int,
+             env_workers: int = 0) -> TrainData:
+    """Expert demonstrations from ``dc.suite`` (collected in memory, in ``env_workers`` env worker
+    processes when > 0: same episodes), chunked per step, shuffled by a seeded DataLoader (a
+    DistributedSampler per rank when world > 1)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from eval.sim.demo_cache import DemoSpec, cached_demos
+    from eval.sim.demos import collect_demos
     from eval.sim.suites import make_suite, parse_suite_args
     from vla_ebt.data.episodes import ChunkDataset, collate, dataset_stats
 
@@ -75,11 +78,12 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
                     f"{dc.suite!r} needs ({suite.action_dim}/{suite.state_dim})")
     print(f"[data] {dc.episodes_per_task} expert episodes x {len(tasks)} tasks from suite {dc.suite!r}")
     if dc.demo_cache == "off":
-        episodes = collect_demos(suite, tasks, dc.episodes_per_task, seed=dc.seed, action_noise=dc.action_noise)
+        episodes = collect_demos(suite, tasks, dc.episodes_per_task, seed=dc.seed, action_noise=dc.action_noise,
+                                 num_workers=env_workers, suite_kwargs=suite_kwargs)
     else:
         spec = DemoSpec(suite=dc.suite, tasks=tuple(tasks), episodes_per_task=dc.episodes_per_task, seed=dc.seed,
                         action_noise=dc.action_noise, suite_kwargs=suite_kwargs)
-        episodes, _ = cached_demos(spec, dc.demo_cache or None)
+        episodes, _ = cached_demos(spec, dc.demo_cache or None, num_workers=env_workers)
     try:
         normalizer = Normalizer({dc.suite: dataset_stats(episodes)}, NormalizationConfig(on_degenerate=dc.on_degenerate),
                                 max_action_dim=pc.action_dim, max_state_dim=pc.state_dim)
@@ -205,10 +209,12 @@ def shard_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int) -> 
     return TrainData(normalizer, make_batches, sum(d["steps"] for d in infos), names)
 
 
-def build_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world: int = 1, rank: int = 0) -> TrainData:
-    """``dc.source`` "sim" or "shards" -> :class:`TrainData`."""
+def build_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world: int = 1, rank: int = 0,
+               env_workers: int = 0) -> TrainData:
+    """``dc.source`` "sim" or "shards" -> :class:`TrainData` (sim: demos generated in ``env_workers``
+    env worker processes when > 0)."""
     if dc.source == "sim":
-        return sim_data(dc, pc, batch_size, seed, world, rank)
+        return sim_data(dc, pc, batch_size, seed, world, rank, env_workers=env_workers)
     if dc.source == "shards":
         return shard_data(dc, pc, batch_size, seed)
     raise _fail(f"data.source must be 'sim' or 'shards', got {dc.source!r}")

@@ -6,7 +6,11 @@
 
 Writes to ``run_dir``: config.json (resolved), metrics.jsonl, tb/ (TensorBoard scalars), plots/,
 policy/ (save_pretrained), eval/report.json + report.md (sim data), summary.json (train_seconds,
-train_steps, samples_per_s, stop_reason, final_loss, success ...).
+train_steps, samples_per_s, stop_reason, final_loss, success, timing_s ...).
+
+Uses the machine's cores phase by phase (``threads``, ``env_workers``; :mod:`vla_ebt.cores`): demos
+and the final evaluation in env worker processes, training with one torch thread per core. The
+random / expert baselines are cached beside the demos (:func:`eval.sim.demo_cache.cached_baseline`).
 
 Bad input ends the process with a message naming the field / dataset / path and a non-zero exit
 status; a non-finite loss ends it with a message naming the step, leaving the checkpoints already
@@ -19,7 +23,9 @@ import argparse
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -98,9 +104,33 @@ def run(cfg: TrainConfig, progress: bool = True, resume: str | None = None,
 
     With ``deepspeed_config`` (or ``cfg.deepspeed``, or under a launcher that set RANK/WORLD_SIZE)
     training runs through DeepSpeed; only rank 0 writes files and evaluates (other ranks return ``{}``).
+    Runs with ``cfg.threads`` torch threads (the caller's count is restored after; during the final
+    evaluation the policy gets threads - env_workers, at least 1) and ``cfg.env_workers`` env worker
+    processes (demos, final evaluation, baselines); ``summary["timing_s"]`` holds the wall seconds of each
+    phase (demos, policy, training, evaluation, baselines) and of the whole call (total).
     Raises :class:`vla_ebt.train.NonFiniteLossError` when the loss diverges (``main`` turns it into an
     exit message); bad config / data raise SystemExit naming the field.
     """
+    from vla_ebt.cores import available_cores, resolve_threads, resolve_workers, torch_threads
+
+    try:
+        threads = resolve_threads(cfg.threads)
+    except ValueError as e:
+        raise SystemExit(f"error: threads: {e}") from None
+    try:
+        env_workers = resolve_workers(cfg.env_workers)
+    except ValueError as e:
+        raise SystemExit(f"error: env_workers: {e}") from None
+    print(f"[cores] {available_cores()} usable; torch threads {threads} (threads={cfg.threads!r}), "
+          f"env workers {env_workers} (env_workers={cfg.env_workers!r})")
+    with torch_threads(threads):
+        return _run(cfg, progress, resume, deepspeed_config, threads, env_workers)
+
+
+def _run(cfg: TrainConfig, progress: bool, resume: str | None, deepspeed_config: str | None, threads: int,
+         env_workers: int) -> dict:
+    t_start = time.perf_counter()
+    timing: dict[str, float] = {}
     from recipes.data import build_data, check_shard_datasets
     from vla_ebt import distributed as vdist
 
@@ -117,8 +147,9 @@ def run(cfg: TrainConfig, progress: bool = True, resume: str | None = None,
         vdist.init_distributed()
         world, rank = vdist.world_size(), vdist.rank()
 
-    from eval.sim.rollout import EvalConfig, ExpertPolicy, RandomPolicy, evaluate
+    from eval.sim.rollout import EvalConfig, evaluate
     from recipes.plots import plot_run
+    from vla_ebt.cores import torch_threads
     from vla_ebt.policy import VLAPolicy
     from vla_ebt.train import train_policy
 
@@ -129,11 +160,16 @@ def run(cfg: TrainConfig, progress: bool = True, resume: str | None = None,
         config_io.save_json(run_dir / "config.json", config_io.to_dict(cfg))
 
     pc = cfg.policy
-    data = build_data(cfg.data, pc, cfg.optim.batch_size, cfg.seed, world, rank)
+    t = time.perf_counter()
+    data = build_data(cfg.data, pc, cfg.optim.batch_size, cfg.seed, world, rank,
+                      env_workers=env_workers if world == 1 else 0)  # ranks share the cores: serial there
+    timing["demos"] = time.perf_counter() - t
     sim = data.suite is not None
     tasks = data.tasks or []
 
+    t = time.perf_counter()
     policy = VLAPolicy(pc, data.normalizer)
+    timing["policy"] = time.perf_counter() - t
     n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in policy.parameters())
     print(f"[policy] head={pc.head} backbone={pc.backbone.family}:{pc.backbone.model} finetune={pc.finetune.mode} "
@@ -146,6 +182,7 @@ def run(cfg: TrainConfig, progress: bool = True, resume: str | None = None,
             print("[eval] data.source='shards': no simulator for these embodiments, periodic evaluation skipped")
     if world > 1:  # same initial weights on every rank, different loss noise per rank
         torch.manual_seed(cfg.seed + 7919 * rank)
+    t = time.perf_counter()
     try:
         result = train_policy(policy, data.make_batches, cfg.optim, run_dir=run_dir, progress=progress,
                               resume=resume, deepspeed_config=deepspeed_config, on_eval=on_eval)
@@ -158,6 +195,7 @@ def run(cfg: TrainConfig, progress: bool = True, resume: str | None = None,
     print(f"[train] {result.steps} steps in {result.seconds:.1f} s ({result.samples_per_s:.1f} samples/s){stop}; "
           f"loss {_mean_head(result.losses):.4f} -> {_mean_tail(result.losses):.4f}")
     result.eval_policy.save_pretrained(run_dir / "policy")
+    timing["training"] = time.perf_counter() - t
 
     summary = {
         "run_dir": str(run_dir),
@@ -176,26 +214,79 @@ def run(cfg: TrainConfig, progress: bool = True, resume: str | None = None,
         "params": {"total": n_all, "trainable": n_train, "head": sum(p.numel() for p in policy.head.parameters())},
         "final_loss": _mean_tail(result.losses),
         "evals": result.evals,
+        "threads": threads,
+        "env_workers": env_workers,
     }
     if sim and cfg.eval.episodes_per_task <= 0:
         print("[eval] eval.episodes_per_task = 0: no closed-loop evaluation")
     elif sim:
         rows = {}
-        ecfg = EvalConfig(tasks=tasks, episodes_per_task=cfg.eval.episodes_per_task, seed=cfg.eval.seed)
-        report = evaluate(result.eval_policy, data.suite, ecfg)
+        t = time.perf_counter()
+        ecfg = EvalConfig(tasks=tasks, episodes_per_task=cfg.eval.episodes_per_task, seed=cfg.eval.seed,
+                          num_workers=env_workers)
+        # the env workers take cores too: the policy gets what is left (at least one thread)
+        with torch_threads(max(1, threads - env_workers)):
+            report = evaluate(result.eval_policy, data.suite, ecfg)
         report.to_json(run_dir / "eval" / "report.json")
         (run_dir / "eval" / "report.md").write_text(report.to_markdown())
+        timing["evaluation"] = time.perf_counter() - t
         rows[f"{pc.head} (trained)"] = report
+        cached: dict[str, bool] = {}
         if cfg.eval.baselines:
-            rows["random"] = evaluate(RandomPolicy(data.suite, seed=cfg.eval.seed), data.suite, ecfg)
-            rows["expert"] = evaluate(ExpertPolicy(data.suite), data.suite, ecfg)
-        print(comparison_table(rows, tasks))
+            t = time.perf_counter()
+            baselines, cached = baseline_reports(data.suite, tasks, cfg.eval.episodes_per_task, cfg.eval.seed,
+                                                 env_workers, cfg.data.demo_cache)
+            rows.update(baselines)
+            timing["baselines"] = time.perf_counter() - t
+        print(comparison_table({f"{k} (cached)" if cached.get(k) else k: r for k, r in rows.items()}, tasks))
         summary["success"] = {name: r.success_rate for name, r in rows.items()}
         summary["per_task"] = {name: {t: r.tasks[t].success_rate for t in tasks} for name, r in rows.items()}
+        summary["baselines_cached"] = cached
     else:
         print("[eval] data.source='shards': no closed-loop evaluation (no simulator for these embodiments)")
+    timing["total"] = time.perf_counter() - t_start
+    summary["timing_s"] = timing
+    print(timing_line(timing, summary.get("baselines_cached") or {}))
     config_io.save_json(run_dir / "summary.json", summary)
     return summary
+
+
+def baseline_reports(suite: Any, tasks: list[str], episodes_per_task: int, seed: int, num_workers: int,
+                     demo_cache: str) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The random and expert baselines' reports ({"random", "expert"}) and whether each came from the
+    baseline cache beside the demos (``demo_cache`` as DataConfig.demo_cache: "" default root, "off":
+    always evaluate, never store)."""
+    from eval.sim.demo_cache import BaselineSpec, cached_baseline
+    from eval.sim.rollout import EvalConfig, ExpertPolicy, RandomPolicy, evaluate
+
+    ecfg = EvalConfig(tasks=tasks, episodes_per_task=episodes_per_task, seed=seed, num_workers=num_workers)
+    makers: dict[str, tuple[Callable[[], Any], dict[str, Any]]] = {
+        "random": (lambda: RandomPolicy(suite, seed=seed), {"seed": seed}),
+        "expert": (lambda: ExpertPolicy(suite), {"noise": 0.0}),
+    }
+    reports: dict[str, Any] = {}
+    cached: dict[str, bool] = {}
+    for name, (make, policy_args) in makers.items():
+        def run_eval(make: Callable[[], Any] = make) -> Any:
+            return evaluate(make(), suite, ecfg)
+
+        if demo_cache == "off":
+            reports[name], cached[name] = run_eval(), False
+            continue
+        spec = BaselineSpec(suite=suite.name, policy=name, tasks=tuple(tasks), episodes_per_task=episodes_per_task,
+                            seed=seed, suite_kwargs=dict(getattr(suite, "make_kwargs", None) or {}),
+                            policy_args=policy_args)
+        reports[name], cached[name] = cached_baseline(spec, run_eval, demo_cache or None)
+    return reports, cached
+
+
+def timing_line(timing: dict[str, float], cached: dict[str, bool]) -> str:
+    """One line: the wall seconds of each phase in ``timing`` (as summary["timing_s"])."""
+    parts = []
+    for k, v in timing.items():
+        note = " (cached)" if k == "baselines" and cached and all(cached.values()) else ""
+        parts.append(f"{k} {v:.1f} s{note}")
+    return "[timing] " + " | ".join(parts)
 
 
 def comparison_table(rows: dict, tasks: list[str]) -> str:

@@ -12,6 +12,15 @@ The cache key is a hash of the :class:`DemoSpec` (suite, suite kwargs, tasks, ep
 noise) plus :data:`CACHE_VERSION`; the folder is written under a temporary name and renamed when
 complete, so a killed generation never leaves a folder that a later run would read. The same
 folder can be streamed by :mod:`vla_ebt.data.stream` (it is an ordinary converted dataset).
+``num_workers`` generates in env worker processes (byte-identical episodes; not part of the key).
+
+Baselines (the random and expert policies' closed-loop results) depend only on the suite, its
+kwargs, the tasks, the episode count, the evaluation seed and the policy's own arguments, never on
+a trained policy: :func:`cached_baseline` keys a :class:`BaselineSpec` the same way and keeps the
+per-episode report (``eval.sim.report`` JSON) in ``<cache root>/baselines/<suite>-<policy>-<key>/``::
+
+    report, hit = cached_baseline(BaselineSpec("metaworld", "expert", tasks, 10, seed=10_000),
+                                  lambda: evaluate(ExpertPolicy(suite), suite, EvalConfig(tasks=tasks, seed=10_000)))
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,7 +39,8 @@ from vla_ebt.data.episodes import Episode
 
 from .demos import collect_demos
 
-__all__ = ["DemoSpec", "cached_demos", "read_demo_shards", "default_cache_root", "CACHE_VERSION"]
+__all__ = ["DemoSpec", "BaselineSpec", "cached_demos", "cached_baseline", "read_demo_shards", "default_cache_root",
+           "CACHE_VERSION"]
 
 #: bump when the experts or the on-disk layout change so stale caches are not reused
 CACHE_VERSION = 1
@@ -50,6 +60,28 @@ class DemoSpec:
     def key(self) -> str:
         """Stable hash of the spec (hex, 16 chars)."""
         blob = json.dumps({"v": CACHE_VERSION, **asdict(self)}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """What a baseline's closed-loop results depend on: ``policy`` ("random", "expert", ...) built
+    with ``policy_args`` (e.g. {"seed": 10000} / {"noise": 0.0}), ``episodes_per_task`` episodes of
+    each task of ``suite`` (built with ``suite_kwargs``) from base seed ``seed``, instructions of
+    ``split``."""
+
+    suite: str
+    policy: str
+    tasks: tuple[str, ...]
+    episodes_per_task: int
+    seed: int
+    split: str = "train"
+    suite_kwargs: dict[str, Any] = field(default_factory=dict)
+    policy_args: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """Stable hash of the spec and :data:`CACHE_VERSION` (hex, 16 chars), as :meth:`DemoSpec.key`."""
+        blob = json.dumps({"v": CACHE_VERSION, "kind": "baseline", **asdict(self)}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -90,8 +122,9 @@ def read_demo_shards(folder: str | os.PathLike) -> list[Episode]:
 
 
 def cached_demos(spec: DemoSpec, cache_root: str | os.PathLike | None = None,
-                 log: Any = print) -> tuple[list[Episode], Path]:
-    """Demonstrations for ``spec`` and the shard folder holding them (generated on a cache miss).
+                 log: Any = print, num_workers: int = 0) -> tuple[list[Episode], Path]:
+    """Demonstrations for ``spec`` and the shard folder holding them (generated on a cache miss,
+    in ``num_workers`` env worker processes when > 0; same episodes either way).
 
     Returns (episodes, folder). ``cache_root`` None: :func:`default_cache_root`.
     """
@@ -111,7 +144,8 @@ def cached_demos(spec: DemoSpec, cache_root: str | os.PathLike | None = None,
 
     suite = make_suite(spec.suite, **spec.suite_kwargs)
     tasks = list(spec.tasks) or suite.task_names()
-    eps = collect_demos(suite, tasks, spec.episodes_per_task, seed=spec.seed, action_noise=spec.action_noise)
+    eps = collect_demos(suite, tasks, spec.episodes_per_task, seed=spec.seed, action_noise=spec.action_noise,
+                        num_workers=num_workers, suite_kwargs=dict(spec.suite_kwargs))
     tmp = root / f".{folder.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     write_episodes(eps, tmp, spec.suite)
@@ -125,3 +159,43 @@ def cached_demos(spec: DemoSpec, cache_root: str | os.PathLike | None = None,
     if log is not None:
         log(f"[data] wrote {len(eps)} demo episodes to {folder}")
     return eps, folder
+
+
+def cached_baseline(spec: BaselineSpec, evaluate_fn: Callable[[], Any], cache_root: str | os.PathLike | None = None,
+                    log: Any = print) -> tuple[Any, bool]:
+    """The baseline's :class:`eval.sim.report.EvalReport` for ``spec``, and whether it came from the cache.
+
+    On a miss ``evaluate_fn()`` runs the evaluation (it must match ``spec``); its report is stored in
+    ``<cache_root>/baselines/<suite>-<policy>-<key>/report.json`` (+ ``spec.json``), written under a
+    temporary name and renamed, so an interrupted run never leaves a partial entry. A report with an
+    episode that ended in an error (env / worker failure) is returned but not stored. ``cache_root``
+    None: :func:`default_cache_root` (the demo cache root).
+    """
+    from .report import load_report
+
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    folder = root / "baselines" / f"{spec.suite}-{spec.policy}-{spec.key()}"
+    if (folder / "report.json").is_file():
+        try:
+            report = load_report(folder / "report.json")
+        except (ValueError, KeyError, TypeError) as e:  # unreadable: evaluate again and overwrite
+            if log is not None:
+                log(f"[eval] ignoring unreadable cached baseline {folder}: {e}")
+        else:
+            if log is not None:
+                log(f"[eval] {spec.policy} baseline from the cache ({folder})")
+            return report, True
+    report = evaluate_fn()
+    errors = [e.error for e in report.episodes if getattr(e, "error", None)]
+    if errors:  # e.g. a crashed env worker: not a result of the baseline itself, so not kept
+        if log is not None:
+            log(f"[eval] {spec.policy} baseline not cached: {len(errors)} episode(s) ended in an error ({errors[0]})")
+        return report, False
+    tmp = folder.parent / f".{folder.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2, sort_keys=True, default=str))
+    report.to_json(tmp / "report.json")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return report, False
