@@ -40,8 +40,9 @@ def _override(path: tuple[str, ...], tp: Any, default: Any) -> list[tuple[list[s
         origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is bool:
         return [([_flag(path, negate=default)], path, not default)]
-    if tp is int:
-        return [([_flag(path), str(default + 3)], path, default + 3)]
+    if tp is int:  # (int | Literal["auto"] with default "auto": override with an int)
+        value = (default if isinstance(default, int) else 0) + 3
+        return [([_flag(path), str(value)], path, value)]
     if tp is float:
         return [([_flag(path), repr(default + 0.25)], path, default + 0.25)]
     if tp is str:
