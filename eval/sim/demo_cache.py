@@ -42,7 +42,7 @@ from .demos import collect_demos
 __all__ = ["DemoSpec", "BaselineSpec", "cached_demos", "cached_baseline", "read_demo_shards", "default_cache_root",
            "CACHE_VERSION"]
 
-#: bump when the experts or the on-disk layout change so stale caches are not reused
+#: bump when the experts, the suites' envs or the on-disk layout change so stale demos and baselines are not reused
 CACHE_VERSION = 1
 
 
