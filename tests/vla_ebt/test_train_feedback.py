@@ -112,19 +112,20 @@ def test_max_seconds_stops_at_the_wall_clock_budget_excluding_eval(tmp_path, bas
     cfg = dataclasses.replace(CFG, steps=1000, max_seconds=1.0, log_every=1000)
     res = train_policy(copy.deepcopy(base_policy), _batches(delay=0.25), cfg, run_dir=tmp_path / "a", progress=False)
     assert res.stop_reason == "max_seconds"
-    assert 2 <= res.steps <= 5 and len(res.losses) == res.steps  # ~0.25-0.45 s per step
-    assert 1.0 <= res.seconds < 2.0
+    # each step takes >= 0.25 s (the loader's delay), so at most 5 fit; a loaded machine may fit only 1
+    assert 1 <= res.steps <= 5 and len(res.losses) == res.steps
+    assert 1.0 <= res.seconds < 1.0 + res.seconds / res.steps + 0.5  # stops after the step that crossed 1 s
     assert res.samples_per_s == pytest.approx(res.steps * cfg.batch_size / res.seconds, rel=1e-6)
     train, _ = _records(tmp_path / "a")
-    assert [r["step"] for r in train] == [0, res.steps - 1]  # the stopping step is logged
+    assert {r["step"] for r in train} == {0, res.steps - 1}  # the stopping step is logged
     # a 1 s evaluation after every step does not eat the training budget
     t0 = time.perf_counter()
     res2 = train_policy(copy.deepcopy(base_policy), _batches(delay=0.25), dataclasses.replace(cfg, eval_every=1),
                         run_dir=tmp_path / "b", progress=False, on_eval=lambda s, p: (time.sleep(1.0), {"success": 0.0})[1])
     wall = time.perf_counter() - t0
-    assert res2.stop_reason == "max_seconds" and res2.steps >= 2
+    assert res2.stop_reason == "max_seconds" and res2.steps >= 1
     assert res2.eval_seconds >= res2.steps * 1.0 and wall >= res2.seconds + res2.eval_seconds - 0.1
-    assert res2.seconds < 2.0
+    assert res2.seconds < 1.0 + res2.seconds / res2.steps + 0.5  # evaluation time is not training time
 
 
 def test_finetune_writes_times_evals_tensorboard_and_plots(tmp_path) -> None:
