@@ -18,6 +18,7 @@ def ebt_and_diffusion(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_sim_eval_benchmark_uses_the_recipe_suite(ebt_and_diffusion, tmp_path):
     from benchmarks import sim_eval
     from recipes.configs import recipes

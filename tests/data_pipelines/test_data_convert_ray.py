@@ -129,6 +129,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ray_cli_on_a_cluster_started_with_ray_start(tmp_path):
     """`ray start --head` on loopback in a subprocess (its own temp dir and ports; stopped by
     SIGTERM to that process, which stops what it started), then the CLI with --address, connecting
@@ -178,6 +179,7 @@ def _check_npz_and_hdf5_sources(tmp_path: Path) -> None:
         _assert_same_output(tmp_path / f"{fmt}_local", tmp_path / f"{fmt}_ray")
 
 
+@pytest.mark.slow
 def test_ray_engine_in_process(tmp_path, ray_local):
     """On a local Ray instance: output equal to the local engine's (OXE and TFDS bridge layouts,
     --skip-bad), resume after a shard lost with its node, the same named DataError for bad data,

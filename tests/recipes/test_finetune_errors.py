@@ -48,6 +48,7 @@ def shards(tmp_path_factory):
     return write_fixture_shards(tmp_path_factory.mktemp("shards"))
 
 
+@pytest.mark.slow
 def test_wrong_type_exits_nonzero_naming_the_field(tmp_path) -> None:
     p = _finetune([*SMALL, "--optim.steps", "many", "--run-dir", str(tmp_path / "r")])
     assert p.returncode != 0
@@ -100,6 +101,7 @@ def test_dataset_without_statistics(tmp_path, shards) -> None:
     assert "max_action_dim=2" in msg and str(shards["arm7"]) in msg
 
 
+@pytest.mark.slow
 def test_nan_loss_exits_naming_the_step_and_keeps_checkpoints(tmp_path, monkeypatch) -> None:
     """A loss that turns NaN at step 4 (monkeypatched): exit message names step 4, the checkpoints at
     steps 2 and 4 stay complete, and --resume continues from step 4 once the loss is finite again."""
@@ -135,6 +137,7 @@ def test_nan_loss_exits_naming_the_step_and_keeps_checkpoints(tmp_path, monkeypa
     assert json.loads((run_dir / "summary.json").read_text())["start_step"] == 4
 
 
+@pytest.mark.slow
 def test_nan_from_a_huge_learning_rate_exits_nonzero(tmp_path) -> None:
     p = _finetune([*SMALL, "--optim.steps", "5", "--optim.lr", "1e30", "--optim.ckpt-every", "1",
                    "--run-dir", str(tmp_path)])

@@ -119,6 +119,7 @@ finetune.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_oxe_mix_under_deepspeed_zero2_bf16(assets, tmp_path) -> None:
     """The recipe's own DeepSpeed config (ZeRO-2, bf16 on), one process, with bf16 kept on as on a GPU
     (on CPU load_ds_config switches it off): it runs as torch autocast bf16, and the energies the EBT

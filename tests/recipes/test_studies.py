@@ -146,6 +146,7 @@ def saved_policies(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_dynamic_compute_command(saved_policies, tmp_path):
     from recipes.studies import dynamic_compute
 
@@ -162,6 +163,7 @@ def test_dynamic_compute_command(saved_policies, tmp_path):
                               "--out", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_uncertainty_command(saved_policies, tmp_path):
     from recipes.studies import uncertainty
 
@@ -201,6 +203,7 @@ def test_small_drop_is_the_energy_drop_read_the_other_way():
     assert aur["small_drop"]["within_task"] == pytest.approx(1.0 - aur["energy_drop"]["within_task"])
 
 
+@pytest.mark.slow
 def test_recovery_and_language_commands(saved_policies, tmp_path):
     from recipes.studies import language, recovery
 
@@ -233,6 +236,7 @@ def _tiny_reach2d_recipe(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
     """Equal-steps and equal-wall-clock runs per head on the multimodal suite, mode shares per row,
     and a second call reuses the trained runs instead of training again."""
@@ -254,6 +258,7 @@ def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
     assert summary.stat().st_mtime_ns == before and len(again) == 4
 
 
+@pytest.mark.slow
 def test_head_to_head_variants_train_with_their_config_fields(tmp_path):
     from recipes.studies.head_to_head import HeadVariant, main, parse_variant, run_head_to_head
 

@@ -48,6 +48,7 @@ def _batches():
         i += 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["frozen", "lora"])
 def test_each_checkpoint_policy_predicts_like_the_ema_policy_of_its_step(tmp_path, mode) -> None:
     policy = make_policy(mode=mode)

@@ -42,6 +42,7 @@ def _losses(run_dir: Path) -> list[float]:
     return [json.loads(ln)["loss"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
 
 
+@pytest.mark.slow
 def test_zero_stages_0_1_2_match_single_process_loop(tmp_path) -> None:
     p = _finetune(tmp_path / "local", [])
     assert p.returncode == 0, p.stderr[-2000:]
@@ -56,11 +57,13 @@ def test_zero_stages_0_1_2_match_single_process_loop(tmp_path) -> None:
         assert (tmp_path / f"z{stage}" / "policy" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_zero3_is_refused_for_the_ebt_loss(tmp_path) -> None:
     p = _finetune(tmp_path / "z3", ["--deepspeed-config", str(DS / "zero3.json")])
     assert p.returncode != 0 and "ZeRO-3 does not support the second-order EBT loss" in p.stderr
 
 
+@pytest.mark.slow
 def test_two_ranks_torchrun_gloo_identical_weights(tmp_path) -> None:
     worker = tmp_path / "worker.py"
     worker.write_text(textwrap.dedent(f"""

@@ -41,6 +41,7 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 @pytest.mark.parametrize("extra", [[], ["--deepspeed-config", str(ROOT / "recipes/deepspeed/zero2.json")]],
                          ids=["local", "deepspeed_zero2"])
+@pytest.mark.slow
 def test_kill9_and_resume_reproduces_loss_curve(tmp_path, extra) -> None:
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
     subprocess.run(_cmd(ref_dir, extra), env=_env(), check=True, capture_output=True, cwd=ROOT, timeout=120)

@@ -49,6 +49,7 @@ def _scalars(tb_dir) -> dict[str, list[tuple[int, float]]]:
 CFG = OptimConfig(steps=8, warmup_steps=2, lr=1e-3, ema_decay=0.8, log_every=2)
 
 
+@pytest.mark.slow
 def test_periodic_eval_sees_ema_weights_and_leaves_training_unchanged(tmp_path, base_policy, monkeypatch) -> None:
     torch.manual_seed(0)
     ref = train_policy(copy.deepcopy(base_policy), _batches(), CFG, run_dir=tmp_path / "ref", progress=False)
@@ -128,6 +129,7 @@ def test_max_seconds_stops_at_the_wall_clock_budget_excluding_eval(tmp_path, bas
     assert res2.seconds < 1.0 + res2.seconds / res2.steps + 0.5  # evaluation time is not training time
 
 
+@pytest.mark.slow
 def test_finetune_writes_times_evals_tensorboard_and_plots(tmp_path) -> None:
     from recipes.finetune import parse_args, run
 
@@ -154,6 +156,7 @@ def test_finetune_writes_times_evals_tensorboard_and_plots(tmp_path) -> None:
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_finetune_equal_wall_clock_budget_records_steps_reached(tmp_path) -> None:
     from recipes.finetune import parse_args, run
 

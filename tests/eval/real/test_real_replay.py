@@ -64,6 +64,7 @@ def direct(policy, eps, threshold):
             "success_proxy": float((np.array(chunk_nmae) < threshold).mean()), "energy": chunk_energy, "scale": scale}
 
 
+@pytest.mark.slow
 def test_replay_agrees_with_direct_computation(shards):
     d, eps = shards
     policy = make_policy(head="regression").eval()

@@ -133,6 +133,7 @@ def test_round_trip_equals_in_process(server, policy):
         np.testing.assert_allclose(c.infer(t)["actions"], in_process(policy, o), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_four_concurrent_clients_lose_nothing(server, policy):
     n_clients, n_req, n_obs = 4, 200, 5
     obs = {(i, j): obs_np(1, 100 + 10 * i + j, [i % 2]) for i in range(n_clients) for j in range(n_obs)}
@@ -433,6 +434,7 @@ def test_sim_loop_with_saved_policy_cli(tmp_path):
     assert json.loads(out.read_text())["latency"]["round_trip"]["count"] == rep["episodes"][0]["chunks"]
 
 
+@pytest.mark.slow
 def test_serve_cli_subprocess(saved_policy, policy, tmp_path):
     port_file = tmp_path / "port"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

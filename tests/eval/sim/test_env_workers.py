@@ -96,6 +96,7 @@ class CountingPolicy:
         return np.array([0.01 * np.sin(self.k), 0.01 * np.cos(self.k)], np.float32)
 
 
+@pytest.mark.slow
 def test_parallel_equals_serial():
     from eval.sim.rollout import CallablePolicy, EvalConfig, ExpertPolicy, RandomPolicy, evaluate
     from eval.sim.suites import make_suite

@@ -173,6 +173,7 @@ def test_suite_close_stops_workers():
     assert _gone(pid) and s.worker_pids() == []
 
 
+@pytest.mark.slow
 @needs_libero
 def test_evaluate_one_camera_and_worker_exit_on_close():
     with make_suite("libero", benchmark=BENCH, image_size=SIZE, cameras=("agentview",), max_episode_steps=4) as s:

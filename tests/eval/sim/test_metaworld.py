@@ -336,6 +336,7 @@ def test_collect_demos_and_evaluate(suite):
     assert all(0 < e.length < suite.max_episode_steps for e in report.episodes)
 
 
+@pytest.mark.slow
 def test_rendering_then_loading_triton_does_not_crash():
     """Regression: Mesa's LLVM (software rendering) followed by Triton's bundled LLVM segfaulted the
     process (e.g. collect Meta-World demos, then build a diffusion policy); the suite preloads Triton."""

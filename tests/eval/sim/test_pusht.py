@@ -148,6 +148,7 @@ def test_headless_subprocess(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "(24, 24, 3) 1 dummy"
 
 
+@pytest.mark.slow
 def test_expert_succeeds_and_random_does_not(suite):
     # measured: 100/100 successes on seeds episode_seed(0, "push_t", i < 100), mean length ~95
     rep = evaluate(ExpertPolicy(suite), suite, EvalConfig(episodes_per_task=8, seed=1))

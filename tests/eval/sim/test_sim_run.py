@@ -59,6 +59,7 @@ def _run_fails(capsys, argv) -> str:
     return capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_with_workers(policy_dir, tmp_path):
     out = tmp_path / "eval"
     d = main(["--policy", str(policy_dir), "--suite", "reach2d", "--tasks", "reach_red", "reach_blue", "--episodes",

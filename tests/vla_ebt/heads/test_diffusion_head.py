@@ -104,12 +104,14 @@ def test_factory_builds_diffusion():
     assert isinstance(build_head("diffusion", cfg), DiffusionHead)
 
 
+@pytest.mark.slow
 def test_loss_falls(goal_task):
     _, _, losses = goal_task
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     assert last < 0.5 * first, (first, last)
 
 
+@pytest.mark.slow
 def test_learns_goal_conditioned_chunks(goal_task):
     head, proj, _ = goal_task
     torch.manual_seed(SEED + 1)
@@ -123,6 +125,7 @@ def test_learns_goal_conditioned_chunks(goal_task):
     assert ddim_err < 0.15 * mean_err, (ddim_err, mean_err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_bimodal_samples_cover_both_modes(bimodal_task, sampler):
     head, token = bimodal_task

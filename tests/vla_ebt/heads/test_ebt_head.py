@@ -71,6 +71,7 @@ def test_minimizer_early_exit_stops_converged_samples_only() -> None:
     torch.testing.assert_close(res.final[0], a0[0])
 
 
+@pytest.mark.slow
 def test_reference_training_beats_mean_and_two_steps_match_eight(trained_reference: EBTHead) -> None:
     ctx, target = goal_reach_batch(256, H, D, W, generator=torch.Generator().manual_seed(1))
     mean_pred_mse = (target - target.mean(0)).pow(2).mean().item()
@@ -137,6 +138,7 @@ def test_attention_backends_compute_the_same_energy() -> None:
     torch.testing.assert_close(a.energy(ctx, target), b.energy(ctx, target), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_truncated_unroll_is_cheaper_graph_but_still_trains() -> None:
     torch.manual_seed(0)
     head = EBTHead(small_cfg(objective="reference", truncate=1, train_steps_min=3, train_steps_rand=1))
@@ -195,6 +197,7 @@ def _auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     return ((pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()).mean().item()
 
 
+@pytest.mark.slow
 def test_error_shaping_makes_the_final_energy_read_the_expected_error() -> None:
     """Trained on a mix of unambiguous and two-mode contexts (where the minimizer's output, the
     modes' average, is far from every demonstration), the "error"-shaped final energy is higher on
@@ -216,6 +219,7 @@ def test_error_shaping_makes_the_final_energy_read_the_expected_error() -> None:
     assert 0.25 < _auroc(e[128:], e[:128]) < 0.75
 
 
+@pytest.mark.slow
 def test_margin_shaping_ranks_demonstrations_below_perturbed_chunks() -> None:
     head = _train_shaped("margin", steps=150)
     ctx, target = _mixed_ambiguity_batch(128, torch.Generator().manual_seed(6))

@@ -14,6 +14,7 @@ Documented behaviour (width 64, depth 2, 300 steps, 2 inference steps):
   better than denoise, still short of "<= 20% average at 2 steps".
 """
 
+import pytest
 import torch
 
 from tests.synthetic_tasks import goal_reach_batch, train_head
@@ -50,11 +51,13 @@ def test_default_objective_is_the_papers_reference_one() -> None:
     assert EBTConfig().objective == "reference"
 
 
+@pytest.mark.slow
 def test_denoise_objective_reaches_both_modes_from_random_starts() -> None:
     cov = _coverage(_train("denoise"))
     assert cov["plus"] >= 0.10 and cov["minus"] >= 0.10, cov
 
 
+@pytest.mark.slow
 def test_path_objective_reaches_both_modes_and_averages_less_with_more_steps() -> None:
     head = _train("path")
     cov2, cov8 = _coverage(head, 2), _coverage(head, 8)
@@ -62,6 +65,7 @@ def test_path_objective_reaches_both_modes_and_averages_less_with_more_steps() -
     assert cov8["plus"] >= 0.15 and cov8["minus"] >= 0.15 and cov8["avg"] <= 0.40, cov8
 
 
+@pytest.mark.slow
 def test_path_objective_is_accurate_on_a_unimodal_task_in_two_steps() -> None:
     torch.manual_seed(0)
     head = EBTHead(_cfg(objective="path"))
@@ -72,6 +76,7 @@ def test_path_objective_is_accurate_on_a_unimodal_task_in_two_steps() -> None:
     assert err < 0.05 * mean_err, (err, mean_err)
 
 
+@pytest.mark.slow
 def test_reference_objective_averages_the_modes() -> None:
     cov = _coverage(_train("reference"))
     assert cov["avg"] >= 0.9 and cov["plus"] <= 0.05 and cov["minus"] <= 0.05, cov

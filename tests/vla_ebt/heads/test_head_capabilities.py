@@ -177,6 +177,7 @@ def test_registry_register_unregister_and_lazy_modules() -> None:
         reg.get("a")
 
 
+@pytest.mark.slow
 def test_listing_suites_and_backbones_imports_no_heavy_module() -> None:
     code = ("import sys\nfrom eval.sim.suites import available_suites\n"
             "assert {'metaworld', 'libero', 'pusht'} <= set(available_suites())\n"
@@ -291,6 +292,7 @@ def mean_head():
         HEADS.unregister("test_mean")
 
 
+@pytest.mark.slow
 def test_a_registered_head_trains_saves_and_predicts_through_the_policy(mean_head, tmp_path: Path) -> None:
     from tests.policy_fixtures import make_batch, make_policy
     from vla_ebt.policy import VLAPolicy

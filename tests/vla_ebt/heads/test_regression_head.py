@@ -62,6 +62,7 @@ def test_bad_loss_rejected():
         make_head(loss="huber")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_kind", ["mse", "l1"])
 def test_learns_goal_conditioned_chunks(loss_kind):
     torch.manual_seed(SEED)
@@ -78,6 +79,7 @@ def test_learns_goal_conditioned_chunks(loss_kind):
     assert err < 0.05 * mean_err, (err, mean_err)
 
 
+@pytest.mark.slow
 def test_bimodal_predicts_the_average():
     torch.manual_seed(SEED + 1000)
     token = torch.randn(1, 1, W)
