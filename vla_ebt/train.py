@@ -1,6 +1,6 @@
 """The training loop: AdamW + warmup/cosine schedule + gradient clipping + EMA of weights.
 
-Single-process or through a DeepSpeed engine (ZeRO 0-2), behind one backend object
+Single-process or through a DeepSpeed engine (ZeRO 0-3), behind one backend object
 (:mod:`vla_ebt.train_backend`), with periodic atomic checkpoints and ``resume`` (:mod:`vla_ebt.train_io`);
 every checkpoint holds a loadable ``policy/`` folder (EMA weights if on).
 
@@ -15,7 +15,6 @@ wall-clock budget; time spent in ``on_eval`` counts neither toward it nor toward
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Union
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .policy import VLAPolicy
-from .train_backend import TrainBackend, bf16_as_autocast, lr_lambda, make_backend, trainable_keys
+from .train_backend import EMA, TrainBackend, bf16_as_autocast, lr_lambda, make_backend
 from .train_io import (MetricsSink, list_checkpoints, resolve_resume, rng_state, set_rng_state,
                        write_checkpoint)
 
@@ -86,7 +84,8 @@ class TrainResult:
     losses:        per-step losses of every step done (resumed runs include the restored ones).
     seconds:       training wall time of this process's loop, without time spent in ``on_eval``.
     steps:         optimizer steps done (< cfg.steps when ``max_seconds`` stopped the run).
-    eval_policy:   the policy to evaluate (EMA weights if on), in eval mode.
+    eval_policy:   the policy to evaluate (EMA weights if on), in eval mode. Under ZeRO-3 a standalone
+                   copy gathered on rank 0, and None on the other ranks.
     samples_per_s: samples (all ranks) per training second in this process's loop.
     stop_reason:   "steps" or "max_seconds".
     evals:         the ``on_eval`` records ({"step", "eval/<key>": value}).
@@ -145,10 +144,8 @@ def train_policy(
     if cfg.max_seconds < 0 or cfg.eval_every < 0:
         raise ValueError(f"optim.max_seconds and optim.eval_every must be >= 0, got {cfg.max_seconds}, {cfg.eval_every}")
     backend = make_backend(policy, cfg, deepspeed_config)
-    cfg = _fit_to_backend(cfg, backend, on_eval)
-    ema = (AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-           if cfg.ema_decay > 0 else None)
-    eval_policy = ema.module if ema is not None else policy  # evaluated, exported, in every checkpoint's policy/
+    ema = backend.make_ema(policy, cfg.ema_decay)
+    # backend.eval_policy(policy, ema): the weights evaluated, exported and in every checkpoint's policy/
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
 
     start, losses, rng = 0, [], None
@@ -187,12 +184,13 @@ def train_policy(
                 bar.set_postfix(loss=f"{step_loss:.4f}", sps=f"{rec['samples_per_s']:.1f}")
                 sink.write(rec, {k: TB_TAGS.get(k, f"train/{k}") for k in rec if k != "step"})
             if cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0:
-                write_checkpoint(backend, ckpt_dir, done, _trainer_state(done, losses, ema, policy), eval_policy,
-                                 cfg.ckpt_keep)
+                write_checkpoint(backend, ckpt_dir, done, _trainer_state(done, losses, ema),
+                                 backend.eval_policy(policy, ema), cfg.ckpt_keep)
             if on_eval is not None and cfg.eval_every > 0 and done % cfg.eval_every == 0:
                 te = time.perf_counter()
+                target = backend.eval_policy(policy, ema)  # every rank (ZeRO-3 gathers)
                 if backend.is_main:
-                    rec = _run_eval(on_eval, done, eval_policy, backend.model)
+                    rec = _run_eval(on_eval, done, target, backend.model)
                     evals.append(rec)
                     sink.write(rec)
                     bar.write(f"[eval] step {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in rec.items() if k != "step"))
@@ -207,23 +205,12 @@ def train_policy(
         bar.close()
         sink.close()
     seconds = time.perf_counter() - t0 - eval_seconds
-    eval_policy.eval()
+    eval_policy = backend.eval_policy(policy, ema)
+    if eval_policy is not None:
+        eval_policy.eval()
     return TrainResult(losses=losses, seconds=seconds, steps=done, eval_policy=eval_policy, last_info=info,
                        samples_per_s=(done - start) * samples_per_step / max(seconds, 1e-9), start_step=start,
                        stop_reason=stop_reason, eval_seconds=eval_seconds, evals=evals)
-
-
-def _fit_to_backend(cfg: OptimConfig, backend: TrainBackend, on_eval: EvalCallback | None) -> OptimConfig:
-    """Partitioned parameters (ZeRO-3) allow neither an EMA copy nor periodic evaluation of them."""
-    if not backend.partitions_params:
-        return cfg
-    if cfg.ema_decay > 0:
-        print("[deepspeed] ZeRO-3 partitions parameters: EMA disabled")
-        cfg = dataclasses.replace(cfg, ema_decay=0.0)
-    if on_eval is not None and cfg.eval_every > 0:
-        print("[deepspeed] ZeRO-3 partitions parameters: periodic evaluation disabled")
-        cfg = dataclasses.replace(cfg, eval_every=0)
-    return cfg
 
 
 def _skip_consumed(batches: Batches, consumed: int) -> Iterator[Mapping[str, Any]]:
@@ -249,22 +236,19 @@ def _accumulate_gradients(backend: TrainBackend, stream: Iterator[Mapping[str, A
     return step_loss, info
 
 
-def _trainer_state(done: int, losses: list[float], ema: AveragedModel | None, policy: VLAPolicy) -> dict[str, Any]:
+def _trainer_state(done: int, losses: list[float], ema: EMA | None) -> dict[str, Any]:
     """What a checkpoint holds besides the backend's model/optimizer state."""
     state: dict[str, Any] = {"step": done, "losses": losses, "rng": rng_state()}
     if ema is not None:
-        keys = trainable_keys(policy)
-        state["ema"] = {k: v for k, v in ema.module.state_dict().items() if k in keys}
-        state["ema_n_averaged"] = ema.n_averaged.clone()
+        state.update(ema.checkpoint_state())
     return state
 
 
-def _restore(backend: TrainBackend, ema: AveragedModel | None, path: Path) -> tuple[int, list[float], dict]:
+def _restore(backend: TrainBackend, ema: EMA | None, path: Path) -> tuple[int, list[float], dict]:
     """Load checkpoint ``path``; returns (steps done, losses so far, RNG states)."""
     state = backend.load(path)
-    if ema is not None and "ema" in state:
-        ema.module.load_state_dict(state["ema"], strict=False)
-        ema.n_averaged.copy_(state["ema_n_averaged"])
+    if ema is not None:
+        ema.load_checkpoint_state(state)
     return int(state["step"]), list(state["losses"]), state["rng"]
 
 

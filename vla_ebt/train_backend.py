@@ -3,21 +3,35 @@
 A backend owns the optimizer and learning-rate schedule (and the DeepSpeed engine). Per micro-batch
 the loop calls ``model(batch) -> (loss, info)`` and ``backward(loss)``; per optimizer step
 ``optimizer_step() -> grad norm``. Checkpoints: ``save(dir, state)`` writes this rank's trainer state
-plus the optimizer/model state, ``load(dir) -> state`` restores them. ``save_policy`` writes a
-``save_pretrained`` folder (rank 0; gathered first where parameters are partitioned).
+plus the optimizer/model state, ``load(dir) -> state`` restores them. ``make_ema`` builds the EMA of
+the weights, ``eval_policy(policy, ema)`` gives the weights to evaluate / export (EMA if on) as a
+standalone :class:`VLAPolicy` and ``save_policy`` writes one as a ``save_pretrained`` folder (rank 0).
 ``barrier`` / ``any_rank`` are the collectives; both are no-ops for a single process.
+
+ZeRO-3 (:class:`DeepSpeedBackend` with stage 3) partitions only the backbone's submodules across ranks.
+The head, the bridge, the rest of the context encoder and the backbone's own top-level parameters stay
+whole on every rank and outside ZeRO-3's fetch/release hooks (:func:`zero3_split`): the EBT loss
+differentiates through the energy gradient (``create_graph=True``) and its double backward reads the
+head's weights long after the module calls that ZeRO-3 would gather them for; the backbone is only
+differentiated first-order through the context tokens. The EMA is then kept as per-rank shards
+(:class:`ShardedEMA`) and ``eval_policy`` gathers the weights into a fresh policy on rank 0.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 
+import numpy as np
 import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from .normalize import Normalizer
 from .policy import VLAPolicy
 
 if TYPE_CHECKING:
@@ -71,6 +85,194 @@ def _adamw(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Ad
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+class ModuleEMA:
+    """EMA of every parameter and buffer in a full copy of the policy (``torch`` AveragedModel).
+
+    ``module`` is the averaged copy (what is evaluated and exported); a checkpoint stores the averaged
+    trainable parameters and buffers (``"ema"``) and ``"ema_n_averaged"``.
+    """
+
+    def __init__(self, policy: VLAPolicy, decay: float) -> None:
+        self.averaged = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.keys = trainable_keys(policy)
+
+    @property
+    def module(self) -> VLAPolicy:
+        return self.averaged.module
+
+    def update_parameters(self, policy: VLAPolicy) -> None:
+        self.averaged.update_parameters(policy)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        ema = {k: v for k, v in self.module.state_dict().items() if k in self.keys}
+        return {"ema": ema, "ema_n_averaged": self.averaged.n_averaged.clone()}
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        if "ema" in state:
+            self.module.load_state_dict(state["ema"], strict=False)
+            self.averaged.n_averaged.copy_(state["ema_n_averaged"])
+
+
+class ShardedEMA:
+    """EMA under ZeRO-3: each rank averages only its own partition (``ds_tensor``) of every trainable
+    parameter (whole or partitioned alike), and its full float buffers; no communication per step, 1/N
+    of the trainable parameters' memory. The update rule is AveragedModel's (copy at the first update,
+    then ``lerp(current, 1 - decay)``), element by element, so the gathered shards equal
+    :class:`ModuleEMA` of the same weights. :meth:`DeepSpeedBackend.eval_policy` gathers them.
+
+    A checkpoint stores this rank's shards (``"ema_shards"``; resuming needs the same world size, as
+    ZeRO checkpoints do), the buffers (``"ema_buffers"``) and ``"ema_n_averaged"``.
+    """
+
+    def __init__(self, policy: VLAPolicy, decay: float) -> None:
+        self.avg_fn = get_ema_multi_avg_fn(decay)
+        self.params = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+        for n, p in self.params.items():
+            if getattr(p.ds_tensor, "final_location", None) is not None:
+                raise NotImplementedError(f"EMA under ZeRO-3 reads each rank's partition in memory; parameter {n} "
+                                          "is offloaded to NVMe: set optim.ema_decay 0 or offload to cpu")
+        self.shards = {n: p.ds_tensor.detach().clone() for n, p in self.params.items()}
+        self.buffer_refs = dict(policy.named_buffers())
+        self.buffers = {n: b.detach().clone() for n, b in self.buffer_refs.items()}
+        self.n_averaged = torch.tensor(0, dtype=torch.long)
+
+    def _pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        ema = [*self.shards.values(), *self.buffers.values()]
+        cur = [*(p.ds_tensor.detach() for p in self.params.values()), *(b.detach() for b in self.buffer_refs.values())]
+        return ema, cur
+
+    @torch.no_grad()
+    def update_parameters(self, policy: VLAPolicy) -> None:
+        ema, cur = self._pairs()
+        if int(self.n_averaged) == 0:
+            for e, c in zip(ema, cur):
+                e.copy_(c)
+        else:
+            groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+            for e, c in zip(ema, cur):
+                es, cs = groups.setdefault((e.device, e.dtype), ([], []))
+                es.append(e)
+                cs.append(c.to(e.device))
+            for es, cs in groups.values():
+                self.avg_fn(es, cs, self.n_averaged)
+        self.n_averaged += 1
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"ema_shards": {n: t.detach().cpu() for n, t in self.shards.items()},
+                "ema_buffers": {n: t.detach().cpu() for n, t in self.buffers.items()},
+                "ema_n_averaged": self.n_averaged.clone()}
+
+    @torch.no_grad()
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        if "ema_shards" not in state:
+            return
+        for n, t in state["ema_shards"].items():
+            if n not in self.shards or self.shards[n].shape != t.shape:
+                raise RuntimeError(f"EMA shard {n} of the checkpoint does not fit this run (a different world size "
+                                   "or model?): resume ZeRO-3 EMA with the world size it was saved with")
+            self.shards[n].copy_(t)
+        for n, t in state["ema_buffers"].items():
+            self.buffers[n].copy_(t)
+        self.n_averaged.copy_(state["ema_n_averaged"])
+
+
+EMA = Union[ModuleEMA, ShardedEMA]
+
+
+def zero3_split(policy: VLAPolicy) -> tuple[list[nn.Module], list[nn.Parameter]]:
+    """What ZeRO-3 must not partition: (modules to keep outside its hooks, parameters to keep whole).
+
+    ZeRO-3 partitions the backbone's submodules (the pretrained towers and its new projections), whose
+    inputs and outputs are tensors or dicts of them, so its hooks gather a module's weights for its
+    forward and again for its backward. Everything else stays whole on every rank and unhooked: the
+    head (its loss may differentiate through its own gradient, see the module docstring), the bridge
+    and the rest of the context encoder, and the backbone's own top-level parameters (the backbone's
+    output is a PrefixOutput dataclass, which ZeRO-3's backward hooks cannot see into, so they would
+    never gather those parameters again for the backward). A parameter shared between the two sides
+    cannot be both: that raises ValueError naming it.
+    """
+    backbone = policy.encoder.backbone
+    inside = [m for child in backbone.children() for m in child.modules()]
+    inside_ids = {id(m) for m in inside}
+    partitioned = {id(p) for m in inside for p in m.parameters(recurse=False)}
+    outside = [m for m in policy.modules() if id(m) not in inside_ids]
+    names = {id(p): n for n, p in policy.named_parameters(remove_duplicate=False)}
+    whole, seen = [], set()
+    for m in outside:
+        for p in m.parameters(recurse=False):
+            if id(p) in partitioned:
+                raise ValueError(f"ZeRO-3: parameter {names.get(id(p), '?')} is shared between the backbone's "
+                                 "submodules (partitioned) and the head / bridge / backbone top level (kept whole); "
+                                 "untie it or use ZeRO 0-2")
+            if id(p) not in seen:
+                seen.add(id(p))
+                whole.append(p)
+    return outside, whole
+
+
+def _release_from_zero3(engine: Any, modules: list[nn.Module], params: list[nn.Parameter]) -> None:
+    """Take ``modules`` out of a ZeRO-3 engine's fetch/release hooks and keep ``params`` whole.
+
+    The engine registered four hooks on every module (forward pre/post: gather/release its weights;
+    two more that gather them again for its backward); those of ``modules`` are removed. ``params``
+    are marked persistent (``ds_persist``) and added to the optimizer's persistent list, which it
+    partitions at the start of each step and all-gathers again after it (and around checkpoints), then
+    gathered once now.
+    """
+    offload = engine.optimizer.parameter_offload
+    hook_ids = {hid for m in modules for hid in (*m._forward_pre_hooks, *m._forward_hooks)}
+    for handles in (offload.forward_hooks, offload.backward_hooks):
+        keep = []
+        for h in handles:
+            if h.id in hook_ids:
+                h.remove()
+            else:
+                keep.append(h)
+        handles[:] = keep
+    persistent = offload.persistent_parameters  # the same list object as engine.optimizer.persistent_parameters
+    known = {id(p) for p in persistent}
+    for p in params:
+        p.ds_persist = True
+        if id(p) not in known:
+            persistent.append(p)
+    _gather_whole(params)
+
+
+def _gather_whole(params: list[nn.Parameter]) -> None:
+    """All-gather the whole-kept parameters that ZeRO-3 left partitioned (collective; a no-op when none is)."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    if params:
+        params[0].all_gather(param_list=params)  # gathers only the NOT_AVAILABLE ones
+        bad = [p.ds_id for p in params if p.ds_status != ZeroParamStatus.AVAILABLE]
+        if bad:
+            raise RuntimeError(f"ZeRO-3: parameters {bad[:5]} kept whole are not available after all-gather")
+
+
+def _gather_shard(p: nn.Parameter, shard: torch.Tensor) -> torch.Tensor:
+    """The full tensor of ZeRO-3 parameter ``p`` whose rank-local partition is ``shard`` (collective over
+    ``p``'s partition group; every rank gets it)."""
+    group = p.ds_process_group
+    world = torch.distributed.get_world_size(group=group)
+    parts = [torch.empty_like(shard) for _ in range(world)]
+    torch.distributed.all_gather(parts, shard.contiguous(), group=group)
+    return torch.cat(parts)[: p.ds_numel].view(p.ds_shape)
+
+
+def _rng_states() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
+
+
+def _set_rng_states(states: tuple) -> None:
+    cpu, cuda, py, npy = states
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(py)
+    np.random.set_state(npy)
+
+
 class TrainBackend(ABC):
     """The interface :func:`vla_ebt.train.train_policy` trains through (see the module docstring)."""
 
@@ -111,8 +313,18 @@ class TrainBackend(ABC):
         """The same decision on every rank: OR over ranks, or rank ``src``'s value."""
         return flag
 
-    def save_policy(self, policy: VLAPolicy, directory: Path) -> None:
-        """``policy.save_pretrained(directory)`` on rank 0; every rank must call it."""
+    def make_ema(self, policy: VLAPolicy, decay: float) -> EMA | None:
+        """The EMA of ``policy``'s weights (None when ``decay`` is 0): a :class:`ModuleEMA` copy."""
+        return ModuleEMA(policy, decay) if decay > 0 else None
+
+    def eval_policy(self, policy: VLAPolicy, ema: EMA | None) -> VLAPolicy | None:
+        """The weights to evaluate and export (the EMA's if on) as a standalone policy; every rank must call
+        it. Here: ``ema.module`` or ``policy`` itself, on every rank (no copy)."""
+        return ema.module if ema is not None else policy
+
+    def save_policy(self, policy: VLAPolicy | None, directory: Path) -> None:
+        """``policy.save_pretrained(directory)`` on rank 0 (``policy``: what :meth:`eval_policy` returned);
+        every rank must call it."""
         if self.is_main:
             policy.save_pretrained(directory)
 
@@ -159,8 +371,12 @@ class PlainBackend(TrainBackend):
 
 
 class DeepSpeedBackend(TrainBackend):
-    """A DeepSpeed engine (ZeRO 0-2; ZeRO-3 for non-EBT heads). The process group must be initialized
-    (``vla_ebt.distributed.init_distributed``). bf16 configs run as torch autocast (:func:`bf16_as_autocast`)."""
+    """A DeepSpeed engine, ZeRO 0-3. The process group must be initialized
+    (``vla_ebt.distributed.init_distributed``). bf16 configs run as torch autocast (:func:`bf16_as_autocast`).
+
+    ZeRO-3 partitions the backbone's submodules only; the head, bridge and the rest stay whole on every
+    rank (:func:`zero3_split`), which is what the EBT head's second-order loss needs. The EMA is then a
+    :class:`ShardedEMA`, and :meth:`eval_policy` gathers the weights into a fresh policy on rank 0."""
 
     def __init__(self, policy: VLAPolicy, cfg: OptimConfig, config_path: str | Path) -> None:
         import deepspeed
@@ -174,10 +390,11 @@ class DeepSpeedBackend(TrainBackend):
             print("[deepspeed] bf16: torch autocast (float32 master weights, bf16 matmuls)")
         self.grad_accum = int(ds_cfg["gradient_accumulation_steps"])
         self.partitions_params = int(ds_cfg.get("zero_optimization", {}).get("stage", 0)) == 3
-        if self.partitions_params and policy.head.capabilities.second_order_loss:
-            # the create_graph=True energy gradient keeps references to weights ZeRO-3 re-partitions
-            raise NotImplementedError(f"ZeRO-3 does not support the second-order {policy.cfg.head.upper()} loss; "
-                                      "use ZeRO 0-2")
+        self.policy = policy
+        whole_modules: list[nn.Module] = []
+        self.whole_params: list[nn.Parameter] = []
+        if self.partitions_params:
+            whole_modules, self.whole_params = zero3_split(policy)
         opt = _adamw([p for p in policy.parameters() if p.requires_grad], cfg)
         for p in policy.parameters():  # DeepSpeed broadcasts/flattens raw storage: needs contiguous tensors
             if p.dim() > 0 and (not p.data.is_contiguous() or p.data.stride(-1) != 1):
@@ -186,6 +403,13 @@ class DeepSpeedBackend(TrainBackend):
             model=_LossModule(policy), optimizer=opt, config=ds_cfg,
             lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg)))
         self.model = self.engine
+        if self.partitions_params:
+            _release_from_zero3(self.engine, whole_modules, self.whole_params)
+            if self.is_main:
+                n_whole = sum(p.ds_numel for p in self.whole_params)
+                n_all = sum(p.ds_numel for p in policy.parameters())
+                print(f"[deepspeed] ZeRO-3: backbone submodules partitioned ({(n_all - n_whole) / 1e6:.2f}M params); "
+                      f"head, bridge and backbone top level whole on every rank ({n_whole / 1e6:.2f}M)")
 
     def lr(self) -> float:
         return self.sched.get_last_lr()[0]
@@ -193,6 +417,9 @@ class DeepSpeedBackend(TrainBackend):
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
         self.engine.step()  # the engine applies the update at the accumulation boundary
+        if self.partitions_params:
+            # the step re-gathers the persistent list, except when it skips an update (overflow / inf norm)
+            _gather_whole(self.whole_params)
 
     def optimizer_step(self) -> float:
         gnorm = self.engine.get_global_grad_norm()
@@ -208,6 +435,8 @@ class DeepSpeedBackend(TrainBackend):
                            weights_only=False)
         self.engine.load_checkpoint(str(directory), tag="ds", load_module_strict=False, load_optimizer_states=True,
                                     load_lr_scheduler_states=True)
+        if self.partitions_params:
+            _gather_whole(self.whole_params)
         return state
 
     def barrier(self) -> None:
@@ -224,14 +453,68 @@ class DeepSpeedBackend(TrainBackend):
             torch.distributed.broadcast(t, src=src)
         return bool(t.item() > 0)
 
-    def save_policy(self, policy: VLAPolicy, directory: Path) -> None:
-        if not self.partitions_params:
-            super().save_policy(policy, directory)
-            return
-        import deepspeed
+    def make_ema(self, policy: VLAPolicy, decay: float) -> EMA | None:
+        if not self.partitions_params or decay <= 0:
+            return super().make_ema(policy, decay)
+        return ShardedEMA(policy, decay)
 
-        with deepspeed.zero.GatheredParameters(list(policy.parameters()), modifier_rank=None):
-            super().save_policy(policy, directory)
+    def eval_policy(self, policy: VLAPolicy, ema: EMA | None) -> VLAPolicy | None:
+        """ZeRO-3: a fresh :class:`VLAPolicy` on rank 0 holding the gathered weights (the EMA's if on), on
+        the training device; None on the other ranks. Frozen backbone base weights (finetune "lora" /
+        "frozen") are not gathered: the fresh policy loads them from ``backbone.model`` as
+        ``from_pretrained`` does. Restores the RNG states it used, so training is unaffected."""
+        if not self.partitions_params:
+            return super().eval_policy(policy, ema)
+        gathered = self._gather_state(policy, ema)
+        if gathered is None:
+            return None
+        state, skipped = gathered
+        states = _rng_states()
+        try:
+            fresh = VLAPolicy(policy.cfg, Normalizer.from_dict(policy.normalizer.to_dict()))
+        finally:
+            _set_rng_states(states)
+        missing, unexpected = fresh.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - skipped:
+            raise RuntimeError(f"ZeRO-3: the gathered weights do not fit a fresh policy: missing "
+                               f"{sorted(set(missing) - skipped)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        return fresh.to(policy.device)
+
+    @torch.no_grad()
+    def _gather_state(self, policy: VLAPolicy, ema: EMA | None) -> tuple[dict[str, torch.Tensor], set[str]] | None:
+        """Rank 0: (the policy's state dict gathered from the ZeRO-3 partitions, EMA shards where ``ema``
+        is on, as CPU tensors; the names of the parameters left out); None elsewhere. Collective: every
+        rank runs the same all-gathers. Leaves out the frozen parameters of the backbone's pretrained
+        modules unless finetune mode is "full" (a fresh policy loads them from ``backbone.model``)."""
+        full = policy.cfg.finetune.mode == "full"
+        prefixes = tuple(policy._base_weight_prefixes())
+        shards = ema.shards if isinstance(ema, ShardedEMA) else {}
+        out: dict[str, torch.Tensor] = {}
+        skipped: set[str] = set()
+        done: dict[int, torch.Tensor] = {}
+        for name, p in policy.named_parameters(remove_duplicate=False):  # tied weights: gathered once
+            if not (full or p.requires_grad or not name.startswith(prefixes)):
+                skipped.add(name)
+                continue
+            if id(p) not in done:
+                value = _gather_shard(p, shards.get(name, p.ds_tensor))
+                done[id(p)] = value.detach().cpu().clone() if self.is_main else value[:0]
+            out[name] = done[id(p)]
+        if not self.is_main:
+            return None
+        ema_buffers = ema.buffers if isinstance(ema, ShardedEMA) else {}
+        params = set(out) | skipped
+        for name, value in policy.state_dict().items():  # the persistent buffers
+            if name not in params:
+                out[name] = ema_buffers.get(name, value).detach().cpu().clone()
+        return out, skipped
+
+    def save_policy(self, policy: VLAPolicy | None, directory: Path) -> None:
+        """ZeRO-3: ``policy`` is what :meth:`eval_policy` returned (None on ranks > 0); given the
+        partitioned training policy itself (on every rank), it is gathered first."""
+        if self.partitions_params and policy is self.policy:
+            policy = self.eval_policy(policy, None)
+        super().save_policy(policy, directory)
 
 
 def make_backend(policy: VLAPolicy, cfg: OptimConfig, deepspeed_config: str | Path | None = None) -> TrainBackend:
