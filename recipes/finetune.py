@@ -134,6 +134,8 @@ def run(cfg: TrainConfig, progress: bool = True, resume: str | None = None,
     tasks = data.tasks or []
 
     policy = VLAPolicy(pc, data.normalizer)
+    if data.prepare_policy is not None:  # e.g. the frozen-backbone feature cache
+        data.prepare_policy(policy)
     n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in policy.parameters())
     print(f"[policy] head={pc.head} backbone={pc.backbone.family}:{pc.backbone.model} finetune={pc.finetune.mode} "
