@@ -55,6 +55,7 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
     from torch.utils.data import DataLoader, DistributedSampler
 
     from eval.sim.demo_cache import DemoSpec, cached_demos
+    from eval.sim.demos import collect_demos
     from eval.sim.suites import make_suite, parse_suite_args
     from vla_ebt.data.episodes import ChunkDataset, collate, dataset_stats
 
