@@ -19,7 +19,6 @@ import difflib
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from recipes.compare.artifacts import DEFAULT_RESULTS_DIR, REPO, load_artifacts
 from recipes.compare.report import Cell, build_cells, curve_table, group_title, section, table, verdicts
@@ -137,9 +136,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run() -> Any:
-    sys.exit(main())
-
-
 if __name__ == "__main__":
-    _run()
+    sys.exit(main())

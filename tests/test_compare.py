@@ -240,6 +240,11 @@ def test_results_say_where_the_focus_head_loses(tmp_path):
     text = " ".join(verdicts(cells, "ebt"))
     assert "**loses to** regression" in text and "not separated from ddim-10" in text
     assert "Highest final success: **regression**" in text
+    from recipes.compare.report import section
+
+    assert "oversubscribed" not in section(build_cells(arts), "ebt", "x")
+    arts[0]["cost"].update(load_avg_1min=7.5, cpu_count=2)
+    assert "oversubscribed machine, load 7.5 on 2 cores" in section(build_cells(arts), "ebt", "x")
     other = fake_artifact("regression", 2, {"regression": 0.9}, episodes=5)
     with pytest.raises(ValueError, match="other episodes"):
         build_cells([*arts, other])

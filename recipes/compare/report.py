@@ -36,6 +36,7 @@ class Cell:
     cpu_seconds: float  # summed over the seeds' runs
     hparams: list[tuple[float, float]] = field(default_factory=list)
     episodes: int = 0  # per seed (tasks x eval seeds x episodes)
+    load: tuple[float, int] | None = None  # highest 1-min load average seen after an evaluation, cores
 
 
 def _nanmean(xs: Sequence[Any]) -> float:
@@ -97,6 +98,8 @@ def _cell(suite: str, protocol: str, head: str, label: str, runs: list[dict[str,
         cpu_seconds=float(sum(r["cpu_seconds"] or 0.0 for r in runs)),
         hparams=sorted({(r["hparams"]["lr"], r["hparams"]["ema_decay"]) for r in runs}),
         episodes=int(curves[0].shape[1]),
+        load=max(((r["cost"]["load_avg_1min"], r["cost"].get("cpu_count") or 0) for r in runs
+                  if r["cost"].get("load_avg_1min") is not None), default=None),
     )
 
 
@@ -185,8 +188,12 @@ def section(groups: dict[tuple[str, str], list[Cell]], focus: str, source: str) 
              "intervals do not overlap.", ""]
     for (suite, protocol), cells in groups.items():
         c0 = cells[0]
+        loads = [c.load for c in cells if c.load is not None]
+        busy = max(loads) if loads else None
+        note = (f"; ms and seconds measured on an oversubscribed machine, load {busy[0]:.1f} on {busy[1]} cores"
+                if busy is not None and busy[0] > busy[1] else "")
         lines += [f"**{group_title(suite, protocol)}** ({len(c0.seeds)} training seed(s) x {c0.episodes} evaluation "
-                  f"episodes, {c0.steps[-1]} steps, checkpoints at {', '.join(map(str, c0.steps))}):", "",
+                  f"episodes, {c0.steps[-1]} steps, checkpoints at {', '.join(map(str, c0.steps))}{note}):", "",
                   table(cells), ""]
         lines += [f"* {s}" for s in verdicts(cells, focus)]
         lines.append("")

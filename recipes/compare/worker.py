@@ -82,7 +82,8 @@ def _evaluate(spec: RunSpec, acct: dict[str, Any]) -> list[dict[str, Any]]:
             policy = load_policy(ckpt / "policy")
             rows = {v.label: evaluate_variant(policy, suite, spec.tasks, spec.eval_seeds, spec.episodes_per_task, v)
                     for v in spec.variants}
-            done = {"step": step, "rows": rows}
+            # timings are only comparable on a machine that is not oversubscribed: keep its load with them
+            done = {"step": step, "rows": rows, "load_avg_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}
             from vla_ebt.config_io import atomic_write_json
 
             atomic_write_json(path, done)
@@ -102,6 +103,7 @@ def _artifact(spec: RunSpec, summary: dict[str, Any], evals: list[dict[str, Any]
                      "curve": curve, "cost": evals[-1]["rows"][v.label]["cost"]})
     primary = rows[0]
     cost = {**primary["cost"], "train_samples_per_s": float(summary.get("samples_per_s", float("nan"))),
+            "load_avg_1min": evals[-1].get("load_avg_1min"), "cpu_count": evals[-1].get("cpu_count"),
             "unit": "forward_equiv = ChunkPrediction.nfe x capabilities.eval_cost per chunk; ms are medians per chunk at batch 1"}
     cpu = acct.get("train_cpu_seconds", 0.0) + acct.get("eval_cpu_seconds", 0.0)
     return {
