@@ -49,6 +49,9 @@ class DataConfig:
     on_degenerate: Literal["error", "passthrough_dim"] = "error"  # constant action/state dims in the stats
     suite_args: tuple[str, ...] = ()  # sim: make_suite keyword arguments as KEY=VALUE (VALUE parsed as JSON)
     demo_cache: str = ""  # sim: demo shard cache root ("" = $VLA_EBT_CACHE or ~/.cache/vla_ebt; "off" = no cache)
+    # sim + policy.finetune.mode "frozen": run the frozen pretrained encoders once per frame and reuse their
+    # outputs every step (vla_ebt.feature_cache; kept beside the demo cache, keyed by demos + backbone config)
+    feature_cache: bool = True
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ BatchFactory = Callable[[int], Iterator[Mapping[str, Any]]]
 class TrainData:
     """normalizer: statistics of every embodiment in the data. make_batches(start) -> batches after
     ``start`` consumed ones. num_samples: training samples (steps) in one pass. datasets: names.
-    suite / tasks: the sim suite and its tasks (None / [] for shards: nothing to evaluate on)."""
+    suite / tasks: the sim suite and its tasks (None / [] for shards: nothing to evaluate on).
+    prepare_policy: called once with the built policy before training (the frozen feature cache), or None."""
 
     normalizer: Normalizer
     make_batches: BatchFactory
@@ -38,6 +39,7 @@ class TrainData:
     datasets: list[str]
     suite: Any = None
     tasks: list[str] | None = None
+    prepare_policy: Callable[[Any], None] | None = None
 
 
 def _fail(msg: str) -> SystemExit:
@@ -77,12 +79,12 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
         raise _fail(f"policy.action_dim/state_dim ({pc.action_dim}/{pc.state_dim}) smaller than suite "
                     f"{dc.suite!r} needs ({suite.action_dim}/{suite.state_dim})")
     print(f"[data] {dc.episodes_per_task} expert episodes x {len(tasks)} tasks from suite {dc.suite!r}")
+    spec = DemoSpec(suite=dc.suite, tasks=tuple(tasks), episodes_per_task=dc.episodes_per_task, seed=dc.seed,
+                    action_noise=dc.action_noise, suite_kwargs=suite_kwargs)
     if dc.demo_cache == "off":
         episodes = collect_demos(suite, tasks, dc.episodes_per_task, seed=dc.seed, action_noise=dc.action_noise,
                                  num_workers=env_workers, suite_kwargs=suite_kwargs)
     else:
-        spec = DemoSpec(suite=dc.suite, tasks=tuple(tasks), episodes_per_task=dc.episodes_per_task, seed=dc.seed,
-                        action_noise=dc.action_noise, suite_kwargs=suite_kwargs)
         episodes, _ = cached_demos(spec, dc.demo_cache or None, num_workers=env_workers)
     try:
         normalizer = Normalizer({dc.suite: dataset_stats(episodes)}, NormalizationConfig(on_degenerate=dc.on_degenerate),
@@ -112,7 +114,55 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
         # the shuffled order depends on the loader's generator state: replay and drop consumed batches
         return itertools.islice(forever(), start, None)
 
-    return TrainData(normalizer, make_batches, len(dataset), [dc.suite], suite=suite, tasks=tasks)
+    prepare = None
+    if pc.finetune.mode == "frozen" and dc.feature_cache:
+        path = None if dc.demo_cache == "off" else feature_cache_path(dc, pc, spec.key())
+
+        def prepare(policy: Any) -> None:
+            install_feature_cache(policy, dataset, path)
+
+    return TrainData(normalizer, make_batches, len(dataset), [dc.suite], suite=suite, tasks=tasks,
+                     prepare_policy=prepare)
+
+
+def feature_cache_path(dc: DataConfig, pc: PolicyConfig, demo_key: str) -> Path:
+    """Where the frozen feature cache of these demonstrations (``demo_key``) and this backbone lives:
+    ``<demo cache root>/features/<suite>-<demo key>-<backbone config hash>.safetensors``."""
+    import hashlib
+    import json
+
+    from eval.sim.demo_cache import default_cache_root
+    from vla_ebt import config_io
+
+    root = Path(dc.demo_cache) if dc.demo_cache else default_cache_root()
+    blob = json.dumps({"v": 1, "backbone": config_io.to_dict(pc.backbone), "image_history": False}, sort_keys=True)
+    return root / "features" / f"{dc.suite}-{demo_key}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.safetensors"
+
+
+def install_feature_cache(policy: Any, dataset: Any, path: Path | None, batch_size: int = 64) -> Any:
+    """Load the frozen feature cache from ``path`` (or compute it over every frame of ``dataset`` and
+    save it there), then install it on ``policy``'s backbone; returns the cache."""
+    import time
+
+    from torch.utils.data import DataLoader
+
+    from vla_ebt.data.episodes import collate
+    from vla_ebt.feature_cache import FrozenFeatureCache
+
+    backbone = policy.encoder.backbone
+    if path is not None and path.is_file():
+        cache = FrozenFeatureCache.load(path).install(backbone)
+        print(f"[feature cache] {len(cache)} frozen encoder outputs from {path}")
+        return cache
+    t0 = time.perf_counter()
+    cache = FrozenFeatureCache()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    with torch.random.fork_rng(devices=[]):  # a loader iterator draws a seed: keep training's RNG stream as is
+        n = cache.fill(backbone, ((b["images"], b["instruction"]) for b in loader))
+    print(f"[feature cache] encoded {n} frames in {time.perf_counter() - t0:.1f} s ({len(cache)} entries)")
+    if path is not None:
+        cache.save(path, meta={"frames": n})
+    return cache
 
 
 # ---------------------------------------------------------------------------------------------- shards

@@ -169,6 +169,8 @@ def _run(cfg: TrainConfig, progress: bool, resume: str | None, deepspeed_config:
 
     t = time.perf_counter()
     policy = VLAPolicy(pc, data.normalizer)
+    if data.prepare_policy is not None:  # e.g. the frozen-backbone feature cache
+        data.prepare_policy(policy)
     timing["policy"] = time.perf_counter() - t
     n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in policy.parameters())

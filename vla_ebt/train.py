@@ -5,7 +5,8 @@ Single-process or through a DeepSpeed engine (ZeRO 0-3), behind one backend obje
 every checkpoint holds a loadable ``policy/`` folder (EMA weights if on).
 
 Rank 0 logs every ``log_every`` steps (and the last step) to ``run_dir/metrics.jsonl`` (one JSON
-object per logged step: step, loss, lr, grad_norm, samples_per_s + the head's metrics), to
+object per logged step: step, loss, lr, grad_norm, samples_per_s, train_seconds (training wall time
+up to and including that step, carried across resumes by the checkpoints) + the head's metrics), to
 TensorBoard scalars in ``run_dir/tb/`` (tags in :data:`TB_TAGS`; other head metrics under
 ``train/<name>``) and to a tqdm bar. Periodic closed-loop evaluation (``OptimConfig.eval_every`` +
 the ``on_eval`` callback) sees the EMA weights and adds ``{"step", "eval/success", ...}`` records
@@ -148,10 +149,10 @@ def train_policy(
     # backend.eval_policy(policy, ema): the weights evaluated, exported and in every checkpoint's policy/
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
 
-    start, losses, rng = 0, [], None
+    start, losses, rng, seconds_before = 0, [], None, 0.0
     ckpt = resolve_resume(resume, run_dir) if resume is not None else None
     if ckpt is not None:
-        start, losses, rng = _restore(backend, ema, ckpt)
+        start, losses, rng, seconds_before = _restore(backend, ema, ckpt)
         print(f"[train] resumed from {ckpt} at step {start}")
     stream = _skip_consumed(batches, start * backend.grad_accum)
     if rng is not None:
@@ -180,11 +181,12 @@ def train_policy(
 
             if backend.is_main and (step % cfg.log_every == 0 or done == cfg.steps or out_of_time):
                 rec = {"step": step, "loss": step_loss, "grad_norm": gnorm if math.isfinite(gnorm) else None,
-                       "lr": lr_used, "samples_per_s": (done - start) * samples_per_step / max(train_s, 1e-9), **info}
+                       "lr": lr_used, "samples_per_s": (done - start) * samples_per_step / max(train_s, 1e-9),
+                       "train_seconds": seconds_before + train_s, **info}
                 bar.set_postfix(loss=f"{step_loss:.4f}", sps=f"{rec['samples_per_s']:.1f}")
                 sink.write(rec, {k: TB_TAGS.get(k, f"train/{k}") for k in rec if k != "step"})
             if cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0:
-                write_checkpoint(backend, ckpt_dir, done, _trainer_state(done, losses, ema),
+                write_checkpoint(backend, ckpt_dir, done, _trainer_state(done, losses, ema, seconds_before + train_s),
                                  backend.eval_policy(policy, ema), cfg.ckpt_keep)
             if on_eval is not None and cfg.eval_every > 0 and done % cfg.eval_every == 0:
                 te = time.perf_counter()
@@ -236,20 +238,20 @@ def _accumulate_gradients(backend: TrainBackend, stream: Iterator[Mapping[str, A
     return step_loss, info
 
 
-def _trainer_state(done: int, losses: list[float], ema: EMA | None) -> dict[str, Any]:
+def _trainer_state(done: int, losses: list[float], ema: EMA | None, train_seconds: float) -> dict[str, Any]:
     """What a checkpoint holds besides the backend's model/optimizer state."""
-    state: dict[str, Any] = {"step": done, "losses": losses, "rng": rng_state()}
+    state: dict[str, Any] = {"step": done, "losses": losses, "rng": rng_state(), "train_seconds": train_seconds}
     if ema is not None:
         state.update(ema.checkpoint_state())
     return state
 
 
-def _restore(backend: TrainBackend, ema: EMA | None, path: Path) -> tuple[int, list[float], dict]:
-    """Load checkpoint ``path``; returns (steps done, losses so far, RNG states)."""
+def _restore(backend: TrainBackend, ema: EMA | None, path: Path) -> tuple[int, list[float], dict, float]:
+    """Load checkpoint ``path``; returns (steps done, losses so far, RNG states, training seconds so far)."""
     state = backend.load(path)
     if ema is not None:
         ema.load_checkpoint_state(state)
-    return int(state["step"]), list(state["losses"]), state["rng"]
+    return int(state["step"]), list(state["losses"]), state["rng"], float(state.get("train_seconds", 0.0))
 
 
 def _run_eval(on_eval: EvalCallback, done: int, target: VLAPolicy, model: torch.nn.Module) -> dict[str, float]:

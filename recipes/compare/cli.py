@@ -1,0 +1,242 @@
+"""``python -m recipes.compare``: the head comparison (docs/comparison_protocol.md).
+
+    python -m recipes.compare --suite metaworld --heads ebt flow diffusion regression --seeds 0 1 2 --out DIR
+        [--protocols lora frozen] [--steps N] [--checkpoints 5] [--episodes 10] [--tune-steps N]
+        [--tune-lr 1e-4 3e-4 1e-3] [--tune-ema 0.99 0.999] [--jobs N] [--publish] [--dry-run]
+
+Per suite and protocol: (1) every head x (lr, EMA) candidate trains on training seed ``--tune-seed`` for
+``--tune-steps`` and is evaluated on the tuning seeds; the best candidate per head is written to
+``DIR/<suite>/<protocol>/tuning.json``; (2) every head trains with its choice on every ``--seeds``
+seed for ``--steps`` with ``--checkpoints`` evenly spaced checkpoints, each evaluated on the final
+evaluation seeds under every preset with warm start off, and on for heads that can warm start.
+Every run is resumable and writes its artifact; ``--publish`` copies the finished ones to
+docs/results/compare/ and regenerates the tables, plots and README section (``python -m recipes.results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from vla_ebt.heads import available_heads
+
+from .plan import PROTOCOLS, RunSpec, SeedPlan, check_seed_plan, head_variants, train_config, tune_decay
+
+__all__ = ["main", "build_plan"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m recipes.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", nargs="+", default=["metaworld"], help="suites (each uses the recipe <suite>_<head>)")
+    p.add_argument("--heads", nargs="+", default=None, help="registered heads (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of the final runs")
+    p.add_argument("--out", required=True, help="run folders, tuning.json and artifacts go here")
+    p.add_argument("--protocols", nargs="+", default=["lora"], choices=PROTOCOLS, help="backbone fine-tuning modes")
+    p.add_argument("--recipe", default=None, help="base recipe (default: <suite>_<first registered head>)")
+    p.add_argument("--demos-per-task", type=int, default=None, help="override the recipe's demonstrations per task")
+    p.add_argument("--steps", type=int, default=None, help="training steps of a final run (default: the recipe's)")
+    p.add_argument("--checkpoints", type=int, default=5, help="evenly spaced checkpoints evaluated per final run")
+    p.add_argument("--episodes", type=int, default=10, help="final evaluation episodes per task and eval seed")
+    p.add_argument("--eval-seeds", nargs="+", type=int, default=[10_000], help="final evaluation base seeds")
+    p.add_argument("--tune-steps", type=int, default=None, help="tuning budget (default steps // 4; 0: no tuning, "
+                   "the recipe's lr / EMA for every head)")
+    p.add_argument("--tune-lr", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3])
+    p.add_argument("--tune-ema", nargs="+", type=float, default=[0.99, 0.999],
+                   help="EMA decays meant for the final budget (tuning runs use decay ** (steps / tune_steps))")
+    p.add_argument("--tune-seed", type=int, default=0, help="training seed of the tuning runs")
+    p.add_argument("--tune-eval-seeds", nargs="+", type=int, default=[20_000], help="tuning evaluation base seeds")
+    p.add_argument("--tune-episodes", type=int, default=None, help="tuning episodes per task (default: --episodes)")
+    p.add_argument("--no-warm-rows", action="store_true", help="skip the warm-start-on rows")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel single-thread runs")
+    p.add_argument("--demo-cache", default=None, help="demo / feature cache root (default: the recipe's)")
+    p.add_argument("--publish", action="store_true", help="copy finished artifacts to docs/results/compare and "
+                   "regenerate tables, plots and the README section")
+    p.add_argument("--publish-dir", default=None, help="publish to this folder instead (implies --publish; the "
+                   "README is regenerated only for the default folder)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    return p
+
+
+def _base_recipe(suite: str, a: argparse.Namespace, heads: list[str]) -> Any:
+    import dataclasses
+
+    from recipes.configs import named_recipe, recipes
+
+    name = a.recipe or f"{suite}_{heads[0]}"
+    if name not in recipes():
+        raise ValueError(f"no recipe {name!r} for suite {suite!r}; pass --recipe NAME (known: {sorted(recipes())})")
+    cfg = named_recipe(name, a.demos_per_task)
+    if cfg.data.suite != suite:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, suite=suite, tasks=(), suite_args=()))
+    return cfg
+
+
+def _tasks(cfg: Any) -> tuple[str, ...]:
+    from eval.sim.suites import make_suite, parse_suite_args
+
+    return tuple(cfg.data.tasks) or tuple(make_suite(cfg.data.suite, **parse_suite_args(cfg.data.suite_args)).task_names())
+
+
+def build_plan(a: argparse.Namespace) -> dict[str, Any]:
+    """{"tune": [RunSpec], "final": {(suite, protocol, head): steps, ...}, "bases", "seeds"} from the
+    parsed arguments; ValueError on bad input (overlapping seeds, unknown heads / recipes)."""
+    from .artifacts import git_commit
+
+    heads = a.heads or available_heads()
+    unknown = [h for h in heads if h not in available_heads()]
+    if unknown:
+        raise ValueError(f"unknown head(s) {unknown}; registered: {available_heads()}")
+    out = Path(a.out).resolve()
+    commit = git_commit()
+    plan: dict[str, Any] = {"tune": [], "cells": [], "bases": {}, "seed_plans": {}, "commit": commit}
+    for suite in a.suite:
+        base = _base_recipe(suite, a, heads)
+        steps = a.steps or base.optim.steps
+        if steps % a.checkpoints:
+            raise ValueError(f"--steps {steps} is not a multiple of --checkpoints {a.checkpoints}")
+        tune_steps = steps // 4 if a.tune_steps is None else a.tune_steps
+        tasks = _tasks(base)
+        seeds = SeedPlan(tasks, base.data.seed, base.data.episodes_per_task, tuple(a.tune_eval_seeds),
+                         a.tune_episodes or a.episodes, tuple(a.eval_seeds), a.episodes)
+        check_seed_plan(seeds)
+        plan["bases"][suite] = base
+        plan["seed_plans"][suite] = seeds
+        for protocol in a.protocols:
+            for head in heads:
+                cell = {"suite": suite, "protocol": protocol, "head": head, "steps": steps, "tune_steps": tune_steps,
+                        "tune": []}
+                grid = [(lr, ema) for lr in a.tune_lr for ema in a.tune_ema] if tune_steps > 0 else []
+                for lr, ema in grid:
+                    spec = RunSpec(suite, protocol, head, "tune", lr, ema, a.tune_seed, tune_steps, 1,
+                                   seeds.tune_eval_seeds, seeds.tune_episodes, tasks, tuple(head_variants(head)[:1]),
+                                   str(out), meta={"git_commit": commit, "jobs": a.jobs})
+                    cfg = train_config(base, suite=suite, head=head, protocol=protocol, lr=lr,
+                                       ema_decay=tune_decay(ema, steps, tune_steps), seed=a.tune_seed, steps=tune_steps,
+                                       checkpoints=1, run_dir=spec.run_dir, demo_cache=a.demo_cache)
+                    spec = _with_config(spec, cfg)
+                    cell["tune"].append(spec)
+                    plan["tune"].append(spec)
+                plan["cells"].append(cell)
+    return plan
+
+
+def _with_config(spec: RunSpec, cfg: Any) -> RunSpec:
+    import dataclasses
+
+    from vla_ebt import config_io
+
+    return dataclasses.replace(spec, config=config_io.to_dict(cfg))
+
+
+def final_specs(plan: dict[str, Any], cell: dict[str, Any], hp: dict[str, Any], a: argparse.Namespace) -> list[RunSpec]:
+    """The final runs of one (suite, protocol, head) with the chosen hyperparameters ``hp``."""
+    suite, head = cell["suite"], cell["head"]
+    base, seeds = plan["bases"][suite], plan["seed_plans"][suite]
+    out = []
+    for s in a.seeds:
+        spec = RunSpec(suite, cell["protocol"], head, "final", hp["lr"], hp["ema_decay"], s, cell["steps"],
+                       a.checkpoints, seeds.eval_seeds, seeds.episodes, seeds.tasks,
+                       tuple(head_variants(head, warm_rows=not a.no_warm_rows)), str(Path(a.out).resolve()),
+                       meta={"git_commit": plan["commit"], "jobs": a.jobs, "hparams": {"tuned": hp["tuned"]}})
+        cfg = train_config(base, suite=suite, head=head, protocol=cell["protocol"], lr=hp["lr"],
+                           ema_decay=hp["ema_decay"], seed=s, steps=cell["steps"], checkpoints=a.checkpoints,
+                           run_dir=spec.run_dir, demo_cache=a.demo_cache)
+        out.append(_with_config(spec, cfg))
+    return out
+
+
+def _prepare(plan: dict[str, Any], a: argparse.Namespace) -> None:
+    """Generate each suite's demonstrations (and, for the frozen protocol, the feature cache) once,
+    before parallel runs would all do it at the same time."""
+    import dataclasses
+
+    import torch
+
+    from recipes.data import build_data
+    from vla_ebt.policy import VLAPolicy
+
+    for suite, base in plan["bases"].items():
+        for protocol in a.protocols:
+            cfg = train_config(base, suite=suite, head=available_heads()[0], protocol=protocol, lr=base.optim.lr,
+                               ema_decay=base.optim.ema_decay, seed=0, steps=a.checkpoints, checkpoints=a.checkpoints,
+                               run_dir=Path(a.out) / ".prepare", demo_cache=a.demo_cache)
+            data = build_data(cfg.data, cfg.policy, cfg.optim.batch_size, 0)
+            if data.prepare_policy is not None:
+                torch.set_num_threads(max(1, min(a.jobs, os.cpu_count() or 1)))
+                data.prepare_policy(VLAPolicy(dataclasses.replace(cfg.policy), data.normalizer))
+
+
+def main(argv: list[str] | None = None, execute: Any = None) -> int:
+    """Returns 0 when every planned run finished, 1 otherwise (failed runs are listed). ``execute``
+    replaces the subprocess executor (tests inject a fake trainer)."""
+    from vla_ebt.config_io import atomic_write_json
+
+    from .runner import run_specs, select_hparams, subprocess_execute
+
+    a = _parser().parse_args(argv)
+    try:
+        plan = build_plan(a)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    n_final = len(plan["cells"]) * len(a.seeds)
+    print(f"[compare] {len(plan['tune'])} tuning run(s), {n_final} final run(s) "
+          f"({len(plan['cells'])} suite x protocol x head cells x {len(a.seeds)} seeds) -> {a.out}")
+    if a.dry_run:
+        for c in plan["cells"]:
+            print(f"  {c['suite']}/{c['protocol']}/{c['head']}: {len(c['tune'])} x {c['tune_steps']} tuning steps, "
+                  f"{len(a.seeds)} x {c['steps']} final steps, rows {[v.label for v in head_variants(c['head'], not a.no_warm_rows)]}")
+        return 0
+    if execute is None:
+        _prepare(plan, a)
+        execute = subprocess_execute
+    tuned = {s.key: o for s, o in zip(plan["tune"], run_specs(plan["tune"], execute, a.jobs))}
+    finals, failed, tunings = [], [o for o in tuned.values() if o.status == "failed"], {}
+    for c in plan["cells"]:
+        sel = (select_hparams([tuned[s.key] for s in c["tune"]]) if c["tune"] else
+               {"candidates": [], "complete": True, "chosen": None})
+        base = plan["bases"][c["suite"]]
+        if not c["tune"]:  # --tune-steps 0: the recipe's settings for every head
+            hp = {"lr": base.optim.lr, "ema_decay": base.optim.ema_decay, "tuned": False}
+        else:
+            hp = {**sel["chosen"], "tuned": True} if sel["chosen"] else None
+        t = tunings.setdefault((c["suite"], c["protocol"]), {
+            "suite": c["suite"], "protocol": c["protocol"], "steps": c["steps"], "tune_steps": c["tune_steps"],
+            "tune_seed": a.tune_seed, "tune_eval_seeds": a.tune_eval_seeds, "tune_episodes": a.tune_episodes or a.episodes,
+            "grid": {"lr": a.tune_lr, "ema_decay": a.tune_ema},
+            "rule": "highest mean success on the tuning seeds at the end of the tuning run (primary row, warm start "
+                    "off); ties: lower final training loss. Tuning runs use EMA decay ** (steps / tune_steps).",
+            "heads": {}})
+        t["heads"][c["head"]] = {**sel, "chosen": hp}
+        if hp is None:
+            print(f"[compare] {c['suite']}/{c['protocol']}/{c['head']}: tuning incomplete, final runs skipped")
+            continue
+        finals += final_specs(plan, c, hp, a)
+    tuning_files = []
+    for (suite, protocol), t in tunings.items():
+        p = Path(a.out) / suite / protocol / "tuning.json"
+        atomic_write_json(p, t)
+        tuning_files.append(p)
+    final_out = run_specs(finals, execute, a.jobs)
+    failed += [o for o in final_out if o.status == "failed"]
+    done = [o for o in final_out if o.result is not None]
+    print(f"[compare] final runs: {len(done)} of {n_final} finished; {len(failed)} failed this time")
+    for o in failed:
+        print(f"  FAILED {o.spec.key}: {o.error.splitlines()[0] if o.error else '?'}")
+    if a.publish or a.publish_dir:
+        from recipes import results
+
+        from .artifacts import DEFAULT_RESULTS_DIR, publish
+
+        dest = Path(a.publish_dir) if a.publish_dir else DEFAULT_RESULTS_DIR
+        written = publish([o.result for o in done], tuning_files, dest)
+        print(f"[compare] published {len(written)} file(s) to {dest}")
+        if dest.resolve() == DEFAULT_RESULTS_DIR.resolve():
+            results.main([])
+    return 0 if not failed and len(done) == n_final else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

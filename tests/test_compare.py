@@ -1,0 +1,334 @@
+"""The head comparison machinery (recipes.compare, recipes.results): resumable runs with a fake trainer,
+seed disjointness, bootstrap / AUC / separates, the artifact schema, the generated README section,
+the training seed reaching initialization and data order, and one real end-to-end run (slow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recipes.compare.artifacts import validate_artifact
+from recipes.compare.plan import RunSpec, SeedPlan, Variant, check_seed_plan, head_variants, tune_decay
+from recipes.compare.runner import DONE, ERROR, is_done, run_specs, select_hparams
+from recipes.compare.stats import Estimate, auc, auc_estimate, bootstrap, separates, success_estimate
+from tests.compare_fixtures import FIXTURE_DIR, fake_artifact
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ runner
+def _spec(out: Path, head: str, seed: int, stage: str = "final", lr: float = 1e-3) -> RunSpec:
+    return RunSpec("reach2d", "frozen", head, stage, lr, 0.99, seed, 20, 2, (10000,), 10, ("reach_red", "reach_blue"),
+                   (Variant(head, head),), str(out))
+
+
+class FakeTrainer:
+    """execute(spec): records the call; raises once for the keys in ``crash_once``."""
+
+    def __init__(self, crash_once: set[str] = frozenset()) -> None:
+        self.calls: list[str] = []
+        self.crash_once = set(crash_once)
+        self.lock = threading.Lock()
+
+    def __call__(self, spec: RunSpec) -> dict:
+        with self.lock:
+            self.calls.append(spec.key)
+            crash = spec.key in self.crash_once
+            self.crash_once.discard(spec.key)
+        if crash:
+            raise RuntimeError("simulated crash")
+        return fake_artifact(spec.head, spec.train_seed, {spec.head: 0.5 + 0.1 * spec.train_seed},
+                             stage=spec.stage)
+
+
+def test_runner_skips_finished_runs_and_reruns_a_crashed_one(tmp_path):
+    specs = [_spec(tmp_path, h, s) for h in ("ebt", "regression") for s in (0, 1)]
+    crash = specs[1].key
+    fake = FakeTrainer(crash_once={crash})
+    first = run_specs(specs, fake, jobs=2, log=lambda _: None)
+    assert [o.status for o in first] == ["done", "failed", "done", "done"]
+    assert sorted(fake.calls) == sorted(s.key for s in specs)
+    err = json.loads((specs[1].run_dir / ERROR).read_text())
+    assert "simulated crash" in err["error"] and "Traceback" in err["traceback"]
+    assert not is_done(specs[1]) and all(is_done(s) for s in specs if s.key != crash)
+    assert json.loads((specs[0].run_dir / "spec.json").read_text())["head"] == "ebt"
+
+    fake.calls.clear()
+    second = run_specs(specs, fake, jobs=2, log=lambda _: None)
+    assert fake.calls == [crash]  # only the crashed run runs again
+    assert [o.status for o in second] == ["skipped", "done", "skipped", "skipped"]
+    assert not (specs[1].run_dir / ERROR).exists() and (specs[1].run_dir / DONE).exists()
+    assert second[0].result["head"] == "ebt"  # a skipped run still reports its artifact
+
+    (specs[2].run_dir / DONE).unlink()  # a killed run (no done.json) runs again
+    fake.calls.clear()
+    run_specs(specs, fake, jobs=1, log=lambda _: None)
+    assert fake.calls == [specs[2].key]
+
+
+def test_tuning_choice_is_by_success_then_loss_and_needs_every_candidate(tmp_path):
+    from recipes.compare.runner import Outcome
+
+    def out(lr, success, loss, status="done"):
+        s = _spec(tmp_path, "ebt", 0, "tune", lr)
+        art = fake_artifact("ebt", 0, {"ebt": 0.0}, stage="tune")
+        art["curve"][-1]["success"]["mean"] = success
+        art["final_loss"] = loss
+        return Outcome(s, status, result=None if status == "failed" else art)
+
+    sel = select_hparams([out(1e-4, 0.5, 0.2), out(3e-4, 0.7, 0.3), out(1e-3, 0.7, 0.1)])
+    assert sel["complete"] and sel["chosen"]["lr"] == 1e-3  # tie on success: lower loss
+    assert [c["success"] for c in sel["candidates"]] == [0.5, 0.7, 0.7]
+    sel = select_hparams([out(1e-4, 0.5, 0.2), out(3e-4, 0.9, 0.3, status="failed")])
+    assert not sel["complete"] and sel["chosen"] is None
+    assert tune_decay(0.999, 1000, 250) == pytest.approx(0.999 ** 4) and tune_decay(0.0, 10, 5) == 0.0
+
+
+def test_cli_plan_fake_trainer_tunes_then_trains_each_seed(tmp_path):
+    from recipes.compare.cli import main
+
+    fake = FakeTrainer()
+    argv = ["--suite", "reach2d", "--heads", "ebt", "regression", "--seeds", "0", "1", "--out", str(tmp_path),
+            "--steps", "20", "--checkpoints", "2", "--tune-steps", "4", "--tune-lr", "1e-4", "1e-3", "--tune-ema", "0.9",
+            "--protocols", "frozen", "--jobs", "2"]
+    assert main(argv, execute=fake) == 0
+    assert len(fake.calls) == 2 * 2 + 2 * 2  # tuning grid per head + seeds per head
+    tuning = json.loads((tmp_path / "reach2d" / "frozen" / "tuning.json").read_text())
+    assert set(tuning["heads"]) == {"ebt", "regression"} and tuning["tune_steps"] == 4
+    assert all(h["chosen"]["tuned"] for h in tuning["heads"].values())
+    spec = json.loads((tmp_path / "reach2d/frozen/final/ebt/lr0.0001_ema0.9/seed1/spec.json").read_text())
+    assert spec["config"]["seed"] == 1 and spec["config"]["policy"]["finetune"]["mode"] == "frozen"
+    assert spec["config"]["optim"]["ckpt_every"] == 10 and spec["config"]["optim"]["ckpt_keep"] == 2
+    assert [v["label"] for v in spec["variants"]] == [v.label for v in head_variants("ebt")]
+    tune_spec = json.loads((tmp_path / "reach2d/frozen/tune/ebt/lr0.001_ema0.9/seed0/spec.json").read_text())
+    assert tune_spec["config"]["optim"]["ema_decay"] == pytest.approx(0.9 ** 5)  # decay ** (20 / 4)
+    assert tune_spec["eval_seeds"] == [20000] and spec["eval_seeds"] == [10000]
+    fake.calls.clear()
+    assert main(argv, execute=fake) == 0 and fake.calls == []  # everything done: nothing reruns
+
+
+def test_variants_cover_presets_and_warm_start_rows():
+    from vla_ebt.heads import available_heads, head_class
+
+    for h in available_heads():
+        rows = head_variants(h)
+        presets = head_class(h).capabilities.presets or ((h, {}),)
+        assert [r.label for r in rows if not r.warm_start] == [p for p, _ in presets]
+        assert any(r.warm_start for r in rows) == head_class(h).capabilities.warm_start
+
+
+# ------------------------------------------------------------------------------------------ seeds
+def test_evaluation_seeds_must_be_disjoint_from_demonstrations_and_tuning():
+    tasks = ("reach_red", "reach_blue")
+    check_seed_plan(SeedPlan(tasks, 0, 50, (20000,), 10, (10000,), 10))
+    with pytest.raises(ValueError, match="demonstration and final evaluation seeds overlap"):
+        check_seed_plan(SeedPlan(tasks, 0, 50, (20000,), 10, (0,), 10))
+    with pytest.raises(ValueError, match="tuning evaluation and final evaluation seeds overlap"):
+        check_seed_plan(SeedPlan(tasks, 0, 50, (7,), 10, (7, 8), 10))
+    from recipes.compare.cli import main
+
+    with pytest.raises(SystemExit, match="seeds overlap"):
+        main(["--suite", "reach2d", "--out", "/tmp/unused", "--eval-seeds", "0", "--dry-run"])
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_bootstrap_interval_contains_the_mean_narrows_with_data_and_is_deterministic():
+    rng = np.random.default_rng(1)
+    small = [(rng.random(20) < 0.6).astype(float) for _ in range(3)]
+    big = [(rng.random(200) < 0.6).astype(float) for _ in range(3)]
+    tasks_s = [np.arange(20) % 2 for _ in small]
+    tasks_b = [np.arange(200) % 2 for _ in big]
+    e_s = success_estimate(small, tasks_s)
+    e_b = success_estimate(big, tasks_b)
+    for e, data in ((e_s, small), (e_b, big)):
+        assert e.lo <= e.value <= e.hi and e.value == pytest.approx(np.mean([d.mean() for d in data]))
+    assert (e_b.hi - e_b.lo) < 0.6 * (e_s.hi - e_s.lo)
+    assert success_estimate(small, tasks_s) == e_s  # fixed bootstrap RNG seed
+    assert success_estimate(small, tasks_s, seed=5) != e_s
+    one = success_estimate([np.ones(10)], [np.zeros(10, int)])
+    assert (one.value, one.lo, one.hi) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="task labels"):
+        bootstrap([np.ones(4)], [np.zeros(3)])
+
+
+def test_seed_variation_widens_the_interval():
+    """Resampling seeds first: three seeds that disagree give a wider interval than three that agree."""
+    agree = [np.r_[np.ones(12), np.zeros(8)] for _ in range(3)]
+    disagree = [np.r_[np.ones(20)], np.r_[np.ones(12), np.zeros(8)], np.r_[np.ones(4), np.zeros(16)]]
+    lab = [np.zeros(20, int)] * 3
+    a, d = success_estimate(agree, lab), success_estimate(disagree, lab)
+    assert a.value == d.value == pytest.approx(0.6) and (d.hi - d.lo) > (a.hi - a.lo)
+
+
+def test_auc_and_its_interval():
+    assert auc([10, 20, 30], [0.0, 0.5, 1.0]) == pytest.approx(0.5)
+    assert auc([10, 20], [1.0, 1.0]) == 1.0 and auc([10], [0.3]) == 0.3
+    assert auc([0, 10, 40], [0.0, 1.0, 1.0]) == pytest.approx((5 + 30) / 40)
+    rng = np.random.default_rng(0)
+    curves = [np.stack([(rng.random(30) < p) for p in (0.2, 0.5, 0.8)]).astype(float) for _ in range(2)]
+    e = auc_estimate(curves, [np.arange(30) % 3] * 2, [10, 20, 30])
+    assert e.lo <= e.value <= e.hi
+    assert e.value == pytest.approx(np.mean([auc([10, 20, 30], c.mean(axis=1)) for c in curves]))
+
+
+def test_separates_only_when_intervals_do_not_overlap():
+    assert separates(Estimate(0.8, 0.7, 0.9), Estimate(0.4, 0.3, 0.6))
+    assert separates((0.3, 0.6), (0.7, 0.9))
+    assert not separates(Estimate(0.8, 0.6, 0.9), Estimate(0.5, 0.4, 0.65))
+    assert not separates((0.2, 0.5), (0.5, 0.7))  # touching intervals overlap
+
+
+# ------------------------------------------------------------------------------------------ artifacts
+def test_artifact_schema():
+    a = fake_artifact("ebt", 0, {"ebt-2": 0.5})
+    assert validate_artifact(json.loads(json.dumps(a))) is not None
+    for field, value, msg in [("suite", None, "suite: missing"), ("train_seed", "0", "train_seed: int expected"),
+                              ("schema", "other/0", "schema"), ("cpu_seconds", True, "cpu_seconds")]:
+        bad = dict(a)
+        if value is None:
+            del bad[field]
+        else:
+            bad[field] = value
+        with pytest.raises(ValueError, match=msg):
+            validate_artifact(bad)
+    bad = json.loads(json.dumps(a))
+    bad["curve"][1]["step"] = 5  # steps must increase
+    bad["rows"][0]["curve"][0]["outcomes"]["reach_red"] = [2]
+    del bad["cost"]["forward_equiv"]
+    with pytest.raises(ValueError) as e:
+        validate_artifact(bad)
+    assert "curve[1].step" in str(e.value) and "outcomes" in str(e.value) and "cost.forward_equiv" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ results
+def test_results_check_passes_on_the_fixture_set_and_fails_when_the_readme_is_edited(tmp_path, capsys):
+    from recipes import results
+
+    argv = ["--dir", str(FIXTURE_DIR), "--readme", str(FIXTURE_DIR / "README.md")]
+    assert results.main([*argv, "--check"]) == 0
+    d = tmp_path / "compare"
+    shutil.copytree(FIXTURE_DIR, d)
+    readme = d / "README.md"
+    argv = ["--dir", str(d), "--readme", str(readme)]
+    text = readme.read_text()
+    assert "**ebt-2** 0.93" in text and "beats regression" in text
+    readme.write_text(text.replace("beats regression", "loses to regression", 1))
+    assert results.main([*argv, "--check"]) == 1
+    assert "stale" in capsys.readouterr().err
+    readme.write_text(text)
+    (d / "reach2d" / "frozen" / "results.md").write_text("edited\n")
+    assert results.main([*argv, "--check"]) == 1
+    assert results.main([*argv, "--no-plots"]) == 0 and results.main([*argv, "--check"]) == 0
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        results.main([*argv, "--check"])
+
+
+def test_results_say_where_the_focus_head_loses(tmp_path):
+    from recipes.compare.report import build_cells, verdicts
+
+    arts = [fake_artifact("ebt", s, {"ebt-2": 0.1}) for s in (0, 1)]
+    arts += [fake_artifact("regression", s, {"regression": 0.9}) for s in (0, 1)]
+    arts += [fake_artifact("diffusion", s, {"ddim-10": 0.15}) for s in (0, 1)]
+    (cells,) = build_cells(arts).values()
+    text = " ".join(verdicts(cells, "ebt"))
+    assert "**loses to** regression" in text and "not separated from ddim-10" in text
+    assert "Highest final success: **regression**" in text
+    from recipes.compare.report import section
+
+    assert "oversubscribed" not in section(build_cells(arts), "ebt", "x")
+    arts[0]["cost"].update(load_avg_1min=7.5, cpu_count=2)
+    assert "oversubscribed machine, load 7.5 on 2 cores" in section(build_cells(arts), "ebt", "x")
+    other = fake_artifact("regression", 2, {"regression": 0.9}, episodes=5)
+    with pytest.raises(ValueError, match="other episodes"):
+        build_cells([*arts, other])
+
+
+def test_readme_results_section_is_generated():
+    """The README's section equals what `python -m recipes.results` makes of docs/results/compare."""
+    from recipes import results
+
+    assert results.main(["--check"]) == 0
+
+
+# ------------------------------------------------------------------------------------------ training seed
+class _Stop(Exception):
+    pass
+
+
+def test_training_seed_reaches_initialization_and_data_order(tmp_path, monkeypatch):
+    """finetune.run's seed: two seeds give different initial weights and batch order, the same seed
+    gives identical ones (captured where training would start)."""
+    import vla_ebt.train
+    from recipes.finetune import run
+    from tests.test_studies import _tiny_reach2d_recipe
+
+    seen: list[tuple[dict, list]] = []
+
+    def fake_train_policy(policy, batches, cfg, **kw):
+        weights = {k: v.clone() for k, v in policy.state_dict().items()}
+        it = batches(0)
+        seen.append((weights, [next(it) for _ in range(3)]))
+        raise _Stop
+
+    monkeypatch.setattr(vla_ebt.train, "train_policy", fake_train_policy)
+    cfg = _tiny_reach2d_recipe(tmp_path)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, episodes_per_task=3))
+    for i, seed in enumerate((0, 0, 1)):
+        with pytest.raises(_Stop):
+            run(dataclasses.replace(cfg, seed=seed, run_dir=str(tmp_path / f"run{i}")), progress=False)
+    (w0, b0), (w0b, b0b), (w1, b1) = seen
+
+    def same_batches(x, y):
+        return all(torch_equal(p["action"], q["action"]) and p["instruction"] == q["instruction"] for p, q in zip(x, y))
+
+    head_keys = [k for k in w0 if k.startswith("head.")]
+    assert head_keys and all(torch_equal(w0[k], w0b[k]) for k in w0)
+    assert not all(torch_equal(w0[k], w1[k]) for k in head_keys)
+    assert same_batches(b0, b0b) and not same_batches(b0, b1)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_compare_command_end_to_end_on_reach2d(tmp_path):
+    """The real command: reach2d, ebt + regression, 1 seed, a 1-candidate tuning of 2 steps, 4 steps
+    with 2 checkpoints, 1 episode per task, frozen backbone; then publish and regenerate the results."""
+    from recipes import results
+    from recipes.compare.cli import main
+
+    out = tmp_path / "out"
+    argv = ["--suite", "reach2d", "--heads", "ebt", "regression", "--seeds", "0", "--out", str(out), "--steps", "4",
+            "--checkpoints", "2", "--episodes", "1", "--tune-steps", "2", "--tune-lr", "1e-3", "--tune-ema", "0.9",
+            "--protocols", "frozen", "--demos-per-task", "3", "--jobs", "2", "--demo-cache", str(tmp_path / "cache"),
+            "--publish-dir", str(tmp_path / "published")]
+    assert main(argv) == 0
+    art = json.loads((out / "reach2d/frozen/final/ebt/lr0.001_ema0.9/seed0/result.json").read_text())
+    validate_artifact(art)
+    assert [c["step"] for c in art["curve"]] == [2, 4] and art["protocol"] == "frozen"
+    assert all(c["train_seconds"] > 0 for c in art["curve"]) and art["cpu_seconds"] > 0
+    assert [r["label"] for r in art["rows"]] == [v.label for v in head_variants("ebt")]
+    assert art["cost"]["forward_equiv"] == pytest.approx(art["cost"]["nfe"] * art["cost"]["eval_cost"])
+    assert art["cost"]["head_ms"] > 0 and art["cost"]["policy_ms"] >= art["cost"]["head_ms"]
+    assert sum(len(v) for v in art["rows"][0]["curve"][-1]["outcomes"].values()) == 3
+    assert list((out / "reach2d/frozen/final/ebt/lr0.001_ema0.9/seed0/checkpoints").glob("*/trainer_rank*.pt")) == []
+    assert (out / "reach2d/frozen/tuning.json").exists()
+    pub = tmp_path / "published"
+    assert sorted(p.relative_to(pub).as_posix() for p in pub.rglob("*.json")) == [
+        "reach2d/frozen/ebt/seed0.json", "reach2d/frozen/regression/seed0.json", "reach2d/frozen/tuning.json"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{results.BEGIN}\n{results.END}\n")
+    assert results.main(["--dir", str(pub), "--readme", str(readme)]) == 0
+    assert results.main(["--dir", str(pub), "--readme", str(readme), "--check"]) == 0
+    assert (pub / "reach2d/frozen/curves.png").exists() and "ebt-2" in readme.read_text()
