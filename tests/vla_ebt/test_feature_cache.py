@@ -72,7 +72,7 @@ def test_finetune_with_a_frozen_backbone_trains_the_same_with_and_without_the_ca
     import json
 
     from recipes.finetune import run
-    from tests.test_studies import _tiny_reach2d_recipe
+    from tests.recipes.test_studies import _tiny_reach2d_recipe
 
     cfg = _tiny_reach2d_recipe(tmp_path)
     cfg = dataclasses.replace(

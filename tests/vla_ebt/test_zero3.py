@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_checkpoint_policy import assert_same_policy, observation_for, predict
+from tests.vla_ebt.test_checkpoint_policy import assert_same_policy, observation_for, predict
 from vla_ebt.policy import VLAPolicy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DS = ROOT / "recipes" / "deepspeed"
 
 #: ZeRO-3 vs ZeRO-0 per-step loss, relative. Measured max 4.5e-07 (gloo allreduce vs reduce-scatter
@@ -86,7 +86,7 @@ def _seeded_loader_init(self, *a, **k):
 TUD.DataLoader.__init__ = _seeded_loader_init
 import vla_ebt.train as T
 from recipes import finetune
-from tests.test_checkpoint_policy import observation_for, predict
+from tests.vla_ebt.test_checkpoint_policy import observation_for, predict
 out = {out!r}
 orig = T.train_policy
 def patched(policy, *a, **k):

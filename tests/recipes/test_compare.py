@@ -19,7 +19,7 @@ from recipes.compare.runner import DONE, ERROR, is_done, run_specs, select_hpara
 from recipes.compare.stats import Estimate, auc, auc_estimate, bootstrap, separates, success_estimate
 from tests.compare_fixtures import FIXTURE_DIR, fake_artifact
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------ runner
@@ -267,7 +267,7 @@ def test_training_seed_reaches_initialization_and_data_order(tmp_path, monkeypat
     gives identical ones (captured where training would start)."""
     import vla_ebt.train
     from recipes.finetune import run
-    from tests.test_studies import _tiny_reach2d_recipe
+    from tests.recipes.test_studies import _tiny_reach2d_recipe
 
     seen: list[tuple[dict, list]] = []
 
