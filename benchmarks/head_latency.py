@@ -4,8 +4,9 @@ All heads share one trunk size and read the same random context (batch 1, ``--co
 tokens); the latency is the median wall time of ``--repeats`` ``predict`` calls after
 ``--warmup`` untimed ones, interleaved round-robin across methods (on CPU the median process
 CPU time is reported too, as ``<method>_cpu_ms``). "nfe" is what each head reports: trunk
-forwards for diffusion, flow and regression, forward + backward w.r.t. the actions for EBT (including the final energy/gradient
-evaluation its ``predict`` always does). ``trunk_fwd_ms`` / ``trunk_fwd_bwd_ms`` time one bare
+forwards for diffusion, flow and regression, forward + backward w.r.t. the actions for EBT (one per
+step: the reported energy is the last step's; ``final_eval=True`` would add one evaluation at the output).
+Every head's ``predict`` computes the context's cross-attention keys / values once per chunk. ``trunk_fwd_ms`` / ``trunk_fwd_bwd_ms`` time one bare
 trunk forward (no autograd) and one forward + action-gradient, to convert nfe into forward
 equivalents: ``backward_over_forward`` = (trunk_fwd_bwd - trunk_fwd) / trunk_fwd, the cost of the
 backward (with the forward's graph recording) in forwards, so one EBT step costs

@@ -5,7 +5,9 @@ Training, evaluation and serving all go through this class:
 * ``compute_loss(batch) -> (loss, info)``  — a training batch in the schema of
   :mod:`vla_ebt.schema` (unnormalized actions/states; normalization happens here).
 * ``predict_chunk(obs) -> PolicyOutput``  — unnormalized actions (B, H, D) plus energy, steps,
-  gradient norm, network evaluations and latency.
+  gradient norm, network evaluations and latency; ``predict_chunk(obs, prefix, prefix_weights,
+  latency_budget_ms, soft_target=...)`` plans the next chunk while one executes (real-time chunking:
+  committed prefix, soft guidance toward the previous plan, anytime budget; docs/realtime.md).
 * ``select_action(obs) -> (B, D)``        — one action per control step, draining a queue of
   the last chunk (receding horizon: execute ``n_action_steps`` then re-plan) or temporally
   ensembling every step's chunk; ``reset()`` clears it between episodes.
@@ -33,6 +35,7 @@ from . import config_io
 from .backbones import BackboneConfig, build_backbone
 from .bridge import Bridge, BridgeConfig
 from .heads.base import ActionHead, Context
+from .heads.inpainting import SoftGuidance
 from .heads.diffusion import DiffusionConfig
 from .heads.ebt import EBTConfig
 from .heads.factory import build_head, head_class
@@ -40,6 +43,7 @@ from .heads.regression import RegressionConfig
 from .heads.trunk import RMSNorm, TrunkConfig
 from .lora import apply_finetune_mode, load_lora, merge_lora, save_lora
 from .normalize import Normalizer
+from .normalize.normalizer import pad_last_dim
 from .schema import ObservationSpec, validate_batch, validate_observation
 
 CONFIG_NAME = "config.json"
@@ -229,39 +233,134 @@ class VLAPolicy(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict_chunk(self, obs: Mapping[str, Any], warm_start: Tensor | None = None, **head_overrides: Any) -> PolicyOutput:
+    def predict_chunk(
+        self,
+        obs: Mapping[str, Any],
+        prefix: Tensor | None = None,
+        prefix_weights: Tensor | None = None,
+        latency_budget_ms: float | None = None,
+        *,
+        soft_target: Tensor | None = None,
+        warm_start: Tensor | None = None,
+        **head_overrides: Any,
+    ) -> PolicyOutput:
         """obs (observation schema) -> PolicyOutput with unnormalized actions (B, H, D).
+
+        Real-time chunking (docs/realtime.md), all in unnormalized action units:
+
+        prefix:         (B, d, D) (or (B, d, <= D), padded with 0) the actions already committed for the
+                        first d steps of the new chunk; the output's first d steps equal it exactly
+                        (dims past the embodiment's own are 0, as in every output). Every head takes
+                        it: heads declaring ``capabilities.inpainting`` inpaint the rest of the chunk
+                        around it, the others get their first d steps overwritten.
+        prefix_weights: (B, H) or (H,) soft-guidance weights >= 0 per step of the new chunk (steps < d
+                        are frozen whatever their weight), pulling those steps toward ``soft_target``;
+                        needs ``soft_target`` and an inpainting head (else ValueError).
+        soft_target:    (B, H, D) (or (B, H, <= D)) the previous plan aligned to the new chunk's steps.
+                        When ``warm_start`` is None and ``execution.warm_start`` is on, it is also the
+                        warm start of heads declaring ``capabilities.warm_start``.
+        latency_budget_ms: per-chunk latency budget of the whole call (encoding included): the head gets
+                        what is left after encoding as its ``latency_budget_ms`` knob (anytime EBT);
+                        a head without that knob raises ValueError.
 
         warm_start: (B, H, D) normalized initial chunk (used by heads declaring ``capabilities.warm_start``).
         head_overrides: inference knobs for the head's predict (``head.capabilities.knobs``, e.g.
         num_steps=4, min_grad=1e-3, sampler="ddim"); unknown ones raise ValueError.
         """
         o = validate_observation(obs, self.spec)
+        rt = dict(prefix=prefix, prefix_weights=prefix_weights, soft_target=soft_target,
+                  latency_budget_ms=latency_budget_ms)
         if not self.training:
-            return self._predict(o, warm_start, head_overrides)
+            return self._predict(o, warm_start, head_overrides, **rt)
         self.eval()  # inference always runs in eval mode (dropout off, BatchNorm frozen)
         try:
-            return self._predict(o, warm_start, head_overrides)
+            return self._predict(o, warm_start, head_overrides, **rt)
         finally:
             self.train()
 
-    def _predict(self, o: dict[str, Any], warm_start: Tensor | None, head_overrides: dict[str, Any]) -> PolicyOutput:
+    def _actions_arg(self, name: str, x: Any, b: int, steps: int | None) -> Tensor:
+        """An unnormalized action tensor argument -> float32 (B, n, D) on the policy's device, dims padded."""
+        t = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        d_max = self.cfg.action_dim
+        ok = t.dim() == 3 and t.shape[0] == b and t.shape[2] <= d_max
+        ok = ok and (t.shape[1] <= self.cfg.horizon if steps is None else t.shape[1] == steps)
+        if not ok:
+            n = f"d <= {self.cfg.horizon}" if steps is None else str(steps)
+            raise ValueError(f"{name} must have shape ({b}, {n}, <= {d_max}), got {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or inf")
+        return pad_last_dim(t, d_max)
+
+    def _inpainting_args(
+        self, b: int, emb: Tensor, prefix: Any, prefix_weights: Any, soft_target: Any
+    ) -> tuple[Tensor | None, Tensor | None, SoftGuidance | None]:
+        """-> (raw padded prefix (B, d, D), its normalized values, normalized SoftGuidance) or Nones."""
+        raw = norm = guidance = None
+        if prefix is not None:
+            raw = self._actions_arg("prefix", prefix, b, None)
+            if not raw.shape[1]:  # d = 0: nothing committed
+                raw = None
+            else:
+                norm = self.normalizer.normalize_action(raw, emb)
+        if (prefix_weights is None) != (soft_target is None):
+            raise ValueError("prefix_weights and soft_target go together (soft guidance toward the previous plan)")
+        if prefix_weights is not None:
+            if not self.head.capabilities.inpainting:
+                raise ValueError(f"head {self.cfg.head!r} does not declare capabilities.inpainting: it takes a "
+                                 "prefix (its first d steps are overwritten) but no prefix_weights / soft_target")
+            h = self.cfg.horizon
+            w = torch.as_tensor(prefix_weights, dtype=torch.float32, device=self.device)
+            if w.shape not in ((b, h), (h,)):
+                raise ValueError(f"prefix_weights must have shape ({b}, {h}) or ({h},), got {tuple(w.shape)}")
+            target = self.normalizer.normalize_action(self._actions_arg("soft_target", soft_target, b, h), emb)
+            guidance = SoftGuidance(target, w)
+        return raw, norm, guidance
+
+    def _predict(
+        self,
+        o: dict[str, Any],
+        warm_start: Tensor | None,
+        head_overrides: dict[str, Any],
+        prefix: Any = None,
+        prefix_weights: Any = None,
+        soft_target: Any = None,
+        latency_budget_ms: float | None = None,
+    ) -> PolicyOutput:
         dev = self.device
+        emb = o["embodiment"].to(dev)
+        b = emb.shape[0]
+        raw_prefix, norm_prefix, guidance = self._inpainting_args(b, emb, prefix, prefix_weights, soft_target)
+        if latency_budget_ms is not None:
+            budget = float(latency_budget_ms)
+            if not (budget == budget and 0 <= budget < float("inf")):
+                raise ValueError(f"latency_budget_ms must be a finite number >= 0, got {latency_budget_ms}")
+            self.head.check_overrides({"latency_budget_ms": budget})  # a head without the knob: ValueError
+        if warm_start is None and guidance is not None and self.cfg.execution.warm_start:
+            warm_start = guidance.target
         _sync(dev)
         t0 = time.perf_counter()
         ctx = self.encode(o)
         _sync(dev)
         t1 = time.perf_counter()
-        pred = self.head.predict(ctx, init=warm_start, **head_overrides)
+        if latency_budget_ms is not None:
+            head_overrides = {**head_overrides, "latency_budget_ms": max(0.0, budget - (t1 - t0) * 1e3)}
+        pred = self.head.predict(ctx, init=warm_start, prefix=norm_prefix, guidance=guidance, **head_overrides)
         _sync(dev)
         t2 = time.perf_counter()
-        emb = o["embodiment"].to(dev)
         actions = self.normalizer.unnormalize_action(pred.actions, emb)
+        normalized = pred.actions
+        if raw_prefix is not None:
+            d = raw_prefix.shape[1]
+            valid = self.normalizer.action_dim_mask(emb)[:, None, :]
+            actions = actions.clone()
+            actions[:, :d] = torch.where(valid, raw_prefix, torch.zeros((), device=dev)).to(actions.dtype)
+            normalized = normalized.clone()
+            normalized[:, :d] = norm_prefix.to(normalized.dtype)
         _sync(dev)
         t3 = time.perf_counter()
         return PolicyOutput(
             actions=actions,
-            normalized=pred.actions,
+            normalized=normalized,
             steps=pred.steps,
             nfe=pred.nfe,
             latency_ms=(t3 - t0) * 1e3,

@@ -35,7 +35,7 @@ import numpy as np
 from vla_ebt.config_io import atomic_write_text
 from vla_ebt_client.codec import CodecError, packb, unpackb
 
-from .serve_request import DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL, RequestError, check_observation, to_numpy
+from .serve_request import DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL, RequestError, check_observation, check_options, to_numpy
 
 __all__ = ["PolicyServer", "warmup", "main"]
 
@@ -121,6 +121,7 @@ class PolicyServer:
             "embodiments": spec["embodiments"],
             "embodiment_dims": dims,
             "head": getattr(cfg, "head", None),
+            "latency_budget": "latency_budget_ms" in (self._head_knobs() or {}),
             "execution": {
                 "mode": getattr(ex, "mode", "receding"),
                 "n_action_steps": int(getattr(ex, "n_action_steps", spec["horizon"])),
@@ -150,6 +151,12 @@ class PolicyServer:
         against this server's spec and ``max_batch`` (RequestError otherwise)."""
         return check_observation(req, self.spec, self.max_batch)
 
+    def _head_knobs(self) -> Mapping[str, Any] | None:
+        """The served head's inference knobs (None when the policy does not say)."""
+        caps = getattr(getattr(self.policy, "head", None), "capabilities", None)
+        knobs = getattr(caps, "knobs", None)
+        return knobs if isinstance(knobs, Mapping) else None
+
     # ------------------------------------------------------------------ work (worker thread)
     def _error_reply(self, rid: Any, kind: str, msg: str) -> dict[str, Any]:
         return {"type": "error", "request_id": rid, "kind": kind, "error": msg}
@@ -174,6 +181,7 @@ class PolicyServer:
             if kind != "infer":
                 raise RequestError(f"unknown request type {kind!r}; expected 'infer' or 'metadata'")
             obs = self.check_observation(req)
+            opts = check_options(req, self._head_knobs())
             from vla_ebt.schema import SchemaError  # the policy's own validation errors
 
             t_wait = time.perf_counter()
@@ -181,7 +189,7 @@ class PolicyServer:
                 t0 = time.perf_counter()
                 self.busy = True
                 try:
-                    out = self.policy.predict_chunk(obs)
+                    out = self.policy.predict_chunk(obs, **opts)
                 except SchemaError as e:
                     raise RequestError(str(e)) from None
                 finally:
@@ -196,6 +204,7 @@ class PolicyServer:
                 "steps": to_numpy(getattr(out, "steps", None)),
                 "grad_norm": to_numpy(getattr(out, "grad_norm", None)),
                 "nfe": int(getattr(out, "nfe", 0) or 0),
+                "latency_budget_ms": opts.get("latency_budget_ms"),
                 "infer_ms": (t1 - t0) * 1e3,
                 "queue_ms": (t0 - t_recv) * 1e3,
                 "lock_wait_ms": (t0 - t_wait) * 1e3,

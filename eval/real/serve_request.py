@@ -12,12 +12,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["check_observation", "RequestError", "PROTOCOL", "DEFAULT_MAX_MESSAGE_BYTES", "OBS_KEYS", "CONTROL_KEYS"]
+__all__ = ["check_observation", "check_options", "RequestError", "PROTOCOL", "DEFAULT_MAX_MESSAGE_BYTES",
+           "OBS_KEYS", "CONTROL_KEYS", "OPTION_KEYS"]
 
 PROTOCOL = "vla_ebt.serve/1"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20
 OBS_KEYS = ("images", "instruction", "state", "embodiment")
 CONTROL_KEYS = ("request_id", "type")
+#: optional per-request inference options (docs/serving.md)
+OPTION_KEYS = ("latency_budget_ms",)
 
 
 class RequestError(ValueError):
@@ -32,10 +35,10 @@ def check_observation(req: Mapping[str, Any], spec: Any, max_batch: int) -> dict
     image size, float image range, batch size, embodiment names, unknown keys); the policy
     validates shapes, NaN/inf and embodiment ids again.
     """
-    unknown = sorted(set(req) - set(OBS_KEYS) - set(CONTROL_KEYS))
+    unknown = sorted(set(req) - set(OBS_KEYS) - set(CONTROL_KEYS) - set(OPTION_KEYS))
     if unknown:
         raise RequestError(f"unknown key(s) {unknown}; an observation has keys {list(OBS_KEYS)} "
-                           f"(+ optional {list(CONTROL_KEYS)})")
+                           f"(+ optional {list(CONTROL_KEYS) + list(OPTION_KEYS)})")
     missing = [k for k in OBS_KEYS if k not in req]
     if missing:
         raise RequestError(f"missing key(s) {missing}; an observation has keys {list(OBS_KEYS)}")
@@ -96,6 +99,32 @@ def check_observation(req: Mapping[str, Any], spec: Any, max_batch: int) -> dict
         raise RequestError(f"'embodiment' must be integer id(s) or a name in {names}, got dtype {emb.dtype}")
     emb = emb.astype(np.int64).reshape(-1)
     return {"images": images, "instruction": instr, "state": state, "embodiment": emb}
+
+
+def check_options(req: Mapping[str, Any], knobs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The request's inference options -> keyword arguments for ``predict_chunk``; RequestError otherwise.
+
+    ``latency_budget_ms``: a finite number > 0 (or None / absent): the per-chunk latency budget of an
+    anytime head (EBT). ``knobs``: the served head's ``capabilities.knobs`` when known; a budget for a
+    head without the ``latency_budget_ms`` knob is refused.
+    """
+    out: dict[str, Any] = {}
+    budget = req.get("latency_budget_ms")
+    if budget is not None:
+        if isinstance(budget, np.ndarray) and budget.ndim == 0:
+            budget = budget.item()
+        if isinstance(budget, np.generic):
+            budget = budget.item()
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise RequestError(f"'latency_budget_ms' must be a number (milliseconds), got {type(budget).__name__}")
+        budget = float(budget)
+        if not np.isfinite(budget) or budget <= 0:
+            raise RequestError(f"'latency_budget_ms' must be a finite number > 0, got {budget}")
+        if knobs is not None and "latency_budget_ms" not in knobs:
+            raise RequestError("this policy's head has no latency budget (no 'latency_budget_ms' knob; anytime "
+                               "inference is an EBT feature): leave 'latency_budget_ms' out")
+        out["latency_budget_ms"] = budget
+    return out
 
 
 def to_numpy(x: Any) -> np.ndarray | None:

@@ -15,7 +15,7 @@ def test_head_latency_reports_flow_and_backward_over_forward(tmp_path):
     r = head_latency.main(["--width", "16", "--depth", "1", "--heads", "2", "--horizon", "4", "--action-dim", "3",
                            "--context-tokens", "4", "--repeats", "1", "--warmup", "0", "--out", str(out)])
     assert json.loads(out.read_text())["nfe"] == r["nfe"]
-    assert r["nfe"] == {"ebt_1": 2, "ebt_2": 3, "ebt_4": 5, "ebt_8": 9, "ddpm_100": 100, "ddim_10": 10,
+    assert r["nfe"] == {"ebt_1": 1, "ebt_2": 2, "ebt_4": 4, "ebt_8": 8, "ddpm_100": 100, "ddim_10": 10,
                         "flow_10": 10, "regression": 1}
     for name in [*r["nfe"], "trunk_fwd", "trunk_fwd_bwd"]:
         assert r[f"{name}_ms"] > 0 and r[f"{name}_cpu_ms"] >= 0

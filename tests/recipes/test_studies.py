@@ -122,7 +122,7 @@ def test_predict_overrides_and_signal_recorder(ebt_policy):
         n = len(ep.chunk_latency_ms)
         assert n == 3  # 9 steps, 3 executed per chunk
         assert len(sig.energy) == len(sig.energy_drop) == len(sig.grad_norm) == len(sig.candidate_spread) == n
-        assert sig.steps == [3.0] * n and sig.nfe == [4.0] * n  # 3 steps + the final energy evaluation
+        assert sig.steps == [3.0] * n and sig.nfe == [3.0] * n  # 3 steps (the energy is the last step's)
         assert all(np.isfinite(sig.energy)) and all(s >= 0 for s in sig.candidate_spread)
         assert ep.energy == pytest.approx(sig.energy)  # the executed chunk's energy, unchanged
 
@@ -250,7 +250,7 @@ def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
         ("equal wall-clock", "regression")]
     assert rows[1]["train_steps"] == 2 and rows[3]["train_steps"] == 4
     for r in rows:
-        assert r["episodes"] == 1 and r["nfe"] == (3.0 if r["head"] == "ebt-2" else 1.0)
+        assert r["episodes"] == 1 and r["nfe"] == (2.0 if r["head"] == "ebt-2" else 1.0)
         assert r["mode_left"] + r["mode_right"] + r["mode_collision"] + r["mode_none"] == pytest.approx(1.0)
     summary = tmp_path / "h2h" / "reach2d_detour" / "ebt_steps2" / "summary.json"
     before = summary.stat().st_mtime_ns
@@ -271,6 +271,6 @@ def test_head_to_head_variants_train_with_their_config_fields(tmp_path):
     cfg = _tiny_reach2d_recipe(tmp_path)
     rows = run_head_to_head(cfg, ["reach2d"], [v], 2, 1, 0, tmp_path / "h2h", equal_wall_clock=False)
     assert [(r["head"], r["train_steps"]) for r in rows] == [("ebt-path", 2)]
-    assert rows[0]["nfe"] == 4.0  # 3 inference steps + the final energy evaluation
+    assert rows[0]["nfe"] == 3.0  # 3 inference steps (the energy is the last step's)
     saved = json.loads((tmp_path / "h2h" / "reach2d" / "ebt-path_steps2" / "policy" / "config.json").read_text())
     assert saved["ebt"]["objective"] == "path" and saved["head"] == "ebt"

@@ -19,7 +19,7 @@ def test_predict_chunk_returns_unnormalized_actions_and_diagnostics(policy: VLAP
     out = policy.predict_chunk(make_batch())
     assert out.actions.shape == (4, H, D)
     assert out.energy.shape == (4,) and out.grad_norm.shape == (4,) and out.steps.shape == (4,)
-    assert out.nfe == policy.cfg.ebt.infer_steps + 1 and out.latency_ms >= out.head_ms > 0
+    assert out.nfe == policy.cfg.ebt.infer_steps and out.latency_ms >= out.head_ms > 0  # energy from the last step
     # embodiment 1 has 3 action dims: the padded 4th comes out as exactly 0
     assert (out.actions[1::2, :, 3] == 0).all()
     # and its actions stay inside that dataset's [q01, q99] range (quantile normalization clips)

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .inpainting import SoftGuidance, resolve_inpainting
+
 
 @dataclass
 class Context:
@@ -117,6 +119,9 @@ class HeadCapabilities:
     reports_energy:    predictions carry ``energy``, ``grad_norm`` and ``energy_trace``.
     second_order_loss: the training loss differentiates through a gradient (``create_graph=True``).
     presets:           named inference settings the head is compared under: (label, knob values).
+    inpainting:        ``sample`` takes an :class:`~vla_ebt.heads.inpainting.Inpainting` (a frozen prefix
+                       and soft guidance toward the previous plan, docs/realtime.md); without it
+                       ``predict`` only overwrites the frozen steps and refuses soft guidance.
     """
 
     warm_start: bool = False
@@ -125,6 +130,7 @@ class HeadCapabilities:
     reports_energy: bool = False
     second_order_loss: bool = False
     presets: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    inpainting: bool = False
 
 
 #: ``hook(head, context, init, overrides, prediction)``, called after every ``predict``.
@@ -193,13 +199,40 @@ class ActionHead(nn.Module, abc.ABC):
             out.update(layer)
         return out
 
-    def predict(self, context: Context, init: Tensor | None = None, **overrides: Any) -> ChunkPrediction:
+    def predict(
+        self,
+        context: Context,
+        init: Tensor | None = None,
+        prefix: Tensor | None = None,
+        prefix_mask: Tensor | None = None,
+        guidance: SoftGuidance | None = None,
+        **overrides: Any,
+    ) -> ChunkPrediction:
         """Sample one chunk per context. init: (B, H, D) optional warm start (used only by heads
         declaring ``warm_start``); overrides: knobs for this call (``capabilities.knobs``; unknown
-        ones raise ValueError). Runs the predict hooks (not for calls made from inside a hook)."""
+        ones raise ValueError). Runs the predict hooks (not for calls made from inside a hook).
+
+        Inpainting (normalized space, docs/realtime.md): ``prefix`` (B, d, D) the committed first d
+        steps, or (B, H, D) with ``prefix_mask`` (B, H) bool; ``guidance`` a
+        :class:`~vla_ebt.heads.inpainting.SoftGuidance` (target (B, H, D), weights (B, H) or (H,)).
+        The returned chunk's frozen steps equal the prefix exactly. A head declaring
+        ``capabilities.inpainting`` gets them as ``sample(..., inpaint=...)``; for other heads the
+        frozen steps are overwritten after sampling and ``guidance`` raises ValueError."""
         knobs = {**self.active_overrides(), **overrides}
         self.check_overrides(knobs)
-        pred = self.sample(context, init if self.capabilities.warm_start else None, **knobs)
+        inpaint = resolve_inpainting(prefix, prefix_mask, guidance, context.batch_size, self.horizon,
+                                     self.action_dim, context.tokens.device, context.tokens.dtype)
+        init = init if self.capabilities.warm_start else None
+        if inpaint is None:
+            pred = self.sample(context, init, **knobs)
+        elif self.capabilities.inpainting:
+            pred = self.sample(context, init, inpaint, **knobs)
+        elif inpaint.has_soft:
+            raise ValueError(f"head {self.name or type(self).__name__!r} does not declare capabilities.inpainting: "
+                             "it takes a prefix (its frozen steps are overwritten) but no soft guidance")
+        else:
+            pred = self.sample(context, init, **knobs)
+            pred.actions = inpaint.apply(pred.actions)
         if self._predict_hooks and not self._in_hook:
             self._in_hook = True
             try:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities, masked_mse, warm_start_steps
 from .factory import register_head
+from .inpainting import DEFAULT_MAX_GUIDANCE_WEIGHT, Inpainting, diffusion_guidance_scale
 from .trunk import ActionTrunk, TrunkConfig, sinusoidal_embedding
 
 
@@ -76,8 +77,12 @@ class DiffusionHead(ActionHead):
             "generator": "torch.Generator for the initial noise and the DDPM step noise",
             "warm_noise": "warm start: run the last warm_noise share of the schedule from init noised to "
                           "its first timestep (1 = ignore init; config: warm_noise)",
+            "max_guidance_weight": "inpainting: beta, the clip of the real-time chunking guidance weight, in the "
+                                   f"flow time of the same noise level (default {DEFAULT_MAX_GUIDANCE_WEIGHT:g}; "
+                                   "docs/realtime.md)",
         },
         presets=(("ddpm-100", {"sampler": "ddpm", "num_steps": 100}), ("ddim-10", {"sampler": "ddim", "num_steps": 10})),
+        inpainting=True,
     )
 
     def __init__(self, cfg: DiffusionConfig) -> None:
@@ -137,22 +142,56 @@ class DiffusionHead(ActionHead):
         return loss, {"loss": loss.item(), "diffusion_loss": loss.item()}
 
     # ---------------------------------------------------------------- inference
+    def _guided_output(self, model_fn, x: Tensor, alpha_bar: float, target: Tensor, weights: Tensor,
+                       max_weight: float) -> Tensor:
+        """Real-time chunking guidance on one denoising step (docs/realtime.md): the model's clean-chunk
+        estimate x0_hat(x_t) moves by (1 - abar) / sqrt(abar) * c * g, with g = (Y - x0_hat)^T diag(W)
+        d x0_hat / d x_t (a vector-Jacobian product) and c = :func:`diffusion_guidance_scale` (the flow
+        guidance weight, clipped at ``max_weight``, at the same noise level); returned as the model output
+        (epsilon, sample or v) that the scheduler step expects."""
+        sa, s1 = alpha_bar ** 0.5, (1.0 - alpha_bar) ** 0.5
+        kind = self.cfg.prediction_type
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            out = model_fn(xg)
+            if kind == "epsilon":
+                x0 = (xg - s1 * out) / sa
+            elif kind == "sample":
+                x0 = out
+            else:  # v_prediction
+                x0 = sa * xg - s1 * out
+            err = (target - x0.detach()) * weights.unsqueeze(-1)
+            (g,) = torch.autograd.grad(x0, xg, grad_outputs=err)
+        x0 = x0.detach() + (1.0 - alpha_bar) / sa * diffusion_guidance_scale(alpha_bar, max_weight) * g
+        if self.cfg.clip_sample:
+            # clipped here, as the scheduler clips every x0 estimate, so that the epsilon derived from it
+            # agrees with the clipped x0 (DDIM uses both; an unclipped correction would pass through epsilon)
+            x0 = x0.clamp(-self.cfg.clip_sample_range, self.cfg.clip_sample_range)
+        if kind == "sample":
+            return x0
+        eps = (x - sa * x0) / s1
+        return eps if kind == "epsilon" else sa * eps - s1 * x0
+
     @torch.no_grad()
     def sample(
         self,
         context: Context,
         init: Tensor | None = None,
+        inpaint: Inpainting | None = None,
         *,
         num_steps: int | None = None,
         sampler: Literal["ddpm", "ddim"] | None = None,
         generator: torch.Generator | None = None,
         warm_noise: float | None = None,
+        max_guidance_weight: float | None = None,
     ) -> ChunkPrediction:
         """Denoise from N(0, I), or (warm start: ``init`` given and ``warm_noise`` < 1) from ``init``
         noised to the timestep where the last ``warm_noise`` share of the schedule begins.
 
         sampler: "ddpm" (default num_steps = cfg.num_inference_steps) or "ddim" (default
-        num_steps = cfg.ddim_steps, eta = 0).
+        num_steps = cfg.ddim_steps, eta = 0). ``inpaint``: every step's prediction is corrected by the
+        real-time chunking guidance (:meth:`_guided_output`, one forward + one backward) before the
+        scheduler step; the frozen steps are set at the end. docs/realtime.md.
         """
         cfg = self.cfg
         kind = sampler or cfg.sampler
@@ -178,17 +217,20 @@ class DiffusionHead(ActionHead):
         if warm is not None and init.shape != shape:
             raise ValueError(f"diffusion init must have shape {tuple(shape)}, got {tuple(init.shape)}")
         if warm == 0:
-            return ChunkPrediction(actions=init.to(device=device, dtype=dtype).clone(),
-                                   steps=torch.zeros(b, dtype=torch.long, device=device), nfe=0)
+            x = init.to(device=device, dtype=dtype).clone()
+            x = x if inpaint is None else inpaint.apply(x)
+            return ChunkPrediction(actions=x, steps=torch.zeros(b, dtype=torch.long, device=device), nfe=0)
         if warm is not None:
             ts = ts[-warm:]  # the same spacing as the full schedule, only its last share
 
-        # Context with one slot for the timestep token, built once; all timestep tokens for the
-        # schedule are embedded in one batched call.
-        ctx = torch.empty(b, t_ctx + 1, w, device=device, dtype=dtype)
-        ctx[:, 1:] = tokens
-        ctx_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=device), cmask], dim=1)
+        # The context's keys / values once per chunk; per step only the timestep token is projected.
+        # All timestep tokens for the schedule are embedded in one batched call.
+        tc = self.trunk.encode_context(tokens, cmask)
         temb = self.time_tokens(torch.tensor(ts, device=device)).to(dtype)  # (K, W)
+        beta = DEFAULT_MAX_GUIDANCE_WEIGHT if max_guidance_weight is None else float(max_guidance_weight)
+        if inpaint is not None:
+            inpaint = inpaint.to(device, dtype)
+            target, weights = inpaint.target_and_weights()
 
         noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         if warm is None:
@@ -197,9 +239,15 @@ class DiffusionHead(ActionHead):
             start = torch.full((b,), ts[0], dtype=torch.long, device=device)
             x = sched.add_noise(init.to(device=device, dtype=dtype), noise, start)
         for i, t in enumerate(ts):
-            ctx[:, 0] = temb[i]
-            out = self.trunk(x, ctx, ctx_mask)
+            tok = temb[i].view(1, 1, w).expand(b, 1, w)
+            if inpaint is None:
+                out = self.trunk(x, tok, None, context=tc)
+            else:
+                out = self._guided_output(lambda xx, tok=tok: self.trunk(xx, tok, None, context=tc), x,
+                                          float(sched.alphas_cumprod[t]), target, weights, beta)
             x = sched.step(out, t, x, return_dict=False, **step_kw)[0]
+        if inpaint is not None:
+            x = inpaint.apply(x)
         return ChunkPrediction(
             actions=x,
             steps=torch.full((b,), len(ts), dtype=torch.long, device=device),

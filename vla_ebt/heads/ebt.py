@@ -13,6 +13,7 @@ docs/ebt_objectives.md.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,9 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities, expand_mask, masked_mse
-from .energy_minimizer import cosine_sigmas, minimize_energy
+from .energy_minimizer import Constraint, cosine_sigmas, minimize_energy
 from .factory import register_head
-from .trunk import ActionTrunk, TrunkConfig, sinusoidal_embedding
+from .inpainting import Inpainting
+from .trunk import ActionTrunk, TrunkConfig, TrunkContext, sinusoidal_embedding
+
+#: inference pull strength on soft-guided steps (knob ``pull``): at the base step size, E = 0 and
+#: T = 1, a step moves a step of weight w a share pull * w / (1 + pull * w) of the way to its target
+DEFAULT_PULL = 4.0
 
 
 @dataclass
@@ -85,7 +91,14 @@ class EBTHead(ActionHead):
             "min_grad": "stop a sample when its ||dE/da|| falls below this (0 = off)",
             "num_candidates": "best-of-N chains by lowest final energy",
             "noise": "Langevin noise per inference step",
+            "latency_budget_ms": "anytime: stop when the next evaluation would not fit in this many ms and "
+                                 "return the lowest-energy chunk evaluated (docs/realtime.md)",
+            "final_eval": "evaluate the returned chunk's own energy / gradient (one more forward + backward; "
+                          "None: on with num_candidates > 1 or a latency budget, else the last step's values)",
+            "pull": "inpainting: strength of the quadratic pull of soft-guided steps toward their target "
+                    f"(default {DEFAULT_PULL:g}; docs/realtime.md)",
         },
+        inpainting=True,
         reports_energy=True,
         second_order_loss=True,
         presets=(("ebt-2", {}),),
@@ -274,42 +287,77 @@ class EBTHead(ActionHead):
         return loss, info
 
     # ---------------------------------------------------------------- inference
+    def _energy_cached(self, tc: TrunkContext, actions: Tensor, t: Tensor | float | None = None) -> Tensor:
+        """:meth:`energy` on a context prepared once per chunk (``trunk.encode_context``)."""
+        extra = None
+        if self.time_mlp is not None:
+            b = actions.shape[0]
+            t = torch.as_tensor(1.0 if t is None else t, dtype=torch.float32, device=actions.device)
+            tok = self.time_mlp(sinusoidal_embedding(t.expand(b) * 100.0, self.cfg.trunk.width).to(tc.tokens.dtype))
+            extra = tok.unsqueeze(1)
+        return self.trunk(actions, extra, None, context=tc).flatten(1).mean(1)
+
     def sample(
         self,
         context: Context,
         init: Tensor | None = None,
+        inpaint: Inpainting | None = None,
         *,
         num_steps: int | None = None,
         min_grad: float | None = None,
         num_candidates: int | None = None,
         noise: float | None = None,
+        latency_budget_ms: float | None = None,
+        final_eval: bool | None = None,
+        pull: float | None = None,
     ) -> ChunkPrediction:
         """Minimize the energy from ``init`` (B, H, D) (warm start) or from noise.
 
         With num_candidates = N > 1 every sample starts N chains (the warm start, if any, is the
         first of them) and keeps the one with the lowest final energy. Reports per sample the
-        steps used, the final energy, the final ||dE/da|| and the energy trace (K+1, B).
+        steps used, the energy, the ||dE/da|| and the energy trace (one row per evaluation).
+
+        final_eval (None: on when N > 1 or with a latency budget): evaluate the returned chunk's own
+        energy and gradient (one more forward + backward). Off, ``energy`` / ``grad_norm`` are those of
+        the last step's evaluation (the look-ahead point the last step was taken from).
+        inpaint (docs/realtime.md): frozen steps are clamped (set, gradient masked); soft steps add
+        the pull P = 1/2 (pull / alpha) sum_i w_i ||a_i - y_i||^2 to the energy, stepped in closed form.
+        latency_budget_ms (anytime): the minimizer stops when its next evaluation would not fit in the
+        budget (measured from this call's start) and returns the lowest-energy chunk it evaluated.
         """
+        t_start = time.perf_counter()
         cfg = self.cfg
         steps = cfg.infer_steps if num_steps is None else num_steps
         mg = cfg.min_grad if min_grad is None else min_grad
         n = cfg.num_candidates if num_candidates is None else num_candidates
         sig = cfg.infer_noise if noise is None else noise
+        if latency_budget_ms is not None and not (math.isfinite(latency_budget_ms) and latency_budget_ms >= 0):
+            raise ValueError(f"latency_budget_ms must be a finite number >= 0, got {latency_budget_ms}")
+        fe = (n > 1 or latency_budget_ms is not None) if final_eval is None else bool(final_eval)
         b = context.batch_size
         ctx = context.detach()
         shape = (b, n, self.horizon, self.action_dim)
         a0 = torch.randn(shape, device=ctx.tokens.device, dtype=ctx.tokens.dtype) * cfg.init_scale
         if init is not None:
             a0[:, 0] = init.to(a0.dtype)
-        ctx_n = ctx.repeat_interleave(n) if n > 1 else ctx
-        energy_fn = lambda a: self.energy(ctx_n, a)  # noqa: E731
+        tc = self.trunk.encode_context(ctx.tokens, ctx.mask).repeat_interleave(n)  # keys / values once per chunk
+        energy_fn = lambda a: self._energy_cached(tc, a)  # noqa: E731
         step_fns, scales, momentum = energy_fn, None, cfg.momentum
         if cfg.objective == "path":
             # K steps along the path: step k sees t = k / K and moves dt / (1 - t) of a full step
             ts, scales = self._path_schedule(steps)
-            step_fns = [lambda a, tk=tk: self.energy(ctx_n, a, tk) for tk in ts]
-            energy_fn = lambda a: self.energy(ctx_n, a, ts[-1] if ts else 0.0)  # noqa: E731
+            step_fns = [lambda a, tk=tk: self._energy_cached(tc, a, tk) for tk in ts]
+            energy_fn = lambda a: self._energy_cached(tc, a, ts[-1] if ts else 0.0)  # noqa: E731
             momentum = cfg.path_momentum
+        constraint = None
+        if inpaint is not None:
+            ip = inpaint.to(a0.device, a0.dtype).repeat_interleave(n)
+            pull_w = None
+            if ip.has_soft:
+                lam = (DEFAULT_PULL if pull is None else float(pull)) / self.log_alpha.exp().detach()
+                pull_w = (ip.soft_weights * lam).unsqueeze(-1)
+            constraint = Constraint(ip.frozen.unsqueeze(-1), ip.values, pull_w, ip.soft_target)
+        deadline = None if latency_budget_ms is None else t_start + latency_budget_ms / 1e3
         res = minimize_energy(
             step_fns,
             a0.flatten(0, 1),
@@ -322,25 +370,29 @@ class EBTHead(ActionHead):
             noise_sigmas=[sig] * steps if sig > 0 else None,
             create_graph=False,
             min_grad=mg,
+            constraint=constraint,
+            deadline=deadline,
+            final_eval=fe,
+            final_energy_fn=energy_fn,
+            select_best=deadline is not None and fe,
         )
-        final = res.final.detach()
-        # One last forward + backward at the final point: its energy ranks the candidates and
-        # its gradient norm is what the caller sees as "how converged" the chunk is.
-        with torch.enable_grad():
-            x = final.clone().requires_grad_(True)
-            e_final = energy_fn(x)
-            (g,) = torch.autograd.grad(e_final.sum(), x)
-        e_final, gn = e_final.detach().view(b, n), g.flatten(1).norm(dim=1).view(b, n)
-        best = e_final.argmin(1)
+        if res.best is not None:  # anytime: the lowest-energy chunk evaluated
+            final, e_all, gn_all, _ = res.best
+        else:  # the last iterate; its own energy (final_eval) or the last step's
+            final, e_all, gn_all = res.final.detach(), res.energies[-1], res.grad_norms[-1]
+        score = e_all if constraint is None else e_all + constraint.penalty(final)
+        e_final, gn = e_all.view(b, n), gn_all.view(b, n)
+        best = score.view(b, n).argmin(1)
         idx = torch.arange(b, device=best.device)
         actions = final.view(b, n, self.horizon, self.action_dim)[idx, best]
-        trace = torch.cat([res.energies, e_final.view(1, -1)]).view(-1, b, n)[:, idx, best]
+        if inpaint is not None:
+            actions = inpaint.apply(actions)
+        trace = res.energies.view(-1, b, n)[:, idx, best]
         return ChunkPrediction(
             actions=actions,
             steps=res.steps.view(b, n)[idx, best],
-            nfe=res.nfe + 1,
+            nfe=res.nfe,
             energy=e_final[idx, best],
             grad_norm=gn[idx, best],
             energy_trace=trace,
         )
-

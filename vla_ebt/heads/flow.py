@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities, expand_mask, masked_mse, warm_start_steps
 from .factory import register_head
+from .inpainting import DEFAULT_MAX_GUIDANCE_WEIGHT, Inpainting, guided_flow_velocity
 from .trunk import ActionTrunk, TrunkConfig, sinusoidal_embedding
 
 #: t in [0, 1] is embedded as sinusoidal(TIME_SCALE * t), the diffusion head's timestep range
@@ -73,8 +74,11 @@ class FlowHead(ActionHead):
             "warm_noise": "warm start: re-noise init to t0 = 1 - warm_noise and run that share of the "
                           "steps (1 = ignore init; config: warm_noise)",
             "generator": "torch.Generator for the initial noise",
+            "max_guidance_weight": "inpainting: beta, the clip of the real-time chunking guidance weight "
+                                   f"(default {DEFAULT_MAX_GUIDANCE_WEIGHT:g}; docs/realtime.md)",
         },
         presets=(("flow-10", {"num_steps": 10}),),
+        inpainting=True,
     )
 
     def __init__(self, cfg: FlowConfig) -> None:
@@ -133,15 +137,21 @@ class FlowHead(ActionHead):
         self,
         context: Context,
         init: Tensor | None = None,
+        inpaint: Inpainting | None = None,
         *,
         num_steps: int | None = None,
         warm_noise: float | None = None,
         generator: torch.Generator | None = None,
+        max_guidance_weight: float | None = None,
     ) -> ChunkPrediction:
         """Euler integration of the velocity field from t0 to 1.
 
         Cold (``init`` None or ``warm_noise`` 1): t0 = 0, x = noise, ``num_steps`` steps. Warm:
         t0 = 1 - warm_noise, x = t0 * init + (1 - t0) * noise, ``warm_start_steps`` steps.
+        ``inpaint``: every step is the real-time chunking guided step
+        (:func:`~vla_ebt.heads.inpainting.guided_flow_velocity`: one forward + one backward) toward
+        the frozen prefix (weight 1) and the soft target (its weights); the frozen steps are set at
+        the end. docs/realtime.md.
         """
         cfg = self.cfg
         steps = cfg.infer_steps if num_steps is None else int(num_steps)
@@ -163,18 +173,28 @@ class FlowHead(ActionHead):
         else:
             n = steps
         if n == 0:
+            x = x if inpaint is None else inpaint.apply(x)
             return ChunkPrediction(actions=x, steps=torch.zeros(b, dtype=torch.long, device=device), nfe=0)
 
-        # Context with one slot for the time token, built once; all time tokens embedded in one call.
-        ctx = torch.empty(b, t_ctx + 1, width, device=device, dtype=dtype)
-        ctx[:, 1:] = tokens
-        ctx_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=device), cmask], dim=1)
+        # The context's keys / values once per chunk; per step only the time token is projected.
+        tc = self.trunk.encode_context(tokens, cmask)
         dt = (1.0 - t0) / n
-        ts = torch.tensor([t0 + i * dt for i in range(n)], device=device)
-        temb = self.time_tokens(ts).to(dtype)  # (n, W)
+        taus = [t0 + i * dt for i in range(n)]
+        temb = self.time_tokens(torch.tensor(taus, device=device)).to(dtype)  # (n, W), one call
+        beta = DEFAULT_MAX_GUIDANCE_WEIGHT if max_guidance_weight is None else float(max_guidance_weight)
+        if inpaint is not None:
+            inpaint = inpaint.to(device, dtype)
+            target, weights = inpaint.target_and_weights()
         for i in range(n):
-            ctx[:, 0] = temb[i]
-            x = x + dt * self.trunk(x, ctx, ctx_mask)
+            tok = temb[i].view(1, 1, width).expand(b, 1, width)
+            field_fn = lambda xx, tok=tok: self.trunk(xx, tok, None, context=tc)  # noqa: E731
+            if inpaint is None:
+                v = field_fn(x)
+            else:
+                v = guided_flow_velocity(field_fn, x, taus[i], target, weights, beta)
+            x = x + dt * v
+        if inpaint is not None:
+            x = inpaint.apply(x)
         return ChunkPrediction(
             actions=x,
             steps=torch.full((b,), n, dtype=torch.long, device=device),

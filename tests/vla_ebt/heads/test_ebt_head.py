@@ -82,7 +82,7 @@ def test_reference_training_beats_mean_and_two_steps_match_eight(trained_referen
 
 def test_minimizer_lowers_energy_of_trained_head(trained_reference: EBTHead) -> None:
     ctx, _ = goal_reach_batch(32, H, D, W)
-    pred = trained_reference.predict(ctx, num_steps=4)
+    pred = trained_reference.predict(ctx, num_steps=4, final_eval=True)
     trace = pred.energy_trace
     assert trace.shape == (5, 32)
     assert (trace[-1] < trace[0]).float().mean() > 0.9

@@ -80,7 +80,7 @@ def test_defaults_capabilities_and_factory():
     caps = head_class("flow").capabilities
     assert "flow" in available_heads() and caps.eval_cost == 1.0 and caps.warm_start
     assert not (caps.reports_energy or caps.second_order_loss)
-    assert set(caps.knobs) == {"num_steps", "warm_noise", "generator"}
+    assert set(caps.knobs) == {"num_steps", "warm_noise", "generator", "max_guidance_weight"} and caps.inpainting
     assert dict(caps.presets) == {"flow-10": {"num_steps": 10}}
     built = build_head("flow", head_config_for("flow", TRUNK, H, D, time_dist="uniform"))
     assert isinstance(built, FlowHead) and built.cfg.time_dist == "uniform"

@@ -69,7 +69,7 @@ def test_capabilities_say_what_each_head_is() -> None:
 def test_unknown_knob_names_the_head_the_knob_and_the_known_ones() -> None:
     head = _head("diffusion")
     with pytest.raises(ValueError, match=r"head 'diffusion' has no inference knob\(s\) \['min_grad'\]; "
-                                         r"known: \['generator', 'num_steps', 'sampler', 'warm_noise'\]"):
+                                         r"known: \['generator', 'max_guidance_weight', 'num_steps', 'sampler', 'warm_noise'\]"):
         head.predict(_ctx(), min_grad=1e-3)
     with pytest.raises(ValueError, match="head 'diffusion'.*'num_candidates'"):
         with head.inference_overrides(num_candidates=4):  # validated on entry, before any predict
@@ -85,7 +85,8 @@ def test_inference_overrides_apply_nest_yield_to_call_arguments_and_restore() ->
         assert head.predict(ctx).steps.tolist() == [3] * 3
         with head.inference_overrides(num_steps=1):
             assert head.active_overrides() == {"num_steps": 1, "noise": 0.0}
-            assert head.predict(ctx).nfe == 2  # 1 step + the final energy evaluation
+            assert head.predict(ctx).nfe == 1  # 1 step; its evaluation gives the energy (no final one)
+            assert head.predict(ctx, final_eval=True).nfe == 2  # + the energy at the output
         assert head.predict(ctx, num_steps=4).steps.tolist() == [4] * 3  # the call's own knob wins
         assert head.predict(ctx).steps.tolist() == [3] * 3
     assert head.active_overrides() == {} and head.predict(ctx).steps.tolist() == [2] * 3
@@ -140,9 +141,10 @@ def test_heads_without_warm_start_never_see_init() -> None:
 
 
 def test_ebt_always_reports_its_energy_trace() -> None:
-    pred = _head("ebt").predict(_ctx(), num_steps=3)
-    assert pred.energy_trace.shape == (4, 3) and pred.energy.shape == (3,)
-    torch.testing.assert_close(pred.energy_trace[-1], pred.energy)
+    for final_eval, rows in ((False, 3), (True, 4)):  # one row per evaluation (+ the output's own)
+        pred = _head("ebt").predict(_ctx(), num_steps=3, final_eval=final_eval)
+        assert pred.energy_trace.shape == (rows, 3) and pred.energy.shape == (3,)
+        torch.testing.assert_close(pred.energy_trace[-1], pred.energy)
 
 
 # ------------------------------------------------------------------------------ one registry style
