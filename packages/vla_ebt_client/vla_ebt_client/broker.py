@@ -250,7 +250,8 @@ class ActionChunkBroker:
             self.counters, self.chunk_log = dict(ep["counters"]), list(ep["chunk_log"])
 
     def close(self) -> None:
-        """Stop the background thread of the real-time timing (if any)."""
+        """Stop the background thread of the real-time timing (if any), waiting for a request in
+        flight. The source is used from that thread only: do not call it elsewhere before close()."""
         self.timing.close()
 
     # ------------------------------------------------------------------ requests

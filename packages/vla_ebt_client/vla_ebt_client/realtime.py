@@ -223,9 +223,11 @@ class RealTime(Timing):
         return None
 
     def close(self) -> None:
+        """Stop the thread: queued jobs are cancelled, a running one is waited for (the source, e.g.
+        a PolicyClient, may then be used by another thread)."""
         with self._lock:
             if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor.shutdown(wait=True, cancel_futures=True)
                 self._executor = None
 
     def __repr__(self) -> str:
