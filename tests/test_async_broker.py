@@ -348,3 +348,22 @@ def test_sim_loop_through_the_server_keeps_its_rate_with_an_async_broker():
     assert ep["act_ms_max"] < 20 and ep["overruns"] <= 2
     assert ep["chunks"] >= 4 and ep["stalls"] == 0 and ep["starved"] > 0 and ep["switches"] >= 3
     assert ep["max_switch_jump"] > 0 and math.isfinite(ep["mean_sq_second_diff"])
+
+
+def test_brokers_copy_without_their_thread():
+    """A policy holding a broker is deep-copied for EMA weights: the real-time timing copies (and
+    pickles) without its thread or lock, and the copy works on its own."""
+    import copy
+    import pickle
+
+    from vla_ebt_client import RealTime
+
+    b = ActionChunkBroker(Scripted(), strategy="naive_async", request_remaining=3)
+    drive(b, 2)  # the thread exists now
+    c = copy.deepcopy(b)
+    assert c.timing is not b.timing and c.timing._executor is None and c.timing.threaded
+    assert drive(c, 3) == [100, 101, 102]  # its own copy of the source (1 request made)
+    b.close()
+    c.close()
+    r = pickle.loads(pickle.dumps(RealTime(threaded=False)))
+    assert r.threaded is False and r._executor is None

@@ -296,3 +296,11 @@ def test_sim_run_command_takes_the_strategy_and_delay(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--policy", "expert", "--suite", "reach2d", "--strategy", "rtc", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2 and "chunk policy" in capsys.readouterr().err
+
+
+def test_a_policy_with_its_broker_deep_copies(ebt):
+    """EMA training deep-copies the policy (its broker and timing included)."""
+    import copy
+
+    twin = copy.deepcopy(ebt)
+    assert twin._broker is not ebt._broker and twin._broker.timing is not ebt._broker.timing

@@ -287,6 +287,7 @@ class ActionChunkBroker:
             "infer_ms": reply.get("infer_ms"),
             "energy": _first(reply.get("energy")),
             "steps": _first(reply.get("steps")),
+            "expected_delay": job.meta.get("expected_delay"),
             "prefix_len": int(job.meta.get("prefix_len", 0)),
             "accepted": True,
         }
@@ -363,7 +364,7 @@ class ActionChunkBroker:
         step, tick = self._step, self._tick
         remaining = self._remaining()
         fields: dict[str, Any] = {}
-        meta: dict[str, Any] = {"prefix_len": 0, "blocked": blocked}
+        meta: dict[str, Any] = {"prefix_len": 0, "blocked": blocked, "expected_delay": self.delay.steps}
         if self.strategy == "rtc" and self._started:
             rows = self._planned_rows()
             d = self.delay.steps

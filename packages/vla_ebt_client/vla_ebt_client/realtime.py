@@ -222,6 +222,13 @@ class RealTime(Timing):
             return job.rtt_s / period_s
         return None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles (e.g. a policy deep-copied for EMA weights) get no thread and a new lock
+        return {"threaded": self.threaded}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(threaded=state["threaded"])  # type: ignore[misc]
+
     def close(self) -> None:
         """Stop the thread: queued jobs are cancelled, a running one is waited for (the source, e.g.
         a PolicyClient, may then be used by another thread)."""
