@@ -14,6 +14,14 @@ import tempfile  # noqa: E402
 _run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
 os.environ.setdefault("VLA_EBT_CACHE", os.path.join(tempfile.gettempdir(), f"vla_ebt_test_cache_{_run}"))
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# this checkout's client package, not the one the shared virtualenv's editable install points at
+_CLIENT = str(Path(__file__).resolve().parents[1] / "packages" / "vla_ebt_client")
+if _CLIENT not in sys.path:
+    sys.path.insert(0, _CLIENT)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

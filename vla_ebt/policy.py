@@ -8,6 +8,7 @@ Training, evaluation and serving all go through this class:
   gradient norm, network evaluations and latency; ``predict_chunk(obs, prefix, prefix_weights,
   latency_budget_ms, soft_target=...)`` plans the next chunk while one executes (real-time chunking:
   committed prefix, soft guidance toward the previous plan, anytime budget; docs/realtime.md).
+* ``score_chunks(obs, chunks) -> (B, K)`` — energies of given chunks (heads reporting energy).
 * ``select_action(obs) -> (B, D)``        — one action per control step, draining a queue of
   the last chunk (receding horizon: execute ``n_action_steps`` then re-plan) or temporally
   ensembling every step's chunk; ``reset()`` clears it between episodes.
@@ -368,6 +369,32 @@ class VLAPolicy(nn.Module):
             energy=pred.energy,
             grad_norm=pred.grad_norm,
         )
+
+    @torch.no_grad()
+    def score_chunks(self, obs: Mapping[str, Any], chunks: Tensor) -> Tensor:
+        """Energies (B, K) of given unnormalized chunks (B, K, H, D) (or one per sample, (B, H, D))
+        under ``obs``, for heads declaring ``capabilities.reports_energy`` (EBT: ``head.energy`` of the
+        normalized chunk, the quantity ``predict_chunk``'s ``energy`` reports; lower is better).
+        Other heads raise ValueError, as do chunks of the wrong shape."""
+        if not self.head.capabilities.reports_energy or not callable(getattr(self.head, "energy", None)):
+            raise ValueError(f"score_chunks: head {self.cfg.head!r} has no energy (capabilities.reports_energy)")
+        o = validate_observation(obs, self.spec)
+        dev = self.device
+        c = torch.as_tensor(chunks, dtype=torch.float32, device=dev)
+        c = c[:, None] if c.dim() == 3 else c
+        b = o["state"].shape[0]
+        if c.dim() != 4 or c.shape[0] != b or tuple(c.shape[2:]) != (self.cfg.horizon, self.cfg.action_dim):
+            raise ValueError(f"score_chunks: chunks must be (B={b}, K, H={self.cfg.horizon}, D={self.cfg.action_dim}), "
+                             f"got {tuple(c.shape)}")
+        k = c.shape[1]
+        was_training = self.training
+        self.eval()
+        try:
+            emb = o["embodiment"].to(dev).repeat_interleave(k)
+            norm = self.normalizer.normalize_action(c.flatten(0, 1), emb)
+            return self.head.energy(self.encode(o).repeat_interleave(k), norm).view(b, k)
+        finally:
+            self.train(was_training)
 
     def reset(self) -> None:
         """Forget the action queue, ensemble buffer and warm start (call at episode start); the

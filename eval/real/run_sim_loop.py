@@ -3,8 +3,9 @@
 The robot path under test, all of it from the torch-free :mod:`vla_ebt_client`: env observation ->
 numpy observation (:class:`~vla_ebt_client.ObservationHistory`) -> :class:`~vla_ebt_client.PolicyClient`
 over WebSocket -> :class:`~vla_ebt_client.ActionChunkBroker` (receding horizon or temporal
-ensembling) -> ``env.step``. Reports success per task, episode lengths and
-round-trip latency.
+ensembling, or an asynchronous strategy whose requests run in a background thread while the loop
+keeps its ``--control-hz`` rate) -> ``env.step``. Reports success per task, episode lengths,
+round-trip latency and, per episode, chunk switches, stalls, starved steps and action smoothness.
 
 ::
 
@@ -12,6 +13,8 @@ round-trip latency.
     python -m eval.real.run_sim_loop --url ws://127.0.0.1:8000 --episodes 5 --out sim_loop.json
     # or serve in-process on a free loopback port:
     python -m eval.real.run_sim_loop --policy runs/default/policy --episodes 5
+    # asynchronous execution at a fixed 20 Hz (the loop never waits for inference):
+    python -m eval.real.run_sim_loop --policy runs/default/policy --strategy naive_async --control-hz 20
 """
 
 from __future__ import annotations
@@ -25,31 +28,52 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vla_ebt_client import ActionChunkBroker, ObservationHistory, PolicyClient
+from vla_ebt_client import STRATEGIES, ActionChunkBroker, ObservationHistory, PolicyClient, action_smoothness
 
 __all__ = ["run_episode", "run_sim_loop", "main"]
 
 
 def run_episode(broker: ActionChunkBroker, suite: Any, task: str, seed: int, embodiment: int, obs_steps: int,
-                image_history: bool = False, split: str = "train") -> dict[str, Any]:
-    """One episode through the broker; errors end the episode as a failure (recorded)."""
+                image_history: bool = False, split: str = "train", control_hz: float | None = None) -> dict[str, Any]:
+    """One episode through the broker; errors end the episode as a failure (recorded). With
+    ``control_hz`` the loop keeps that rate (sleeps to the next tick; ``overruns`` counts the
+    steps that took longer than a period, ``act_ms_max`` the slowest ``act`` after the first)."""
     t0 = time.perf_counter()
-    res: dict[str, Any] = {"task": task, "seed": seed, "success": False, "length": 0, "chunks": 0, "error": None}
+    res: dict[str, Any] = {"task": task, "seed": seed, "success": False, "length": 0, "chunks": 0, "error": None,
+                           "overruns": 0, "act_ms_max": None}
     env = suite.make_env(task, seed=seed, split=split)
     chunks0 = broker.chunks
+    actions: list[np.ndarray] = []
+    switches: list[int] = []
+    act_ms: list[float] = []
+    period = 1.0 / control_hz if control_hz else None
     try:
         obs, info = env.reset(seed=seed)
         res["instruction"] = str(obs["instruction"])
         broker.reset()
         history = ObservationHistory(obs_steps, image_history, embodiment)
+        next_tick = time.perf_counter()
         for _ in range(suite.max_episode_steps):
             o = history(obs)
             o["images"] = o["images"].astype(np.uint8, copy=False)  # the wire carries uint8 frames
+            ta = time.perf_counter()
             act = np.asarray(broker.act(o), np.float32).reshape(-1)[: suite.action_dim]
+            act_ms.append((time.perf_counter() - ta) * 1e3)
+            if broker.last_switch:
+                switches.append(len(actions))
+            actions.append(act)
             obs, _, terminated, truncated, info = env.step(act)
             res["length"] += 1
             if terminated or truncated:
                 break
+            if period:
+                next_tick += period
+                wait = next_tick - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                else:
+                    res["overruns"] += 1
+                    next_tick = time.perf_counter()
         res["success"] = bool(info.get("is_success", False))
         res["final_distance"] = float(info.get("distance", float("nan")))
     except Exception as e:  # noqa: BLE001 - one failing episode must not end the run
@@ -57,6 +81,11 @@ def run_episode(broker: ActionChunkBroker, suite: Any, task: str, seed: int, emb
     finally:
         env.close()
     res["chunks"] = broker.chunks - chunks0
+    res.update({k: broker.counters[k] for k in ("switches", "stalls", "starved", "gate_rejections")})
+    if actions:
+        sm = action_smoothness(np.stack(actions), switches)
+        res.update({k: sm[k] for k in ("max_switch_jump", "mean_switch_jump", "mean_sq_second_diff")})
+    res["act_ms_max"] = max(act_ms[1:]) if len(act_ms) > 1 else None
     res["wall_s"] = time.perf_counter() - t0
     return res
 
@@ -72,8 +101,14 @@ def run_sim_loop(
     embodiment: int | str | None = None,
     split: str = "train",
     log: Any = None,
+    strategy: str = "sync",
+    control_hz: float | None = None,
+    on_starve: str = "hold",
+    request_remaining: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``episodes_per_task`` episodes of each task through ``client``; return a report dict."""
+    """Run ``episodes_per_task`` episodes of each task through ``client``; return a report dict.
+    strategy / on_starve / request_remaining: the broker's (async strategies run requests in a
+    background thread); control_hz: the loop's fixed rate (None: as fast as the env steps)."""
     from vla_ebt.data.episodes import episode_seed
     from eval.sim.suites import make_suite
 
@@ -96,17 +131,22 @@ def run_sim_loop(
     image_history = obs_steps > 1 and views == suite.num_views * obs_steps
     if not image_history and views != suite.num_views:
         raise ValueError(f"the policy expects {views} camera views; suite {suite_name!r} renders {suite.num_views}")
-    broker = ActionChunkBroker(client, mode=mode, n_action_steps=n_action_steps)
+    broker = ActionChunkBroker(client, mode=mode, n_action_steps=n_action_steps, strategy=strategy,
+                               control_hz=control_hz, on_starve=on_starve, request_remaining=request_remaining)
     t0 = time.perf_counter()
     episodes = []
-    for task in tasks:
-        for i in range(episodes_per_task):
-            r = run_episode(broker, suite, task, episode_seed(seed, task, i), emb, obs_steps, image_history, split)
-            r["index"] = i
-            episodes.append(r)
-            if log:
-                log(f"{task} #{i}: {'ok' if r['success'] else ('ERROR ' + r['error'] if r['error'] else 'fail')} "
-                    f"in {r['length']} steps, {r['chunks']} chunks")
+    try:
+        for task in tasks:
+            for i in range(episodes_per_task):
+                r = run_episode(broker, suite, task, episode_seed(seed, task, i), emb, obs_steps, image_history, split,
+                                control_hz)
+                r["index"] = i
+                episodes.append(r)
+                if log:
+                    log(f"{task} #{i}: {'ok' if r['success'] else ('ERROR ' + r['error'] if r['error'] else 'fail')} "
+                        f"in {r['length']} steps, {r['chunks']} chunks, {r['stalls']} stalls, {r['starved']} starved")
+    finally:
+        broker.close()
     per_task = {}
     for task in tasks:
         eps = [e for e in episodes if e["task"] == task]
@@ -118,6 +158,11 @@ def run_sim_loop(
         "url": client.url,
         "mode": broker.mode,
         "n_action_steps": broker.n_action_steps,
+        "strategy": broker.strategy,
+        "control_hz": control_hz,
+        "on_starve": broker.on_starve,
+        "stalls": sum(e["stalls"] for e in episodes),
+        "starved": sum(e["starved"] for e in episodes),
         "embodiment": emb,
         "seed": seed,
         "episodes_total": n,
@@ -152,6 +197,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--mode", choices=["receding", "ensemble"], default=None, help="default: the policy's config")
     p.add_argument("--n-action-steps", type=int, default=None)
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="sync",
+                   help="chunk execution; the async ones never wait for inference (docs/realtime.md)")
+    p.add_argument("--control-hz", type=float, default=None, help="keep this control rate (default: free running)")
+    p.add_argument("--on-starve", choices=["hold", "block"], default="hold",
+                   help="async: the plan ran out before the next chunk: hold the last action or wait")
+    p.add_argument("--request-remaining", type=int, default=None,
+                   help="async: request the next chunk when this many actions remain (default H - n_action_steps)")
     p.add_argument("--embodiment", default=None, help="name or id (default: the suite's name if known, else 0)")
     p.add_argument("--split", default="train", choices=["train", "heldout"])
     p.add_argument("--out", default=None, help="write the report JSON here")
@@ -171,7 +223,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         with PolicyClient(url, token=a.token) as client:
             report = run_sim_loop(client, a.suite, a.tasks, a.episodes, a.seed, a.mode, a.n_action_steps,
-                                  a.embodiment, a.split, log=print)
+                                  a.embodiment, a.split, log=print, strategy=a.strategy, control_hz=a.control_hz,
+                                  on_starve=a.on_starve, request_remaining=a.request_remaining)
     finally:
         if server is not None:
             server.stop()

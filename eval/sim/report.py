@@ -76,6 +76,16 @@ class EpisodeResult:
     video: str | None = None
     wall_s: float = 0.0
     base_seed: int | None = None
+    # chunk execution (docs/realtime.md): chunk switches, control periods the loop waited for a
+    # chunk (stalls) or held its last action (starved), energy-gate rejections, and the smoothness
+    # of the executed actions (vla_ebt_client.action_smoothness; None/NaN: undefined)
+    switches: int = 0
+    stalls: int = 0
+    starved: int = 0
+    gate_rejections: int = 0
+    max_switch_jump: float | None = None
+    mean_switch_jump: float | None = None
+    mean_sq_second_diff: float | None = None
 
     @property
     def num_chunks(self) -> int:
@@ -95,6 +105,10 @@ class TaskResult:
     mean_energy: float
     mean_steps: float
     errors: int
+    mean_max_switch_jump: float = float("nan")
+    mean_sq_second_diff: float = float("nan")
+    mean_stalls: float = float("nan")
+    mean_starved: float = float("nan")
 
     @classmethod
     def from_episodes(cls, task: str, eps: Sequence[EpisodeResult]) -> "TaskResult":
@@ -113,6 +127,10 @@ class TaskResult:
             mean_energy=_mean([x for e in eps for x in e.energy]),
             mean_steps=_mean([x for e in eps for x in e.steps]),
             errors=sum(e.error is not None for e in eps),
+            mean_max_switch_jump=_mean([e.max_switch_jump for e in eps]),
+            mean_sq_second_diff=_mean([e.mean_sq_second_diff for e in eps]),
+            mean_stalls=_mean([e.stalls for e in eps]),
+            mean_starved=_mean([e.starved for e in eps]),
         )
 
 
@@ -122,7 +140,8 @@ class EvalReport:
     rates; ``overall`` pools all episodes (its CI is the pooled Wilson interval).
 
     seeds: the base seeds evaluated (``seed`` is the first); num_workers: env worker processes
-    (0: serial, in-process); worker_restarts: workers replaced after a crash or a timeout."""
+    (0: serial, in-process); worker_restarts: workers replaced after a crash or a timeout;
+    execution: the chunk-execution settings (``EvalConfig.execution()``; None: not recorded)."""
 
     suite: str
     policy: str
@@ -134,6 +153,7 @@ class EvalReport:
     seeds: list[int] | None = None
     num_workers: int = 0
     worker_restarts: int = 0
+    execution: dict[str, Any] | None = None
 
     @property
     def success_rate(self) -> float:
@@ -153,6 +173,7 @@ class EvalReport:
                 "seeds": list(self.seeds) if self.seeds else [self.seed],
                 "num_workers": self.num_workers,
                 "worker_restarts": self.worker_restarts,
+                "execution": self.execution,
                 "wall_s": self.wall_s,
                 "success_rate": self.success_rate,
                 "overall": dataclasses.asdict(self.overall),
@@ -191,6 +212,20 @@ class EvalReport:
                 f"[{t.ci_low:.3f}, {t.ci_high:.3f}] | {f(t.mean_length, '.1f')} | "
                 f"{f(t.mean_chunk_latency_ms, '.2f')} | {f(t.mean_energy, '.4g')} | {f(t.mean_steps, '.2f')} | {t.errors} |"
             )
+        ex = self.execution or {}
+        if ex:
+            delay = (f"delay {ex.get('delay_steps')} steps" if ex.get("delay_mode") == "steps"
+                     else f"delay = measured latency at {ex.get('control_hz'):g} Hz")
+            lines += ["", f"Chunk execution: `{ex.get('strategy')}` · {delay} · on starve `{ex.get('on_starve')}`"]
+        lines += [
+            "",
+            "| task | max switch jump | mean sq 2nd diff | stalls/ep | starved/ep |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for t in [*self.tasks.values(), self.overall]:
+            name = f"**{t.task}**" if t.task == "overall" else t.task
+            lines.append(f"| {name} | {f(t.mean_max_switch_jump, '.4g')} | {f(t.mean_sq_second_diff, '.4g')} | "
+                         f"{f(t.mean_stalls, '.1f')} | {f(t.mean_starved, '.1f')} |")
         errs = [e for e in self.episodes if e.error]
         if errs:
             lines += ["", f"{len(errs)} episode(s) ended with an error:"]
@@ -224,6 +259,7 @@ def load_report(path: str | Path) -> EvalReport:
         seeds=d.get("seeds"),
         num_workers=d.get("num_workers", 0),
         worker_restarts=d.get("worker_restarts", 0),
+        execution=d.get("execution"),
     )
 
 

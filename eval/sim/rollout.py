@@ -5,6 +5,9 @@
 ``policy.select_action(obs_batch)`` on a B = 1 observation in the schema of :mod:`vla_ebt.schema`
 (images float32 (1, V, 3, S, S) in [0, 1], instruction [str], state float32 (1, To, state_dim),
 embodiment long (1,)). The policy must satisfy :class:`eval.sim.contracts.RolloutPolicy`.
+``EvalConfig.strategy`` other than "sync" runs the asynchronous chunk execution instead: the chunk
+broker of :mod:`vla_ebt_client` around ``policy.predict_chunk`` with inference delays simulated in
+env steps (docs/realtime.md, "Asynchronous execution").
 
 An env or policy exception ends that episode as a failure (``EpisodeResult.error``); evaluation
 goes on. Results are reproducible and independent of the episode order and of ``num_workers``
@@ -14,6 +17,7 @@ goes on. Results are reproducible and independent of the episode order and of ``
 from __future__ import annotations
 
 import importlib
+import math
 import time
 import warnings
 from collections import deque
@@ -22,11 +26,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from vla_ebt_client import ObservationHistory
+from vla_ebt_client import (
+    ActionChunkBroker,
+    MeasuredDelay,
+    ObservationHistory,
+    SimulatedDelay,
+    action_smoothness,
+    strategy_support,
+)
 
 from vla_ebt.data.episodes import episode_seed
 
 from .adapters import CallablePolicy, ChunkInfo, ExpertPolicy, RandomPolicy
+from .chunk_source import PolicyChunkSource, chunk_policy_problem
 from .contracts import InterleavablePolicy, RolloutPolicy, WorkerSideExpert, check_rollout_policy
 from .eval_config import EvalConfig
 from .report import EpisodeResult, EpisodeSpec, EvalReport, TaskResult, load_report, wilson_interval  # noqa: F401
@@ -150,8 +162,14 @@ class _Episode:
         instruction: str | None,
         record_frames: bool,
         seed_torch: bool = False,
+        execution: EvalConfig | None = None,
     ) -> None:
         self.policy, self.suite, self.spec = policy, suite, spec
+        self.execution = execution if execution is not None else EvalConfig()
+        self.broker: ActionChunkBroker | None = None  # the async strategies' per-episode broker
+        self._actions: list[np.ndarray] = []  # executed actions (action_dim,)
+        self._switch_steps: list[int] = []  # steps whose action came from a newly arrived chunk
+        self._logged = 0  # broker chunk-log entries recorded
         self.max_steps = int(suite.max_episode_steps)
         self.action_dim = int(suite.action_dim)
         self.embodiment, self.obs_steps, self.image_history = embodiment, obs_steps, image_history
@@ -187,6 +205,8 @@ class _Episode:
                     hook(env=env, task=self.spec.task, seed=self.spec.seed, suite=self.suite)
                 self._history = ObservationHistory(self.obs_steps, self.image_history, self.embodiment, self.instruction)
                 self._prev_out = getattr(self.policy, "last_output", None)
+                if self.execution.strategy != "sync":
+                    self.broker = make_broker(self.policy, self.execution)
             else:
                 phase = "env.step"
                 self.res.length += 1
@@ -200,19 +220,45 @@ class _Episode:
             self.fail(_fmt_error(phase, e))
             return None
 
+    def _record_chunk(self, latency_ms: float, energy: Any, steps: Any) -> None:
+        self.res.chunk_latency_ms.append(float(latency_ms))
+        e = _scalar0(energy)
+        if e is not None:
+            self.res.energy.append(e)
+        s = _scalar0(steps)
+        if s is not None:
+            self.res.steps.append(s)
+
+    def _sync_stall(self, out: Any) -> int:
+        """Control periods a sync loop waits for a chunk: the simulated delay, or the measured
+        latency at the control rate."""
+        ex = self.execution
+        if ex.delay_mode == "steps":
+            return int(ex.delay_steps)
+        lat = float(getattr(out, "latency_ms", float("nan")))
+        return max(0, math.ceil(lat * 1e-3 * ex.control_hz - 1e-9)) if math.isfinite(lat) else 0
+
     def _act(self, obs: dict[str, Any]) -> np.ndarray:
         policy = self.policy
-        act = policy.select_action(_torch_observation(self._history(obs)))
-        out = getattr(policy, "last_output", None)
-        if out is not None and out is not self._prev_out:
-            self.res.chunk_latency_ms.append(float(getattr(out, "latency_ms", float("nan"))))
-            e = _scalar0(getattr(out, "energy", None))
-            if e is not None:
-                self.res.energy.append(e)
-            s = _scalar0(getattr(out, "steps", None))
-            if s is not None:
-                self.res.steps.append(s)
-        self._prev_out = out
+        step = len(self._actions)
+        if self.broker is not None:
+            act = self.broker.act(_torch_observation(self._history(obs)))
+            for entry in self.broker.chunk_log[self._logged:]:
+                self._record_chunk(entry["infer_ms"] if entry["infer_ms"] is not None else entry["latency_ms"],
+                                   entry["energy"], entry["steps"])
+            self._logged = len(self.broker.chunk_log)
+            switched = self.broker.last_switch
+        else:
+            act = policy.select_action(_torch_observation(self._history(obs)))
+            out = getattr(policy, "last_output", None)
+            switched = False
+            if out is not None and out is not self._prev_out:
+                self._record_chunk(getattr(out, "latency_ms", float("nan")), getattr(out, "energy", None),
+                                   getattr(out, "steps", None))
+                if step > 0:  # the loop waited for this chunk; the first one starts the episode
+                    switched = True
+                    self.res.stalls += self._sync_stall(out)
+            self._prev_out = out
         if isinstance(act, torch.Tensor):
             act = act.detach().cpu().float().numpy()
         act = np.asarray(act, np.float32).reshape(-1)
@@ -221,11 +267,27 @@ class _Episode:
         act = act[: self.action_dim]  # dims past the embodiment's own are padding
         if not np.isfinite(act).all():
             raise ValueError(f"non-finite action {act.tolist()}")
+        self._actions.append(act)
+        if switched:
+            self._switch_steps.append(step)
         return act
+
+    def _execution_metrics(self) -> None:
+        """Switches, stalls, starved steps and smoothness of the executed actions into ``res``."""
+        r = self.res
+        if self.broker is not None:
+            c = self.broker.counters
+            r.stalls, r.starved, r.gate_rejections = int(c["stalls"]), int(c["starved"]), int(c["gate_rejections"])
+        if self._actions:
+            sm = action_smoothness(np.stack(self._actions), self._switch_steps)
+            r.switches = int(sm["switches"])
+            r.max_switch_jump, r.mean_switch_jump = sm["max_switch_jump"], sm["mean_switch_jump"]
+            r.mean_sq_second_diff = sm["mean_sq_second_diff"]
 
     def _finish(self, info: dict[str, Any]) -> None:
         self.res.success = bool(info.get("is_success", False))
         self.done = True
+        self._execution_metrics()
         self.res.wall_s = time.perf_counter() - self._t0
         return None
 
@@ -233,10 +295,34 @@ class _Episode:
         self.res.success = False
         self.res.error = error
         self.done = True
+        self._execution_metrics()
         self.res.wall_s = time.perf_counter() - self._t0
 
     def fail_env(self, e: BaseException) -> None:
         self.fail(_env_error(e))
+
+
+def execution_problem(policy: Any, cfg: EvalConfig) -> str | None:
+    """Why ``policy`` cannot run ``cfg.strategy`` (None when it can)."""
+    if cfg.strategy == "sync":
+        return None
+    problem = chunk_policy_problem(policy)
+    if problem:
+        return f"strategy {cfg.strategy!r} needs a chunk policy (predict_chunk, cfg, head): {problem}"
+    why = strategy_support(PolicyChunkSource(policy))[cfg.strategy]
+    return None if why is None else f"strategy {cfg.strategy!r}: {why}"
+
+
+def make_broker(policy: Any, cfg: EvalConfig) -> ActionChunkBroker:
+    """The per-episode chunk broker of an async strategy: ``policy`` as a local chunk source,
+    inference delays simulated in control steps (``delay_mode`` "steps") or taken from the
+    measured latency at ``control_hz`` ("wall_clock"); execution defaults from ``policy.cfg``."""
+    ex = policy.cfg.execution
+    timing = SimulatedDelay(int(cfg.delay_steps)) if cfg.delay_mode == "steps" else MeasuredDelay(cfg.control_hz)
+    return ActionChunkBroker(PolicyChunkSource(policy), n_action_steps=ex.n_action_steps,
+                             ensemble_decay=ex.ensemble_decay, horizon=policy.cfg.horizon, strategy=cfg.strategy,
+                             timing=timing, request_remaining=cfg.request_remaining, on_starve=cfg.on_starve,
+                             control_hz=cfg.control_hz)
 
 
 def _drive_local(ep: _Episode, session: EnvSession, split: str) -> None:
@@ -271,12 +357,14 @@ def run_episode(
     instruction: str | None = None,
     record_frames: bool = False,
     seed_torch: bool = False,
+    execution: EvalConfig | None = None,
 ) -> tuple[EpisodeResult, list[np.ndarray]]:
     """One closed-loop episode in this process; never raises for env/policy errors (recorded in
     ``error``). frames: ``env.render()`` after reset and after every step when ``record_frames``.
-    seed_torch: seed torch's global RNG with the episode seed at the start (evaluate does)."""
+    seed_torch: seed torch's global RNG with the episode seed at the start (evaluate does).
+    execution: an EvalConfig whose chunk-execution fields apply (None: sync, no delay)."""
     ep = _Episode(policy, suite, spec, embodiment=embodiment, obs_steps=obs_steps, image_history=image_history,
-                  instruction=instruction, record_frames=record_frames, seed_torch=seed_torch)
+                  instruction=instruction, record_frames=record_frames, seed_torch=seed_torch, execution=execution)
     _drive_local(ep, EnvSession(suite), split)
     return ep.res, ep.frames
 
@@ -373,6 +461,9 @@ def evaluate(policy: RolloutPolicy, suite: Suite | str, config: EvalConfig | Non
         raise TypeError(f"evaluate: config must be an EvalConfig, got {type(cfg).__name__} (the keyword "
                         f"arguments of older versions are EvalConfig fields now)")
     check_rollout_policy(policy)
+    problem = execution_problem(policy, cfg)
+    if problem:
+        raise ValueError(f"evaluate: {problem}")
     tasks, split = cfg.tasks, cfg.split
     base_seeds = cfg.base_seeds()
     num_workers = int(cfg.num_workers or 0)
@@ -439,7 +530,7 @@ def _evaluate_jobs(
     def make_episode(spec: EpisodeSpec) -> _Episode:
         return _Episode(policy, suite, spec, embodiment=cfg.embodiment, obs_steps=to,
                         image_history=cfg.image_history, instruction=cfg.instruction,
-                        record_frames=want_video(spec), seed_torch=True)
+                        record_frames=want_video(spec), seed_torch=True, execution=cfg)
 
     def on_done(ep: _Episode) -> None:
         res, spec = ep.res, ep.spec
@@ -490,6 +581,7 @@ def _evaluate_jobs(
         seeds=list(seeds),
         num_workers=len(pool) if pool is not None else 0,
         worker_restarts=pool.restarts if pool is not None else 0,
+        execution=cfg.execution(),
     )
 
 

@@ -5,6 +5,8 @@
     python -m eval.sim.run --policy runs/default/policy --suite reach2d --episodes 20 \\
         --seeds 0 1 2 --workers 4 --videos 2 --out runs/default/eval_sim
     python -m eval.sim.run --policy expert --suite reach2d --suite-arg image_size=64 --out /tmp/expert
+    # asynchronous chunk execution, inference taking 2 control steps (docs/realtime.md):
+    python -m eval.sim.run --policy runs/default/policy --suite reach2d --strategy naive_async --delay 2 --out /tmp/d2
 
 ``--policy`` is a ``VLAPolicy.save_pretrained`` directory, or ``expert`` / ``random`` for the
 suite's scripted expert / uniform random actions. Each base seed of ``--seeds`` runs
@@ -75,6 +77,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow-image-resize", action="store_true",
                    help="accept a policy whose backbone image size differs from the suite's (the backbone resizes)")
     p.add_argument("--device", default="cpu", help="torch device of the policy")
+    p.add_argument("--strategy", default="sync",
+                   choices=["sync", "naive_async", "temporal_ensemble", "rtc", "energy_gate"],
+                   help="chunk execution (docs/realtime.md, 'Asynchronous execution')")
+    p.add_argument("--delay", type=int, default=0, help="simulated inference delay in control steps")
+    p.add_argument("--delay-mode", choices=["steps", "wall_clock"], default="steps",
+                   help="wall_clock: each chunk's measured latency at --control-hz sets its delay")
+    p.add_argument("--control-hz", type=float, default=10.0, help="control rate of --delay-mode wall_clock")
+    p.add_argument("--on-starve", choices=["hold", "block"], default="hold",
+                   help="async: the plan ran out before the next chunk: hold the last action or wait")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no per-episode log lines")
     args = p.parse_args(argv)
@@ -84,6 +95,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--workers must be >= 0, got {args.workers}")
     if args.videos < 0:
         p.error(f"--videos must be >= 0, got {args.videos}")
+    if args.delay < 0:
+        p.error(f"--delay must be >= 0, got {args.delay}")
     if args.worker_python and args.workers < 1:
         p.error("--worker-python needs --workers >= 1 (the suite is then served by that interpreter's workers)")
     return args
@@ -268,8 +281,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2) from None
 
     from .report_plot import plot_report
-    from .rollout import EvalConfig, evaluate
+    from .rollout import EvalConfig, evaluate, execution_problem
 
+    execution = dict(strategy=args.strategy, delay_steps=args.delay, delay_mode=args.delay_mode,
+                     control_hz=args.control_hz, on_starve=args.on_starve)
+    problem = execution_problem(policy, EvalConfig(**execution))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = None if args.quiet else (lambda msg: print(f"[eval] {msg}", flush=True))
@@ -282,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         num_workers=args.workers, video_dir=out / "videos" if args.videos else None,
         max_videos_per_task=args.videos, video_format="mp4", split=args.split, instruction=args.instruction,
         suite_kwargs=suite_kwargs, import_modules=tuple(args.suite_module), worker_python=args.worker_python,
-        step_timeout_s=args.step_timeout, reset_timeout_s=args.reset_timeout, log=log, **policy_kw,
+        step_timeout_s=args.step_timeout, reset_timeout_s=args.reset_timeout, log=log, **execution, **policy_kw,
     ))
     wall = time.perf_counter() - t0
     extra = {

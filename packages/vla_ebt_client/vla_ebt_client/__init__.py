@@ -3,7 +3,10 @@
 * :mod:`vla_ebt_client.codec`   — the wire codec (msgpack with numpy arrays): ``packb`` / ``unpackb``.
 * :mod:`vla_ebt_client.client`  — ``PolicyClient``: WebSocket client of ``python -m eval.real.serve``.
 * :mod:`vla_ebt_client.broker`  — ``ActionChunkBroker``: chunks (B, H, D) -> one action (B, D) per
-  control step (receding horizon or temporal ensembling); ``VLAPolicy.select_action`` uses it too.
+  control step (receding horizon or temporal ensembling, synchronous or asynchronous: naive,
+  temporal ensemble, RTC, energy gate); ``VLAPolicy.select_action`` and the sim rollout use it too.
+* :mod:`vla_ebt_client.realtime` — when a request arrives (``RealTime`` threads, ``SimulatedDelay``,
+  ``MeasuredDelay``), the delay estimate, RTC's prefix weights, ``action_smoothness``.
 * :mod:`vla_ebt_client.history` — ``ObservationHistory`` / ``history_indices``: the last To
   observations, the first one repeated before the episode start (training and closed loops alike).
 
@@ -19,7 +22,7 @@
 Nothing here imports torch or vla_ebt.
 """
 
-from .broker import ActionChunkBroker
+from .broker import STRATEGIES, ActionChunkBroker, strategy_support
 from .client import (
     AuthenticationError,
     LatencyStats,
@@ -31,12 +34,30 @@ from .client import (
 )
 from .codec import CodecError, packb, unpackb
 from .history import ObservationHistory, camera_major, history_indices
+from .realtime import (
+    ON_STARVE,
+    DelayEstimator,
+    MeasuredDelay,
+    RealTime,
+    SimulatedDelay,
+    action_smoothness,
+    rtc_prefix_weights,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActionChunkBroker",
     "AuthenticationError",
+    "DelayEstimator",
+    "MeasuredDelay",
+    "ON_STARVE",
+    "RealTime",
+    "STRATEGIES",
+    "SimulatedDelay",
+    "action_smoothness",
+    "rtc_prefix_weights",
+    "strategy_support",
     "CodecError",
     "LatencyStats",
     "MessageTooLargeError",

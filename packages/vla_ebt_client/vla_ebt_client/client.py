@@ -247,13 +247,23 @@ class PolicyClient:
             # a reply to an earlier request on this connection (cannot happen with this client's
             # one-request-at-a-time protocol, but never hand back a stale chunk)
 
-    def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+    def infer(self, obs: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
         """Send one observation (schema of :mod:`vla_ebt.schema`, numpy arrays) and return the
         reply dict: ``actions`` (B, H, D) float32, ``energy``, ``steps``, ``grad_norm``, ``nfe``,
         ``infer_ms``, ``server_ms``, ``queue_ms`` and the client-side ``round_trip_ms``.
-        Raises :class:`ServerError` when the server rejects the observation."""
+
+        fields: further request fields, sent when not None (arrays as numpy): ``prefix`` (B, d, D)
+        committed unnormalized actions, ``prefix_weights`` (H,) or (B, H), ``soft_target`` (B, H, D),
+        ``latency_budget_ms`` (see docs/realtime.md); a server that does not know one answers with
+        an error. Raises :class:`ServerError` when the server rejects the request, ValueError for a
+        field that is an observation key or ``request_id`` / ``type``."""
         rid = next(self._ids)
         msg = to_numpy_observation(obs)
+        for k, v in fields.items():
+            if k in ("images", "instruction", "state", "embodiment", "request_id", "type"):
+                raise ValueError(f"infer: {k!r} is not a request field (it is part of the observation or protocol)")
+            if v is not None:
+                msg[k] = _array(v)
         msg["request_id"] = rid
         payload = packb(msg)
         limit = self.metadata.get("max_message_bytes")
