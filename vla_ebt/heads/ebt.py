@@ -5,7 +5,9 @@ to the context) whose per-token outputs (B, H, D) are averaged into one scalar p
 Actions are produced by minimizing E over a with a few gradient steps
 (:mod:`vla_ebt.heads.energy_minimizer`), from N(0, I) or a warm start; training unrolls those steps
 and supervises the iterates with behaviour cloning (``objective``: "reference", "denoise" or
-"path"), optionally plus a loss on the energy's values (``shaping``: "error" or "margin").
+"path"), or trains the energy as a generative model through its gradient field (``objective``: "eqm",
+Equilibrium Matching, or "energy_matching"; :mod:`vla_ebt.heads.ebt_objectives`), optionally plus a loss
+on the energy's values (``shaping``: "error" or "margin").
 Unknown objective / shaping names raise ValueError. What each option does and what was measured:
 docs/ebt_objectives.md.
 """
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import ActionHead, ChunkPrediction, Context, HeadCapabilities, expand_mask, masked_mse
+from . import ebt_objectives as gen
 from .energy_minimizer import Constraint, cosine_sigmas, minimize_energy
 from .factory import register_head
 from .inpainting import Inpainting
@@ -38,7 +41,7 @@ class EBTConfig:
     trunk: TrunkConfig = field(default_factory=TrunkConfig)  # energy transformer size
     horizon: int = 16  # H, action-chunk length
     action_dim: int = 7  # D, (padded) action dimension
-    objective: Literal["reference", "denoise", "path"] = "reference"  # training objective, see docs/ebt_objectives.md
+    objective: Literal["reference", "denoise", "path", "eqm", "energy_matching"] = "reference"  # docs/ebt_objectives.md
     # --- minimizer (shared by training and inference) ---
     alpha: float = 1000.0  # step size; reference 1000 (energy = mean over H*D, raw grads ~1e-3)
     alpha_jitter: float = 1.5  # training: per-sample alpha ~ U[alpha/j, alpha*j] (1 = off)
@@ -62,6 +65,21 @@ class EBTConfig:
     path_scaled_steps: bool = True  # step at t moves alpha * dt / (1 - t) (False: energy learns it; grid only)
     path_teacher_forcing: bool = True  # step input = ideal path point (False: own iterates; averages)
     path_momentum: float = 0.0  # Nesterov momentum for this objective (training and inference)
+    # --- "eqm" / "energy_matching" objectives (vla_ebt/heads/ebt_objectives.py, docs/ebt_objectives.md) ---
+    eqm_c: Literal["truncated", "linear"] = "truncated"  # c(gamma): the paper's truncated decay, or lam * (1 - gamma)
+    eqm_lambda: float = 4.0  # lam, the field's scale (paper: 4)
+    eqm_a: float = 0.8  # truncation point a of the truncated c (paper: 0.8)
+    eqm_step: float = 0.08  # eta, the fixed sampling step (field units); the near-data stiffness is lam / (1 - a)
+    eqm_momentum: float = 0.3  # Nesterov mu of eqm sampling (0 = plain gradient descent)
+    gen_anchor: float = 0.01  # weight of mean(V(x)^2), V = H*D*E at demonstrations: E(demonstration) = 0
+    em_cutoff: float = 0.9  # tau*: flow-loss decay and Langevin temperature start above this t (phase 2)
+    em_lambda_cd: float = 0.01  # contrastive weight lambda_cd (phase 2)
+    em_cd_clamp: float = 1.0  # contrastive term clamped below at -em_cd_clamp
+    em_eps_max: float = 0.01  # Boltzmann temperature eps_max of the negative chains
+    em_chain_steps: int = 4  # steps of each negative chain (short: CPU)
+    em_chain_dt: float = 0.05  # Langevin step of the chains started at the demonstrations
+    em_warmup: int = 100  # training calls of flow-only phase 1 before the contrastive phase 2
+    em_momentum: float = 0.3  # Nesterov mu of energy_matching sampling (0: Euler steps of dt = 1 / K)
     # --- inference ---
     infer_steps: int = 2  # paper headline: 2 steps
     min_grad: float = 0.0  # early exit when per-sample ||dE/da|| < min_grad (0 = off)
@@ -106,8 +124,11 @@ class EBTHead(ActionHead):
 
     def __init__(self, cfg: EBTConfig) -> None:
         super().__init__()
-        if cfg.objective not in ("reference", "denoise", "path"):
-            raise ValueError(f"unknown EBT objective {cfg.objective!r}")
+        known = ("reference", "denoise", "path", *gen.GENERATIVE_OBJECTIVES)
+        if cfg.objective not in known:
+            raise ValueError(f"unknown EBT objective {cfg.objective!r}; known: {list(known)}")
+        if cfg.objective == "eqm":
+            gen.eqm_c(torch.zeros(1), cfg.eqm_c, cfg.eqm_lambda, cfg.eqm_a)  # validates eqm_c
         if cfg.shaping not in ("none", "error", "margin"):
             raise ValueError(f"unknown EBT shaping {cfg.shaping!r}; expected 'none', 'error' or 'margin'")
         self.cfg = cfg
@@ -122,6 +143,8 @@ class EBTHead(ActionHead):
         if cfg.objective == "path" and cfg.path_time_token:
             w = cfg.trunk.width
             self.time_mlp = nn.Sequential(nn.Linear(w, 2 * w), nn.SiLU(), nn.Linear(2 * w, w))
+        # training calls so far ("energy_matching" phase 1 -> 2); not saved: a resumed run warms up anew
+        self._loss_calls = 0
 
     # ---------------------------------------------------------------- energy
     def energy(self, context: Context, actions: Tensor, t: Tensor | float | None = None) -> Tensor:
@@ -170,8 +193,15 @@ class EBTHead(ActionHead):
     ) -> tuple[Tensor, dict[str, float]]:
         """Behaviour-cloning loss of the configured objective (+ the energy-shaping term, if on)."""
         cfg = self.cfg
+        if self.training:
+            self._loss_calls += 1
         if cfg.objective == "path":
             loss, info = self._path_loss(context, target, mask)
+        elif cfg.objective == "eqm":
+            loss, info = gen.eqm_loss(self, context, target, mask)
+        elif cfg.objective == "energy_matching":
+            phase2 = self._loss_calls > cfg.em_warmup
+            loss, info = gen.energy_matching_loss(self, context, target, mask, phase2)
         else:
             loss, info = self._unrolled_loss(context, target, mask)
         if cfg.shaping != "none" and cfg.shaping_weight > 0:
@@ -343,6 +373,12 @@ class EBTHead(ActionHead):
         tc = self.trunk.encode_context(ctx.tokens, ctx.mask).repeat_interleave(n)  # keys / values once per chunk
         energy_fn = lambda a: self._energy_cached(tc, a)  # noqa: E731
         step_fns, scales, momentum = energy_fn, None, cfg.momentum
+        alpha, clamp = self._alpha(b * n, jitter=False).detach(), cfg.energy_clamp
+        if cfg.objective in gen.GENERATIVE_OBJECTIVES:
+            # a fixed step on the field s * dE/da (no exp(E) scaling): see ebt_objectives.sample_step
+            alpha = torch.tensor(gen.sample_step(self, steps), device=a0.device, dtype=a0.dtype)
+            clamp = 0.0
+            momentum = cfg.eqm_momentum if cfg.objective == "eqm" else cfg.em_momentum
         if cfg.objective == "path":
             # K steps along the path: step k sees t = k / K and moves dt / (1 - t) of a full step
             ts, scales = self._path_schedule(steps)
@@ -363,10 +399,10 @@ class EBTHead(ActionHead):
             a0.flatten(0, 1),
             num_steps=steps,
             step_scales=scales,
-            alpha=self._alpha(b * n, jitter=False).detach(),
+            alpha=alpha,
             momentum=momentum,
             temperature=cfg.temperature,
-            energy_clamp=cfg.energy_clamp,
+            energy_clamp=clamp,
             noise_sigmas=[sig] * steps if sig > 0 else None,
             create_graph=False,
             min_grad=mg,
