@@ -286,7 +286,7 @@ def test_async_strategies_give_the_same_episodes_with_env_workers(ebt):
 @pytest.mark.slow
 def test_sim_run_command_takes_the_strategy_and_delay(tmp_path, capsys):
     from eval.sim.run import main
-    from tests.test_sim_run import SUITE_ARGS, _tiny_policy
+    from tests.eval.sim.test_sim_run import SUITE_ARGS, _tiny_policy
 
     pdir = _tiny_policy().save_pretrained(tmp_path / "policy")
     d = main(["--policy", str(pdir), "--suite", "reach2d", "--tasks", "reach_red", "--episodes", "1", *SUITE_ARGS,
