@@ -171,6 +171,7 @@ def ebt_runs(tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+@pytest.mark.slow
 def test_zero3_ebt_losses_match_zero0(ebt_runs) -> None:
     z0, z3 = losses(ebt_runs["z0"]), losses(ebt_runs["z3"])
     assert len(z0) == len(z3) == 4
@@ -179,6 +180,7 @@ def test_zero3_ebt_losses_match_zero0(ebt_runs) -> None:
     assert "ZeRO-3: backbone submodules partitioned" in out and "EMA disabled" not in out
 
 
+@pytest.mark.slow
 def test_zero3_periodic_evaluation_runs(ebt_runs) -> None:
     for run in ("z0", "z3"):
         evals = [r for r in records(ebt_runs[run]) if "eval/success" in r]
@@ -188,6 +190,7 @@ def test_zero3_periodic_evaluation_runs(ebt_runs) -> None:
     assert [e["step"] for e in summary["evals"]] == [2, 4] and summary["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_zero3_exports_the_gathered_ema_weights(ebt_runs) -> None:
     z3 = ebt_runs["z3"]
     final = VLAPolicy.from_pretrained(z3 / "policy")
@@ -206,12 +209,14 @@ def test_zero3_exports_the_gathered_ema_weights(ebt_runs) -> None:
     assert max((live[k] - exported[k]).abs().max().item() for k in live) > 1e-4
 
 
+@pytest.mark.slow
 def test_zero3_gathered_live_weights_match_zero0(ebt_runs) -> None:
     z0, z3 = torch.load(ebt_runs["z0"] / "live.pt"), torch.load(ebt_runs["z3"] / "live.pt")
     assert any("lora_" in k for k in z3) and any(k.startswith("head.") for k in z3)
     assert max_weight_diff(z3, z0) < WEIGHT_ATOL
 
 
+@pytest.mark.slow
 def test_zero3_resume_continues_the_same_run(ebt_runs) -> None:
     """Model, optimizer, scheduler, RNG and the EMA shards of both ranks come back: measured exactly equal."""
     z3, resumed = ebt_runs["z3"], ebt_runs["z3_resumed"]
@@ -221,6 +226,7 @@ def test_zero3_resume_continues_the_same_run(ebt_runs) -> None:
     assert max_weight_diff(a.state_dict(), b.state_dict()) == 0.0
 
 
+@pytest.mark.slow
 def test_zero3_regression_head_composite_backbone(tmp_path) -> None:
     run = tmp_path / "reg"
     torchrun(run, [*REGRESSION_ARGS, "--run-dir", str(run), "--deepspeed-config", str(DS / "zero3.json")])
