@@ -53,16 +53,12 @@ DEFAULT_VARIANTS = (
     "eqm:ebt:objective=eqm",
     "energy_matching:ebt:objective=energy_matching",
     "diffusion:diffusion",
+    "flow:flow",
 )
 
 
 def default_variants() -> list[str]:
-    from vla_ebt.heads import available_heads
-
-    out = list(DEFAULT_VARIANTS)
-    if "flow" in available_heads():
-        out.append("flow:flow")
-    return out
+    return list(DEFAULT_VARIANTS)
 
 
 def _git_commit() -> str:

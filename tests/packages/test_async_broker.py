@@ -245,7 +245,7 @@ class SlowScripted:
                                                                           ensemble_decay=0.01))
         self.delay_s, self.calls = delay_s, 0
 
-    def predict_chunk(self, obs):
+    def predict_chunk(self, obs, **options):  # prefix / guidance / budget options are accepted and ignored
         time.sleep(self.delay_s)
         k, self.calls = self.calls, self.calls + 1
         out = (100.0 * k + np.arange(16, dtype=np.float32))[None, :, None].repeat(2, axis=2)

@@ -13,7 +13,7 @@ import pytest
 from eval.sim import demo_cache
 from eval.sim.demo_cache import BaselineSpec, cached_baseline
 from eval.sim.report import load_report
-from eval.sim.rollout import RandomPolicy, evaluate, evaluate_callable
+from eval.sim.rollout import EvalConfig, RandomPolicy, evaluate, evaluate_callable
 from eval.sim.suites import make_suite
 from eval.sim.suites.reach2d import Reach2DSuite
 
@@ -49,8 +49,8 @@ def test_cached_baseline_hits_and_every_key_change_misses(tmp_path, monkeypatch,
 
         def fn():
             calls.append(spec)
-            return evaluate(RandomPolicy(suite, seed=spec.seed), suite, list(spec.tasks), spec.episodes_per_task,
-                            seed=spec.seed)
+            return evaluate(RandomPolicy(suite, seed=spec.seed), suite,
+                            EvalConfig(tasks=list(spec.tasks), episodes_per_task=spec.episodes_per_task, seed=spec.seed))
 
         return spec, fn
 
@@ -89,7 +89,7 @@ def test_a_baseline_with_failed_episodes_is_not_cached(tmp_path) -> None:
 
     def fn():
         calls.append(1)
-        return evaluate_callable(broken, suite, ["reach_red"], 2, seed=1)
+        return evaluate_callable(broken, suite, EvalConfig(tasks=["reach_red"], episodes_per_task=2, seed=1))
 
     report, hit = cached_baseline(spec, fn, tmp_path, log=None)
     assert not hit and all("boom" in e.error for e in report.episodes)
