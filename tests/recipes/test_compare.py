@@ -207,6 +207,7 @@ def test_artifact_schema():
 
 
 # ------------------------------------------------------------------------------------------ results
+@pytest.mark.slow
 def test_results_check_passes_on_the_fixture_set_and_fails_when_the_readme_is_edited(tmp_path, capsys):
     from recipes import results
 
@@ -230,6 +231,7 @@ def test_results_check_passes_on_the_fixture_set_and_fails_when_the_readme_is_ed
         results.main([*argv, "--check"])
 
 
+@pytest.mark.slow
 def test_results_say_where_the_focus_head_loses(tmp_path):
     from recipes.compare.report import build_cells, verdicts
 

@@ -21,6 +21,7 @@ def shards(tmp_path_factory):
     return write_fixture_shards(tmp_path_factory.mktemp("shards"))
 
 
+@pytest.mark.slow
 def test_two_point_head_sweep_writes_table_json_and_plot(tmp_path, shards) -> None:
     out = tmp_path / "sweep"
     finetune_main(["--recipe", "scaling", "--base-recipe", "oxe_mix", *QUICK, "--heads", "16x1", "48x2",

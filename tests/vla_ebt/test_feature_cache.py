@@ -65,6 +65,7 @@ def test_only_a_frozen_backbone_is_cacheable():
         FrozenFeatureCache().install(policy.encoder.backbone)
 
 
+@pytest.mark.slow
 def test_finetune_with_a_frozen_backbone_trains_the_same_with_and_without_the_cache(tmp_path, capsys):
     """recipes/finetune.py installs the cache for a frozen backbone (computed once, then read back from
     the demo cache folder): the loss curve equals the uncached run's, and a second run loads it."""

@@ -80,6 +80,7 @@ def test_reference_training_beats_mean_and_two_steps_match_eight(trained_referen
     assert errs[2] < 3.0 * errs[8] + 1e-3, errs  # 2 steps reach the max-step error (tolerance 3x + 1e-3)
 
 
+@pytest.mark.slow
 def test_minimizer_lowers_energy_of_trained_head(trained_reference: EBTHead) -> None:
     ctx, _ = goal_reach_batch(32, H, D, W)
     pred = trained_reference.predict(ctx, num_steps=4, final_eval=True)
@@ -90,6 +91,7 @@ def test_minimizer_lowers_energy_of_trained_head(trained_reference: EBTHead) -> 
     assert pred.grad_norm.shape == (32,) and pred.energy.shape == (32,)
 
 
+@pytest.mark.slow
 def test_warm_start_from_a_good_chunk_stays_good(trained_reference: EBTHead) -> None:
     ctx, target = goal_reach_batch(64, H, D, W)
     cold = trained_reference.predict(ctx, num_steps=1).actions
@@ -97,6 +99,7 @@ def test_warm_start_from_a_good_chunk_stays_good(trained_reference: EBTHead) -> 
     assert (warm - target).pow(2).mean() < (cold - target).pow(2).mean()
 
 
+@pytest.mark.slow
 def test_best_of_n_keeps_the_lowest_energy_candidate(trained_reference: EBTHead) -> None:
     ctx, _ = goal_reach_batch(8, H, D, W)
     torch.manual_seed(3)
@@ -108,6 +111,7 @@ def test_best_of_n_keeps_the_lowest_energy_candidate(trained_reference: EBTHead)
     torch.testing.assert_close(again, best.energy, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_early_exit_threshold_saves_steps(trained_reference: EBTHead) -> None:
     ctx, _ = goal_reach_batch(16, H, D, W)
     loose = trained_reference.predict(ctx, num_steps=8, min_grad=1e9)
