@@ -11,11 +11,13 @@ Per head: the default recipe's policy (``recipes()["default"].policy``) with ``f
 is the real loop (``vla_ebt.train.train_policy``: loss, backward, clipping, AdamW, EMA). Uncached and
 cached blocks alternate ``--rounds`` times on one policy (the cache is filled once over the pool,
 untimed, then installed / removed); s/step = timed steps / time from the first timed batch request to
-the end of the block; the median block per setting is reported. The cache's hit rate over the timed
+the end of the block (wall) and the process CPU time over the same steps (CPU: robust to other load on
+the machine); the median block per setting is reported. The cache's hit rate over the timed
 cached steps must be 1.0 (every training frame was encoded beforehand).
 
 JSON keys: per head ``{head}_uncached_s_per_step``, ``{head}_cached_s_per_step``, ``{head}_speedup``
-(uncached / cached), ``{head}_fill_s_per_frame``; details under "heads"; the settings.
+(uncached / cached wall), the same as ``*_cpu_s_per_step`` / ``{head}_cpu_speedup``,
+``{head}_fill_s_per_frame``; details under "heads"; the settings.
 """
 
 from __future__ import annotations
@@ -68,18 +70,20 @@ def measure(head: str, a: argparse.Namespace) -> dict:
                         "action": torch.rand(B, pc.horizon, pc.action_dim, generator=g) * 2 - 1,
                         "action_mask": torch.ones(B, pc.horizon, dtype=torch.bool)})
 
-    def block() -> float:
-        requested: list[float] = []
+    def block() -> tuple[float, float]:
+        """(wall s/step, CPU s/step) of the timed steps."""
+        requested: list[tuple[float, float]] = []
 
         def stream():
             for b in batches:
-                requested.append(time.perf_counter())
+                requested.append((time.perf_counter(), time.process_time()))
                 yield b
 
         optim = dataclasses.replace(cfg.optim, steps=n_batches, batch_size=B, log_every=10**9, ckpt_every=0,
                                     tensorboard=False)
         train_policy(policy, stream(), optim, run_dir=None, progress=False)
-        return (time.perf_counter() - requested[a.warmup]) / a.steps
+        w0, c0 = requested[a.warmup]
+        return (time.perf_counter() - w0) / a.steps, (time.process_time() - c0) / a.steps
 
     cache = FrozenFeatureCache()
     t0 = time.perf_counter()
@@ -96,8 +100,11 @@ def measure(head: str, a: argparse.Namespace) -> dict:
         cache.remove()
         if hit_rate != 1.0:
             raise RuntimeError(f"feature cache hit rate {hit_rate} during the cached block (expected 1.0)")
-    u, c = statistics.median(uncached), statistics.median(cached)
+    u, c = statistics.median(x[0] for x in uncached), statistics.median(x[0] for x in cached)
+    uc, cc = statistics.median(x[1] for x in uncached), statistics.median(x[1] for x in cached)
     return {"head": head, "uncached_s_per_step": u, "cached_s_per_step": c, "speedup": u / c,
+            "uncached_cpu_s_per_step": uc, "cached_cpu_s_per_step": cc, "cpu_speedup": uc / cc,
+            "load_avg_1min": os.getloadavg()[0],
             "uncached_blocks": uncached, "cached_blocks": cached, "fill_s_per_frame": fill_s / P,
             "cache_entries": len(cache), "batch_size": B,
             "params_trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad)}
@@ -121,13 +128,16 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"heads": {}, "steps": a.steps, "warmup": a.warmup, "rounds": a.rounds, "frames": a.frames,
                     "threads": a.threads, "cpu_count": os.cpu_count(), "machine": platform.machine(),
                     "torch": torch.__version__}
-    print("| head | uncached s/step | cached s/step | speed-up | fill ms/frame |\n|---|---|---|---|---|")
+    print("| head | uncached s/step | cached s/step | speed-up | CPU s/step uncached / cached | CPU speed-up | "
+          "fill ms/frame |\n|---|---|---|---|---|---|---|")
     for head in a.heads:
         r = measure(head, a)
         result["heads"][head] = r
-        for k in ("uncached_s_per_step", "cached_s_per_step", "speedup", "fill_s_per_frame"):
+        for k in ("uncached_s_per_step", "cached_s_per_step", "speedup", "uncached_cpu_s_per_step",
+                  "cached_cpu_s_per_step", "cpu_speedup", "fill_s_per_frame"):
             result[f"{head}_{k}"] = r[k]
         print(f"| {head} | {r['uncached_s_per_step']:.3f} | {r['cached_s_per_step']:.3f} | {r['speedup']:.2f}x | "
+              f"{r['uncached_cpu_s_per_step']:.3f} / {r['cached_cpu_s_per_step']:.3f} | {r['cpu_speedup']:.2f}x | "
               f"{1e3 * r['fill_s_per_frame']:.1f} |", flush=True)
     if a.out:
         from vla_ebt.config_io import save_json
