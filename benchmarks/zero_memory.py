@@ -22,7 +22,9 @@ DeepSpeed runtime, the same for every stage:
   initialization (``/proc/self/clear_refs``), i.e. the per-rank peak that training needs (params,
   gathered layers, gradients, optimizer states, activations, EBT unroll);
 * ``peak_above_runtime_mb``: ``peak_train_mb - rss_runtime_mb``, what the model and training add;
-* ``param_elements``: parameter elements this rank holds (whole tensors + its ZeRO-3 partitions).
+* ``param_elements``: parameter elements this rank holds (whole tensors + its ZeRO-3 partitions; the
+  parameters ZeRO-3 keeps whole count twice: the full tensor and the partition DeepSpeed keeps of it);
+  ``backbone_submodule_elements``: the same for the partitioned part only.
 
 The ranks run with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed (``--malloc-mmap-threshold``, default
 128 KiB; 0 leaves glibc's default): every tensor of 128 KiB or more is then its own mapping, returned
@@ -154,8 +156,10 @@ def child(spec: dict) -> None:
         backend = orig(*a, **k)
         _trim()
         rec["rss_init_mb"] = _status_mb("VmRSS")
-        rec["param_elements"] = sum(p.data.numel() + (p.ds_tensor.numel() if getattr(p, "ds_tensor", None) is not None
-                                                      else 0) for p in policy.parameters())
+        held = lambda p: p.data.numel() + (p.ds_tensor.numel() if getattr(p, "ds_tensor", None) is not None else 0)  # noqa: E731
+        rec["param_elements"] = sum(held(p) for p in policy.parameters())
+        rec["backbone_submodule_elements"] = sum(held(p) for c in policy.encoder.backbone.children()
+                                                 for p in c.parameters())
         rec["peak_reset"] = _reset_peak()
         rec["t_train_start"] = time.perf_counter()
         return backend
