@@ -85,13 +85,16 @@ class Variant:
 
 def head_variants(head: str, warm_rows: bool = True) -> list[Variant]:
     """Every preset of ``head`` (``capabilities.presets``; else one row named after the head) with warm
-    start off, then, for heads declaring ``capabilities.warm_start``, the same presets with it on."""
+    start off, then, for heads declaring ``capabilities.warm_start``, the same presets with it on and the
+    head's ``capabilities.warm_overrides`` applied."""
     from recipes.studies.head_to_head import eval_variants
 
     base = [(label, tuple(sorted(ov.items()))) for label, ov in eval_variants(head)]
     rows = [Variant(label, label, ov, False) for label, ov in base]
-    if warm_rows and head_class(head).capabilities.warm_start:
-        rows += [Variant(f"{label} +warm", label, ov, True) for label, ov in base]
+    caps = head_class(head).capabilities
+    if warm_rows and caps.warm_start:  # with the knob values that make the head use the previous plan
+        rows += [Variant(f"{label} +warm", label, tuple(sorted({**dict(ov), **caps.warm_overrides}.items())), True)
+                 for label, ov in base]
     return rows
 
 

@@ -121,6 +121,10 @@ def test_variants_cover_presets_and_warm_start_rows():
         presets = head_class(h).capabilities.presets or ((h, {}),)
         assert [r.label for r in rows if not r.warm_start] == [p for p, _ in presets]
         assert any(r.warm_start for r in rows) == head_class(h).capabilities.warm_start
+        for r in rows:  # a warm row really uses the previous plan: the head's warm-start knob values apply
+            expected = head_class(h).capabilities.warm_overrides if r.warm_start else {}
+            assert {k: v for k, v in r.overrides if k in expected} == dict(expected)
+    assert dict(next(r for r in head_variants("flow") if r.warm_start).overrides)["warm_noise"] < 1.0
 
 
 # ------------------------------------------------------------------------------------------ seeds

@@ -119,6 +119,9 @@ class HeadCapabilities:
     reports_energy:    predictions carry ``energy``, ``grad_norm`` and ``energy_trace``.
     second_order_loss: the training loss differentiates through a gradient (``create_graph=True``).
     presets:           named inference settings the head is compared under: (label, knob values).
+    warm_overrides:    knob values under which ``init`` actually shapes the output when warm start is
+                       on (e.g. diffusion / flow re-noise the previous plan only with ``warm_noise`` < 1,
+                       their default being cold); comparisons apply them to every warm-start row.
     inpainting:        ``sample`` takes an :class:`~vla_ebt.heads.inpainting.Inpainting` (a frozen prefix
                        and soft guidance toward the previous plan, docs/realtime.md); without it
                        ``predict`` only overwrites the frozen steps and refuses soft guidance.
@@ -130,6 +133,7 @@ class HeadCapabilities:
     reports_energy: bool = False
     second_order_loss: bool = False
     presets: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    warm_overrides: Mapping[str, Any] = field(default_factory=dict)
     inpainting: bool = False
 
 

@@ -70,6 +70,7 @@ class DiffusionHead(ActionHead):
     config_class = DiffusionConfig
     capabilities = HeadCapabilities(
         warm_start=True,
+        warm_overrides={"warm_noise": 0.5},  # re-noise the previous plan halfway (signal-to-noise 1)
         eval_cost=1.0,  # one denoiser forward per step
         knobs={
             "num_steps": "denoising steps (config: num_inference_steps for DDPM, ddim_steps for DDIM)",

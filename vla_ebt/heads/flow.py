@@ -68,6 +68,7 @@ class FlowHead(ActionHead):
     config_class = FlowConfig
     capabilities = HeadCapabilities(
         warm_start=True,
+        warm_overrides={"warm_noise": 0.5},  # re-noise the previous plan halfway (signal-to-noise 1)
         eval_cost=1.0,  # one trunk forward per Euler step
         knobs={
             "num_steps": "Euler steps from noise (config: infer_steps)",
