@@ -31,7 +31,7 @@ import numpy as np
 
 from eval.sim.perturb import PerturbedSuite, make_perturbation
 
-from .common import ChunkSignals, auroc, load_policy, write_study, pyplot, save_figure
+from .common import ChunkSignals, auroc, load_policy, predict_overrides, write_study, pyplot, save_figure
 from .episodes import StudyEpisodes, run_study_episodes
 
 __all__ = ["SIGNALS", "episode_scores", "failure_auroc", "run_uncertainty", "main"]
@@ -88,6 +88,14 @@ def run_uncertainty(policy: Any, suite: Any, tasks: Sequence[str], episodes_per_
     """Failure AUROC per signal (in-distribution) and a row per shift. See the module docstring."""
     if not policy.head.capabilities.reports_energy:
         raise ValueError(f"uncertainty: needs a head that reports energy (EBT), got head {policy.cfg.head!r}")
+    if "final_eval" in policy.head.capabilities.knobs:  # the signals are the returned chunk's own energy
+        with predict_overrides(policy, final_eval=True):
+            return _run_uncertainty(policy, suite, tasks, episodes_per_task, seed, shifts, spread_candidates)
+    return _run_uncertainty(policy, suite, tasks, episodes_per_task, seed, shifts, spread_candidates)
+
+
+def _run_uncertainty(policy: Any, suite: Any, tasks: Sequence[str], episodes_per_task: int, seed: int,
+                     shifts: Sequence[str], spread_candidates: int) -> dict[str, Any]:
     base = run_study_episodes(policy, suite, tasks, episodes_per_task, seed, spread_candidates=spread_candidates)
     base_scores = episode_scores(base)
     tasks_arr = [e.task for e in base.episodes]

@@ -274,3 +274,16 @@ def test_head_to_head_variants_train_with_their_config_fields(tmp_path):
     assert rows[0]["nfe"] == 3.0  # 3 inference steps (the energy is the last step's)
     saved = json.loads((tmp_path / "h2h" / "reach2d" / "ebt-path_steps2" / "policy" / "config.json").read_text())
     assert saved["ebt"]["objective"] == "path" and saved["head"] == "ebt"
+
+
+def test_uncertainty_signals_are_the_returned_chunks_own_energy(monkeypatch):
+    """EBT folds its last evaluation into the last step by default; the uncertainty study asks for the
+    returned chunk's own energy (final_eval) for every prediction it records."""
+    from recipes.studies import uncertainty
+
+    seen = {}
+    monkeypatch.setattr(uncertainty, "_run_uncertainty",
+                        lambda policy, *a: seen.update(policy.head.active_overrides()) or {"ok": True})
+    p = make_policy("ebt")
+    assert uncertainty.run_uncertainty(p, None, [], 1, 0) == {"ok": True}
+    assert seen == {"final_eval": True} and p.head.active_overrides() == {}
