@@ -36,7 +36,7 @@ def test_sim_eval_benchmark_uses_the_recipe_suite(ebt_and_diffusion, tmp_path):
     for k in ("ebt", "diffusion", "diffusion_ddim"):
         assert 0.0 <= saved[f"{k}_success"] <= 1.0 and saved[f"{k}_chunk_ms"] > 0
         assert set(saved["per_task"][k]) == set(saved["tasks"])
-    assert (saved["ebt_nfe"], saved["diffusion_nfe"], saved["diffusion_ddim_nfe"]) == (3.0, 100.0, 10.0)
+    assert (saved["ebt_nfe"], saved["diffusion_nfe"], saved["diffusion_ddim_nfe"]) == (2.0, 100.0, 10.0)  # EBT-2: 2 evaluations
     assert saved["chunk_ms_ratio"] == pytest.approx(saved["ebt_chunk_ms"] / saved["diffusion_chunk_ms"])
     assert res["ebt_success"] == saved["ebt_success"]
 
