@@ -8,7 +8,7 @@ Inference cache: the instruction of an episode does not change from chunk to chu
 weights are fixed at inference, so in eval mode without autograd (``predict_chunk``) each distinct
 instruction is encoded once and kept in an LRU cache keyed by the string (``cache_size`` entries;
 0 turns it off). The cache is bypassed in train mode or with gradients enabled, emptied on
-``train()``, and emptied whenever the encoder's weights change (any in-place update, a reload, a
+``train(True)``, and emptied whenever the encoder's weights change (any in-place update, a reload, a
 LoRA merge or a move to another device: the key includes every parameter's version counter and
 storage).
 """
@@ -66,7 +66,8 @@ class HFTextEncoder(nn.Module):
         self.cache_hits = self.cache_misses = 0
 
     def train(self, mode: bool = True) -> "HFTextEncoder":
-        self._cache.clear()
+        if mode:
+            self._cache.clear()
         return super().train(mode)
 
     def _weights_key(self) -> tuple:
@@ -75,7 +76,7 @@ class HFTextEncoder(nn.Module):
     def forward(self, instructions: list[str]) -> tuple[Tensor, Tensor]:
         """-> tokens (B, L, D) float, mask (B, L) bool (False on padding; padded rows are 0 when the
         inference cache answered)."""
-        if self.cache_size <= 0 or self.training or torch.is_grad_enabled():
+        if self.cache_size <= 0 or self.training or torch.is_grad_enabled() or not instructions:
             return self._encode(instructions)
         key = self._weights_key()
         if key != self._cache_key:

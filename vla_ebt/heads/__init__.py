@@ -8,6 +8,7 @@ from .diffusion import DiffusionConfig, DiffusionHead
 from .ebt import EBTConfig, EBTHead
 from .flow import FlowConfig, FlowHead
 from .factory import available_heads, build_head, head_class, head_config_for, register_head
+from .inpainting import Inpainting, SoftGuidance, rtc_soft_weights
 from .regression import RegressionConfig, RegressionHead
 from .trunk import TrunkConfig
 
@@ -22,12 +23,15 @@ __all__ = [
     "FlowConfig",
     "FlowHead",
     "HeadCapabilities",
+    "Inpainting",
     "RegressionConfig",
     "RegressionHead",
+    "SoftGuidance",
     "TrunkConfig",
     "available_heads",
     "build_head",
     "head_class",
     "head_config_for",
     "register_head",
+    "rtc_soft_weights",
 ]
