@@ -21,6 +21,8 @@ from pathlib import Path  # noqa: E402
 _CLIENT = str(Path(__file__).resolve().parents[1] / "packages" / "vla_ebt_client")
 if _CLIENT not in sys.path:
     sys.path.insert(0, _CLIENT)
+if _CLIENT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):  # and in the processes tests start
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_CLIENT, os.environ.get("PYTHONPATH")) if p)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
