@@ -20,7 +20,8 @@ DeepSpeed runtime, the same for every stage:
   memory is returned): what the rank keeps for training;
 * ``peak_train_mb``: the RSS high-water mark (VmHWM) over the training steps, reset right after
   initialization (``/proc/self/clear_refs``), i.e. the per-rank peak that training needs (params,
-  gathered layers, gradients, optimizer states, activations, EBT unroll);
+  gathered layers, gradients, optimizer states, activations, EBT unroll; under ZeRO-3 also the
+  policy gathered on rank 0 when ``train_policy`` returns);
 * ``peak_above_runtime_mb``: ``peak_train_mb - rss_runtime_mb``, what the model and training add;
 * ``param_elements``: parameter elements this rank holds (whole tensors + its ZeRO-3 partitions; the
   parameters ZeRO-3 keeps whole count twice: the full tensor and the partition DeepSpeed keeps of it);
