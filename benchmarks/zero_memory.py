@@ -65,7 +65,8 @@ def build_model(out_dir: Path, layers: int, hidden: int, heads: int, vision_laye
                 seed: int = 0) -> int:
     """A random-init PaliGemma (SigLIP + Gemma) + processor saved into ``out_dir``; returns its parameter count."""
     import torch
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor
+    from transformers import (PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
+                              SiglipImageProcessor)
 
     from vla_ebt.backbones.tiny import build_tiny_tokenizer
 
@@ -157,7 +158,10 @@ def child(spec: dict) -> None:
         backend = orig(*a, **k)
         _trim()
         rec["rss_init_mb"] = _status_mb("VmRSS")
-        held = lambda p: p.data.numel() + (p.ds_tensor.numel() if getattr(p, "ds_tensor", None) is not None else 0)  # noqa: E731
+
+        def held(p) -> int:  # the full tensor (if materialized) + this rank's ZeRO-3 partition
+            return p.data.numel() + (p.ds_tensor.numel() if getattr(p, "ds_tensor", None) is not None else 0)
+
         rec["param_elements"] = sum(held(p) for p in policy.parameters())
         rec["backbone_submodule_elements"] = sum(held(p) for c in policy.encoder.backbone.children()
                                                  for p in c.parameters())
