@@ -20,7 +20,8 @@ DeepSpeed runtime, the same for every stage:
   memory is returned): what the rank keeps for training;
 * ``peak_train_mb``: the RSS high-water mark (VmHWM) over the training steps, reset right after
   initialization (``/proc/self/clear_refs``), i.e. the per-rank peak that training needs (params,
-  gathered layers, gradients, optimizer states, activations, EBT unroll);
+  gathered layers, gradients, optimizer states, activations, EBT unroll; under ZeRO-3 also the
+  policy gathered on rank 0 when ``train_policy`` returns);
 * ``peak_above_runtime_mb``: ``peak_train_mb - rss_runtime_mb``, what the model and training add;
 * ``param_elements``: parameter elements this rank holds (whole tensors + its ZeRO-3 partitions; the
   parameters ZeRO-3 keeps whole count twice: the full tensor and the partition DeepSpeed keeps of it);
@@ -64,7 +65,8 @@ def build_model(out_dir: Path, layers: int, hidden: int, heads: int, vision_laye
                 seed: int = 0) -> int:
     """A random-init PaliGemma (SigLIP + Gemma) + processor saved into ``out_dir``; returns its parameter count."""
     import torch
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor
+    from transformers import (PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
+                              SiglipImageProcessor)
 
     from vla_ebt.backbones.tiny import build_tiny_tokenizer
 
@@ -156,7 +158,10 @@ def child(spec: dict) -> None:
         backend = orig(*a, **k)
         _trim()
         rec["rss_init_mb"] = _status_mb("VmRSS")
-        held = lambda p: p.data.numel() + (p.ds_tensor.numel() if getattr(p, "ds_tensor", None) is not None else 0)  # noqa: E731
+
+        def held(p) -> int:  # the full tensor (if materialized) + this rank's ZeRO-3 partition
+            return p.data.numel() + (p.ds_tensor.numel() if getattr(p, "ds_tensor", None) is not None else 0)
+
         rec["param_elements"] = sum(held(p) for p in policy.parameters())
         rec["backbone_submodule_elements"] = sum(held(p) for c in policy.encoder.backbone.children()
                                                  for p in c.parameters())
