@@ -60,11 +60,13 @@ DEFAULT_VARIANTS = (
 
 
 def default_variants() -> list[str]:
-    from vla_ebt.heads import available_heads
+    """DEFAULT_VARIANTS plus every other registered head whose sampler takes a step count (``num_steps``
+    knob), e.g. a flow-matching head where one is registered."""
+    from vla_ebt.heads import available_heads, head_class
 
     out = list(DEFAULT_VARIANTS)
-    if "flow" in available_heads():
-        out.append("flow:flow")
+    listed = {spec.split(":")[1] for spec in out}
+    out += [f"{h}:{h}" for h in available_heads() if h not in listed and "num_steps" in head_class(h).capabilities.knobs]
     return out
 
 
