@@ -146,7 +146,7 @@ def test_eqm_covers_both_modes_without_averaging_in_four_steps(eqm_bimodal: EBTH
     m = _modes(eqm_bimodal, 4)
     share = {k: m[k].float().mean().item() for k in ("plus", "minus", "between", "in_mode")}
     assert share["plus"] >= 0.30 and share["minus"] >= 0.30, share
-    assert share["between"] <= 0.05, share  # measured 0.4% (seed 0, the only seed run); reference: 100% between
+    assert share["between"] <= 0.05, share  # measured 0.4 / 0.8 / 0.6% (seeds 0 / 1 / 2); reference: 100% between
     assert share["in_mode"] >= 0.85, share  # the whole chunk lands on a demonstration
     # every context gets both modes (a policy that picks one side per context would fail this)
     per_ctx = torch.minimum(m["plus"].float().mean(1), m["minus"].float().mean(1))
@@ -155,11 +155,11 @@ def test_eqm_covers_both_modes_without_averaging_in_four_steps(eqm_bimodal: EBTH
 
 @pytest.mark.slow
 def test_eqm_final_energy_ranks_samples_between_the_modes_above_samples_in_a_mode(eqm_bimodal: EBTHead) -> None:
-    m = _modes(eqm_bimodal, 2)  # at 2 steps most starts have not reached a mode yet (measured: 7% in one)
+    m = _modes(eqm_bimodal, 2)  # at 2 steps most starts have not reached a mode yet (measured: 7-13% in one)
     bad = ~m["in_mode"]
     assert 0.02 < bad.float().mean().item() < 0.98
     e = m["energy"]
-    assert _auroc(e[bad], e[~bad]) > 0.9  # measured 0.997, pooled over contexts (the anchor pins E(demo) = 0)
+    assert _auroc(e[bad], e[~bad]) > 0.9  # measured 0.996-0.997 (seeds 0-2), pooled over contexts; 0.97-0.99 without the anchor
 
 
 @pytest.mark.slow
@@ -170,5 +170,6 @@ def test_eqm_is_accurate_on_a_unimodal_task() -> None:
     ctx, target = goal_reach_batch(256, H, D, W, generator=torch.Generator().manual_seed(1))
     mean_err = (target - target.mean(0)).pow(2).mean().item()
     err = {k: (head.predict(ctx, num_steps=k).actions - target).pow(2).mean().item() for k in (4, 8)}
-    # measured (seed 0) 0.0025-0.0028 at 4 steps, 0.0010-0.0011 at 8 (mean predictor 0.053); reference 0.0004
+    # seed 0 (this test): 0.0025-0.0028 at 4 steps, 0.0010-0.0011 at 8 (mean predictor 0.053; reference 0.0004);
+    # seeds 1 / 2: 0.0065 / 0.0045 at 4, 0.0077 / 0.0013 at 8 (the bound is for this seed, with margin)
     assert err[4] < 0.1 * mean_err and err[8] < 0.05 * mean_err, (err, mean_err)
