@@ -4,7 +4,7 @@ this machine.
     python benchmarks/convert_throughput.py --out runs/bench/convert_throughput.json [--episodes 40]
         [--files 8] [--steps 30] [--image-size 224] [--workers 2] [--repeats 1]
 
-Data: an RLDS folder in the OXE ``bridge`` layout (tests/test_data_fixture.py: one 480x640 JPEG,
+Data: an RLDS folder in the OXE ``bridge`` layout (tests/data_pipelines/test_data_fixture.py: one 480x640 JPEG,
 state, split action dict and a 512-D language embedding per step), ``--episodes`` episodes of
 ``--steps`` steps in ``--files`` TFRecord files (the unit of work of both engines: one task per
 file). Every engine converts the same folder into a fresh output folder (images resized to

@@ -2,7 +2,7 @@
 
     python -m recipes.studies.ebt_modes --out docs/results/ebt_modes [--seeds 0 1 2] [--steps 1000] [--jobs 2]
 
-The synthetic task of tests/test_ebt_multimodal.py (``tests.synthetic_tasks.goal_reach_batch``: a 2-D goal
+The synthetic task of tests/vla_ebt/heads/test_ebt_multimodal.py (``tests.synthetic_tasks.goal_reach_batch``: a 2-D goal
 in context token 0, chunk (H=8, D=4) ramping toward 0.9 * goal in dims 0-1; bimodal: dim 2 = +/-0.8 * ramp,
 a fair coin per sample). Every variant (``NAME:HEAD:field=value,...`` as in head_to_head; defaults: EBT
 ``reference``, ``path``, ``eqm``, ``energy_matching``, the diffusion head, and the flow head where one is
@@ -13,7 +13,7 @@ trained head:
 - **modes** (bimodal): from each of ``--contexts`` held-out contexts, ``--starts`` random starts at 1 / 2 /
   4 / 8 inference steps (diffusion: DDIM at those steps, plus DDPM-100; EBT: also best-of-4 by energy at
   2 and 4 steps). A sample is in the + (-) mode when its last-step dim-2 value is > 0.4 (< -0.4), between
-  the modes when |v| < 0.2 (the criterion of tests/test_ebt_multimodal.py); ``in_mode`` also asks the
+  the modes when |v| < 0.2 (the criterion of tests/vla_ebt/heads/test_ebt_multimodal.py); ``in_mode`` also asks the
   whole chunk to be near that mode (nearest-mode MSE < 0.016, a quarter of the modes' average's);
   ``both_covered`` is the share of contexts where both modes got >= 10% of the starts.
 - **energy as a signal** (heads that report an energy): AUROC of the final energy for "not in a mode"
@@ -21,6 +21,9 @@ trained head:
   (mean over the contexts where both classes occur).
 - **unimodal**: MSE to the demonstrated chunk at 1 / 2 / 4 / 8 steps on 256 held-out contexts, beside the
   mean predictor's.
+- **Bayes field** (no training): the exactly optimal field of each objective on this task (the posterior
+  over (gamma or t, mode) given a point, by quadrature over a 1,500-point grid), sampled with the same
+  step rule, momentum and starts: what the objective could reach with a perfect network.
 - **cost**: milliseconds per training step at the same size, 1 thread: the median over each cell's own
   training, and an interleaved measurement in one process after the cells (every variant in turn, 20
   timed steps per round, 3 rounds, median; Energy Matching in its contrastive phase 2), which shares
@@ -268,6 +271,12 @@ def aggregate(out_dir: Path, specs: list[str], seeds: list[int], meta: dict[str,
                          f"{_pct(g('between'))} | {_pct(g('in_mode'))} | {_pct(g('both_covered'))} | "
                          f"{_spread(g('nearest_mode_mse_median'))} | {_spread(g('energy_auroc_pooled'))} | "
                          f"{_spread(g('energy_auroc_within'))} |")
+    if meta.get("bayes_field"):
+        lines += ["", "## The exactly optimal field, same sampler (no network)", "",
+                  "| field | steps | + mode | - mode | between | in a mode |", "|---|---|---|---|---|---|"]
+        for r in meta["bayes_field"]:
+            lines.append(f"| {r['field']} | {r['steps']} | {_pct([r['plus']])} | {_pct([r['minus']])} | "
+                         f"{_pct([r['between']])} | {_pct([r['in_mode']])} |")
     lines += ["", "## Unimodal task: MSE to the demonstration", "",
               "| variant | 1 step | 2 steps | 4 steps | 8 steps | mean predictor |", "|---|---|---|---|---|---|"]
     for n in names:
@@ -326,6 +335,59 @@ def measure_costs(specs: Sequence[str], steps: int = 20, rounds: int = 3, warmup
     return {n: {"ms_per_step": statistics.median(t), "vs_reference": statistics.median(t) / ref} for n, t in times.items()}
 
 
+def bayes_field_rows(contexts: int, starts: int, seed: int = 100, grid: int = 1500) -> list[dict[str, Any]]:
+    """Mode shares of the exactly optimal ("Bayes") field of eqm and of energy_matching's flow term on the
+    bimodal task, sampled with the EBTConfig defaults' step rule and momentum at 1 / 2 / 4 / 8 steps.
+
+    For a point y the target of eqm is E[c(g) (eps - x)] = E[c(g) (y - x) / (1 - g) | y] and the flow
+    term's is E[(x - x0) | y] = E[(x - y) / (1 - t) | y] (its negative: the same form with c = 1),
+    the expectation over g (or t) ~ U[0, 1) and the two modes x given y = g x + (1 - g) eps, eps ~ N(0, I)."""
+    import torch
+
+    from tests.synthetic_tasks import goal_reach_batch
+    from vla_ebt.heads.ebt import EBTConfig
+    from vla_ebt.heads.ebt_objectives import eqm_c
+
+    cfg = EBTConfig()
+    _, target = goal_reach_batch(contexts, H, D, W, bimodal=True, generator=torch.Generator().manual_seed(seed))
+    g = torch.linspace(0.0, 0.999, grid, dtype=torch.float64)
+    n = H * D
+    kinds = {
+        "eqm": (eqm_c(g, cfg.eqm_c, cfg.eqm_lambda, cfg.eqm_a), lambda k: cfg.eqm_step, cfg.eqm_momentum),
+        "energy_matching (flow term)": (torch.ones_like(g), lambda k: 1.0 / k, cfg.em_momentum),
+    }
+    rows = []
+    for name, (c, step, mu) in kinds.items():
+        for k in STEPS_EVAL:
+            gen = torch.Generator().manual_seed(seed + 7)
+            acc = {"plus": 0.0, "minus": 0.0, "between": 0.0, "in_mode": 0.0}
+            for ci in range(contexts):
+                xs = target[ci].unsqueeze(0).repeat(2, 1, 1).double()
+                xs[0, :, 2], xs[1, :, 2] = target[ci, :, 2].abs(), -target[ci, :, 2].abs()
+                xs = xs.flatten(1)  # (2, n)
+
+                def field(y: torch.Tensor) -> torch.Tensor:
+                    logw = torch.stack([-n * torch.log1p(-g)[None] - ((y[:, None, :] - g[None, :, None] * x) ** 2).sum(-1)
+                                        / (2 * (1 - g)[None] ** 2) for x in xs], 1)  # (S, 2, G)
+                    w = torch.softmax(logw.flatten(1), 1).view_as(logw) * (c / (1 - g))[None, None]
+                    return w.sum((1, 2))[:, None] * y - torch.einsum("smg,mn->sn", w, xs)
+
+                y = torch.randn(starts, n, generator=gen, dtype=torch.float64)
+                v = torch.zeros_like(y)
+                for _ in range(k):
+                    v = mu * v - step(k) * field(y + mu * v)
+                    y = y + v
+                last = y.view(starts, H, D)[:, -1, 2]
+                near = torch.minimum(((y - xs[0]) ** 2).mean(1), ((y - xs[1]) ** 2).mean(1))
+                plus, minus = last > MODE_IN, last < -MODE_IN
+                acc["plus"] += plus.double().mean().item() / contexts
+                acc["minus"] += minus.double().mean().item() / contexts
+                acc["between"] += (last.abs() < MODE_BETWEEN).double().mean().item() / contexts
+                acc["in_mode"] += ((plus | minus) & (near < NEAR_MSE)).double().mean().item() / contexts
+            rows.append({"field": name, "steps": k, **acc})
+    return rows
+
+
 def _worker(args: tuple) -> str:
     spec, task, seed, steps, contexts, starts, out = args
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -371,6 +433,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
         cost_path.write_text(json.dumps(measure_costs(specs), indent=1))
     if cost_path.exists():
         meta["cost"] = json.loads(cost_path.read_text())
+    bayes_path = out_dir / "bayes.json"
+    if not bayes_path.exists():
+        import torch
+
+        torch.set_num_threads(1)
+        bayes_path.write_text(json.dumps(bayes_field_rows(a.contexts, a.starts), indent=1))
+    meta["bayes_field"] = json.loads(bayes_path.read_text())
     return aggregate(out_dir, specs, a.seeds, meta)
 
 
