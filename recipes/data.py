@@ -93,10 +93,12 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
         raise _fail(f"demonstrations of suite {dc.suite!r}: {e} (from the command line: "
                     "--data.on-degenerate passthrough_dim)") from None
     dataset = ChunkDataset(episodes, horizon=pc.horizon, obs_steps=pc.obs_steps)
+    # Both loaders get their own generator: without one, every new iterator draws its base seed from
+    # the global RNG, which a resumed run restores before replaying consumed batches (different draws).
     if world > 1:  # each rank reads its own shard; batch_size is per rank
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
-                            num_workers=dc.num_workers)
+                            num_workers=dc.num_workers, generator=torch.Generator().manual_seed(seed + rank))
     else:
         sampler = None
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
