@@ -117,8 +117,10 @@ def _inference_rows(head: Any) -> list[tuple[str, int, dict[str, Any]]]:
     """(label, steps, predict overrides) evaluated for this head."""
     knobs = head.capabilities.knobs
     rows = []
+    # the energy AUROC scores the returned chunk: its own energy (one more evaluation where the head folds it)
+    final = {"final_eval": True} if "final_eval" in knobs else {}
     for k in STEPS_EVAL:
-        ov: dict[str, Any] = {"num_steps": k}
+        ov: dict[str, Any] = {"num_steps": k, **final}
         if "sampler" in knobs:
             ov["sampler"] = "ddim"
         rows.append((f"{k}", k, ov))
@@ -126,7 +128,7 @@ def _inference_rows(head: Any) -> list[tuple[str, int, dict[str, Any]]]:
         rows.append(("ddpm-100", 100, {"num_steps": 100, "sampler": "ddpm"}))
     if "num_candidates" in knobs:
         for k in (2, 4):
-            rows.append((f"{k} best-of-4", k, {"num_steps": k, "num_candidates": 4}))
+            rows.append((f"{k} best-of-4", k, {"num_steps": k, "num_candidates": 4, **final}))
     return rows
 
 
