@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps of a final run (default: the recipe's)")
     p.add_argument("--checkpoints", type=int, default=5, help="evenly spaced checkpoints evaluated per final run")
     p.add_argument("--episodes", type=int, default=10, help="final evaluation episodes per task and eval seed")
+    p.add_argument("--curve-episodes", type=int, default=0,
+                   help="episodes per task and eval seed at the checkpoints before the last (the first ones of "
+                        "the final list; the learning-curve AUC uses these at every checkpoint); 0: --episodes")
     p.add_argument("--eval-seeds", nargs="+", type=int, default=[10_000], help="final evaluation base seeds")
     p.add_argument("--tune-steps", type=int, default=None, help="tuning budget (default steps // 4; 0: no tuning, "
                    "the recipe's lr / EMA for every head)")
@@ -140,7 +143,8 @@ def final_specs(plan: dict[str, Any], cell: dict[str, Any], hp: dict[str, Any], 
         spec = RunSpec(suite, cell["protocol"], head, "final", hp["lr"], hp["ema_decay"], s, cell["steps"],
                        a.checkpoints, seeds.eval_seeds, seeds.episodes, seeds.tasks,
                        tuple(head_variants(head, warm_rows=not a.no_warm_rows)), str(Path(a.out).resolve()),
-                       meta={"git_commit": plan["commit"], "jobs": a.jobs, "hparams": {"tuned": hp["tuned"]}})
+                       meta={"git_commit": plan["commit"], "jobs": a.jobs, "hparams": {"tuned": hp["tuned"]}},
+                       curve_episodes=a.curve_episodes)
         cfg = train_config(base, suite=suite, head=head, protocol=cell["protocol"], lr=hp["lr"],
                            ema_decay=hp["ema_decay"], seed=s, steps=cell["steps"], checkpoints=a.checkpoints,
                            run_dir=spec.run_dir, demo_cache=a.demo_cache)

@@ -109,7 +109,7 @@ class RunSpec:
 
     stage "tune": train seed 0 at the tuning budget, evaluated on the tuning seeds (primary variant,
     last checkpoint); "final": the chosen hyperparameters at the full budget, every checkpoint under
-    every variant on the final evaluation seeds.
+    every variant on the final evaluation seeds (``curve_episodes`` of them before the last checkpoint).
     """
 
     suite: str
@@ -128,6 +128,15 @@ class RunSpec:
     out: str
     config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: episodes per task and eval seed at the checkpoints before the last (the first ones of the final
+    #: checkpoint's list, so the same env seeds); 0: ``episodes_per_task`` at every checkpoint
+    curve_episodes: int = 0
+
+    def episodes_at(self, step: int) -> int:
+        """Episodes per task and eval seed evaluated at checkpoint ``step`` (the last gets them all)."""
+        if step >= self.steps or self.curve_episodes <= 0:
+            return self.episodes_per_task
+        return min(self.curve_episodes, self.episodes_per_task)
 
     @property
     def key(self) -> str:

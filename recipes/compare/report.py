@@ -35,7 +35,8 @@ class Cell:
     train_seconds: float
     cpu_seconds: float  # summed over the seeds' runs
     hparams: list[tuple[float, float]] = field(default_factory=list)
-    episodes: int = 0  # per seed (tasks x eval seeds x episodes)
+    episodes: int = 0  # per seed (tasks x eval seeds x episodes) at the final checkpoint
+    curve_episodes: int = 0  # per seed at every checkpoint (the learning curve's AUC)
     load: tuple[float, int] | None = None  # highest 1-min load average seen after an evaluation, cores
 
 
@@ -58,11 +59,14 @@ def build_cells(artifacts: Sequence[dict[str, Any]]) -> dict[tuple[str, str], li
     out: dict[tuple[str, str], list[Cell]] = {}
     for (suite, protocol), heads in sorted(groups.items()):
         ref = next(iter(heads.values()))[0]
-        episodes_key = (ref["eval_seeds"], ref["episodes_per_task"], ref["tasks"])
+        def episodes_of(r: dict[str, Any]) -> tuple[Any, ...]:
+            return r["eval_seeds"], r["episodes_per_task"], r.get("curve_episodes_per_task", r["episodes_per_task"]), r["tasks"]
+
+        episodes_key = episodes_of(ref)
         cells = []
         for head, runs in heads.items():
             for r in runs:
-                if (r["eval_seeds"], r["episodes_per_task"], r["tasks"]) != episodes_key:
+                if episodes_of(r) != episodes_key:
                     raise ValueError(f"{suite}/{protocol}: {head} seed {r['train_seed']} was evaluated on other "
                                      f"episodes ({r['eval_seeds']} x {r['episodes_per_task']}) than {ref['head']} "
                                      f"seed {ref['train_seed']} ({ref['eval_seeds']} x {ref['episodes_per_task']})")
@@ -84,20 +88,34 @@ def _cell(suite: str, protocol: str, head: str, label: str, runs: list[dict[str,
     steps = [c["step"] for c in rows[0]["curve"]]
     if any([c["step"] for c in row["curve"]] != steps for row in rows):
         raise ValueError(f"{suite}/{protocol}/{head}/{label}: seeds were evaluated at different checkpoints")
-    labels = [np.concatenate([[i] * len(row["curve"][0]["outcomes"][t]) for i, t in enumerate(tasks)]) for row in rows]
-    curves = [np.array([np.concatenate([c["outcomes"][t] for t in tasks]) for c in row["curve"]], float) for row in rows]
+    n_seeds = [len(r["eval_seeds"]) for r in runs]
+    # the learning curve (AUC) uses, at every checkpoint, the episodes every checkpoint ran: the first
+    # ``per`` of each eval seed (``--curve-episodes``); the final success uses all of the last checkpoint's
+    per = min(len(c["outcomes"][t]) // k for row, k in zip(rows, n_seeds) for c in row["curve"] for t in tasks)
+
+    def head_of(xs: list[int], k: int) -> list[int]:
+        block = len(xs) // k  # outcomes are eval-seed-major
+        return [x for s in range(k) for x in xs[s * block:s * block + per]]
+
+    final_outcomes = [np.concatenate([row["curve"][-1]["outcomes"][t] for t in tasks]).astype(float) for row in rows]
+    final_labels = [np.concatenate([[i] * len(row["curve"][-1]["outcomes"][t]) for i, t in enumerate(tasks)])
+                    for row in rows]
+    labels = [np.concatenate([[i] * per * k for i, _ in enumerate(tasks)]) for k in n_seeds]
+    curves = [np.array([np.concatenate([head_of(c["outcomes"][t], k) for t in tasks]) for c in row["curve"]], float)
+              for row, k in zip(rows, n_seeds)]
     return Cell(
         suite=suite, protocol=protocol, head=head, label=label, warm_start=bool(rows[0]["warm_start"]),
         seeds=[r["train_seed"] for r in runs], steps=steps,
-        final=success_estimate([c[-1] for c in curves], labels), auc=auc_estimate(curves, labels, steps),
-        curve=[float(np.mean([c[k].mean() for c in curves])) for k in range(len(steps))],
+        final=success_estimate(final_outcomes, final_labels), auc=auc_estimate(curves, labels, steps),
+        curve=[float(np.mean([np.mean(np.concatenate([row["curve"][k]["outcomes"][t] for t in tasks])) for row in rows]))
+               for k in range(len(steps))],
         curve_seconds=[_nanmean([row["curve"][k]["train_seconds"] for row in rows]) for k in range(len(steps))],
         cost={k: _nanmean([row["cost"].get(k) for row in rows]) for k in ("nfe", "forward_equiv", "head_ms", "policy_ms")},
         train_samples_per_s=_nanmean([r["cost"].get("train_samples_per_s") for r in runs]),
         train_seconds=_nanmean([r["train_seconds"] for r in runs]),
         cpu_seconds=float(sum(r["cpu_seconds"] or 0.0 for r in runs)),
         hparams=sorted({(r["hparams"]["lr"], r["hparams"]["ema_decay"]) for r in runs}),
-        episodes=int(curves[0].shape[1]),
+        episodes=int(final_outcomes[0].shape[0]), curve_episodes=int(curves[0].shape[1]),
         load=max(((r["cost"]["load_avg_1min"], r["cost"].get("cpu_count") or 0) for r in runs
                   if r["cost"].get("load_avg_1min") is not None), default=None),
     )
@@ -192,8 +210,11 @@ def section(groups: dict[tuple[str, str], list[Cell]], focus: str, source: str) 
         busy = max(loads) if loads else None
         note = (f"; ms and seconds measured on an oversubscribed machine, load {busy[0]:.1f} on {busy[1]} cores"
                 if busy is not None and busy[0] > busy[1] else "")
+        curve_n = (f" ({c0.curve_episodes} at the earlier ones and in the learning-curve AUC)"
+                   if c0.curve_episodes != c0.episodes else "")
         lines += [f"**{group_title(suite, protocol)}** ({len(c0.seeds)} training seed(s) x {c0.episodes} evaluation "
-                  f"episodes, {c0.steps[-1]} steps, checkpoints at {', '.join(map(str, c0.steps))}{note}):", "",
+                  f"episodes at the last checkpoint{curve_n}, {c0.steps[-1]} steps, checkpoints at "
+                  f"{', '.join(map(str, c0.steps))}{note}):", "",
                   table(cells), ""]
         lines += [f"* {s}" for s in verdicts(cells, focus)]
         lines.append("")

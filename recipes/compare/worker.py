@@ -76,14 +76,16 @@ def _evaluate(spec: RunSpec, acct: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for step, ckpt in zip(steps[-len(expected):], ckpts[-len(expected):]):
         path = spec.run_dir / "evals" / f"step_{step:08d}.json"
+        n = spec.episodes_at(step)
         done = _load(path, None)
+        if done is not None and done.get("episodes_per_task", spec.episodes_per_task) != n:
+            done = None  # evaluated under another episode count: evaluate again
         if done is None:
             c0 = time.process_time()
             policy = load_policy(ckpt / "policy")
-            rows = {v.label: evaluate_variant(policy, suite, spec.tasks, spec.eval_seeds, spec.episodes_per_task, v)
-                    for v in spec.variants}
+            rows = {v.label: evaluate_variant(policy, suite, spec.tasks, spec.eval_seeds, n, v) for v in spec.variants}
             # timings are only comparable on a machine that is not oversubscribed: keep its load with them
-            done = {"step": step, "rows": rows, "load_avg_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}
+            done = {"step": step, "episodes_per_task": n, "rows": rows, "load_avg_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}
             from vla_ebt.config_io import atomic_write_json
 
             atomic_write_json(path, done)
@@ -109,6 +111,7 @@ def _artifact(spec: RunSpec, summary: dict[str, Any], evals: list[dict[str, Any]
     return {
         "schema": SCHEMA, "suite": spec.suite, "head": spec.head, "protocol": spec.protocol, "stage": spec.stage,
         "train_seed": spec.train_seed, "eval_seeds": list(spec.eval_seeds), "episodes_per_task": spec.episodes_per_task,
+        "curve_episodes_per_task": spec.episodes_at(0) if spec.checkpoints > 1 else spec.episodes_per_task,
         "tasks": list(spec.tasks), "git_commit": spec.meta.get("git_commit", "unknown"), "config": spec.config,
         "hparams": {"lr": spec.lr, "ema_decay": spec.ema_decay, "used_ema_decay": spec.config["optim"]["ema_decay"],
                     **spec.meta.get("hparams", {})},

@@ -338,3 +338,31 @@ def test_compare_command_end_to_end_on_reach2d(tmp_path):
     assert results.main(["--dir", str(pub), "--readme", str(readme)]) == 0
     assert results.main(["--dir", str(pub), "--readme", str(readme), "--check"]) == 0
     assert (pub / "reach2d/frozen/curves.png").exists() and "ebt-2" in readme.read_text()
+
+
+def test_curve_episodes_shorten_earlier_checkpoints_and_the_auc_uses_the_common_episodes():
+    """--curve-episodes: earlier checkpoints run the first N episodes of each eval seed's list; the final
+    success uses all episodes of the last checkpoint, the AUC the first N at every checkpoint."""
+    from recipes.compare.plan import RunSpec
+    from recipes.compare.report import build_cells
+    from recipes.compare.stats import auc
+
+    spec = RunSpec("reach2d", "frozen", "ebt", "final", 1e-3, 0.99, 0, 30, 3, (10000, 10001), 10, ("a",), (), "o",
+                   curve_episodes=4)
+    assert [spec.episodes_at(s) for s in (10, 20, 30)] == [4, 4, 10]
+    assert RunSpec.from_dict(spec.to_dict()).curve_episodes == 4
+    assert dataclasses.replace(spec, curve_episodes=0).episodes_at(10) == 10
+
+    art = fake_artifact("ebt", 0, {"ebt-2": 0.5}, steps=(10, 20, 30), episodes=10)
+    art["eval_seeds"] = [10000, 10001]
+    row = art["rows"][0]
+    for k, c in enumerate(row["curve"]):  # eval-seed-major: 5 episodes per seed at the last checkpoint
+        for t in c["outcomes"]:
+            c["outcomes"][t] = [1, 1, 0, 0, 0] * 2 if k == 2 else [k % 2, 0] * 2  # 2 per seed before
+    (cells,) = build_cells([art]).values()
+    (cell,) = cells
+    assert cell.episodes == 20 and cell.curve_episodes == 8
+    assert cell.final.value == pytest.approx(0.4)
+    # the AUC sees the first 2 episodes of each seed at every checkpoint: 0.0, 0.5, 1.0
+    assert cell.auc.value == pytest.approx(auc([10, 20, 30], [0.0, 0.5, 1.0]))
+    assert cell.curve == pytest.approx([0.0, 0.5, 0.4])
