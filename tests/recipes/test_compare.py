@@ -310,13 +310,13 @@ def torch_equal(a, b) -> bool:
 @pytest.mark.slow
 def test_compare_command_end_to_end_on_reach2d(tmp_path):
     """The real command: reach2d, ebt + regression, 1 seed, a 1-candidate tuning of 2 steps, 4 steps
-    with 2 checkpoints, 1 episode per task, frozen backbone; then publish and regenerate the results."""
+    with 2 checkpoints, 2 episodes per task at the last (1 before), frozen backbone; then publish and regenerate the results."""
     from recipes import results
     from recipes.compare.cli import main
 
     out = tmp_path / "out"
     argv = ["--suite", "reach2d", "--heads", "ebt", "regression", "--seeds", "0", "--out", str(out), "--steps", "4",
-            "--checkpoints", "2", "--episodes", "1", "--tune-steps", "2", "--tune-lr", "1e-3", "--tune-ema", "0.9",
+            "--checkpoints", "2", "--episodes", "2", "--curve-episodes", "1", "--tune-steps", "2", "--tune-lr", "1e-3", "--tune-ema", "0.9",
             "--protocols", "frozen", "--demos-per-task", "3", "--jobs", "2", "--demo-cache", str(tmp_path / "cache"),
             "--publish-dir", str(tmp_path / "published")]
     assert main(argv) == 0
@@ -327,7 +327,9 @@ def test_compare_command_end_to_end_on_reach2d(tmp_path):
     assert [r["label"] for r in art["rows"]] == [v.label for v in head_variants("ebt")]
     assert art["cost"]["forward_equiv"] == pytest.approx(art["cost"]["nfe"] * art["cost"]["eval_cost"])
     assert art["cost"]["head_ms"] > 0 and art["cost"]["policy_ms"] >= art["cost"]["head_ms"]
-    assert sum(len(v) for v in art["rows"][0]["curve"][-1]["outcomes"].values()) == 3
+    # 2 episodes per task at the last checkpoint, 1 at the earlier one (--curve-episodes)
+    assert [sum(len(v) for v in c["outcomes"].values()) for c in art["rows"][0]["curve"]] == [3, 6]
+    assert art["curve_episodes_per_task"] == 1 and art["episodes_per_task"] == 2
     assert list((out / "reach2d/frozen/final/ebt/lr0.001_ema0.9/seed0/checkpoints").glob("*/trainer_rank*.pt")) == []
     assert (out / "reach2d/frozen/tuning.json").exists()
     pub = tmp_path / "published"
