@@ -186,7 +186,7 @@ def format_main_job_timing(a: Artifact) -> Bullet:
                   f"{context}: " + "; then ".join(texts) + ". Success: " + ", ".join(pols) + ".", cmd)
 
 
-_SUITE_RUNS = {"full_suite": "full suite", "not_slow": "`-m \"not slow\"`"}
+_SUITE_RUNS = {"full_suite": "full suite", "not_slow": "without slow tests"}
 
 
 def format_test_suite_timing(a: Artifact) -> Bullet:
@@ -213,6 +213,8 @@ def format_test_suite_timing(a: Artifact) -> Bullet:
     only = {("full_suite",): "full", ("not_slow",): "not_slow"}.get(tuple(present))
     cmd = _cmd("test_suite_timing.py", a.name, *(("--only", only) if only else ()),
                *(("--label", a.text("label")) if a.opt("label") else ()))
+    if a.opt("extra_args"):
+        cmd += " -- " + " ".join(shlex.quote(str(x)) for x in a.get("extra_args", list))
     return Bullet("Tests", f"{_join(label, _machine(a))}: " + "; ".join(texts) + ".", cmd)
 
 
