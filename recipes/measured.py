@@ -166,9 +166,9 @@ def format_main_job_timing(a: Artifact) -> Bullet:
                 v += (f" for {a.num(f'{r}.train_steps'):g} steps at {a.num(f'{r}.samples_per_s'):.1f} samples/s"
                       f" with {_n(a.num(f'{r}.threads'), 'thread')}")
             ph.append(f"{k} {v}")
+        load = _load_text(a, f"{r}.load_avg_1min")
         texts.append(f"{a.text(f'{r}.cache_before')} cache **{_secs(a.num(f'{r}.wall_s'))} wall** ({', '.join(ph)}),"
-                     f" {a.num(f'{r}.peak_rss_mb'):.0f} MB peak RSS" + (f", {_load_text(a, f'{r}.load_avg_1min')}"
-                                                                       if _load_text(a, f"{r}.load_avg_1min") else ""))
+                     f" {a.num(f'{r}.peak_rss_mb'):.0f} MB peak RSS" + (f", {load}" if load else ""))
     success = a.get("runs.0.success", dict)
     pols = []
     for j, pol in enumerate(success):
@@ -328,9 +328,12 @@ def format_frozen_feature_cache(a: Artifact) -> Bullet:
     """``benchmarks/frozen_feature_cache.py``: settings; per head s per training step without / with
     the cache, wall and CPU, and the speed-ups; load during each head's blocks."""
     heads = list(a.get("heads", dict))
-    h0 = f"heads.{heads[0]}." if heads else "heads.?."
+    if not heads:
+        raise ArtifactError(f"{a.name}: field 'heads' is empty")
+    h0 = f"heads.{heads[0]}."
     setting = (f"default recipe's policy, frozen backbone, batch {a.num(h0 + 'batch_size'):g}, "
-               f"{_n(a.num('threads'), 'thread')}, {a.num('rounds'):g} rounds of {a.num('steps'):g} timed steps, {a.num('frames'):g} frames")
+               f"{_n(a.num('threads'), 'thread')}, {a.num('rounds'):g} rounds of {a.num('steps'):g} timed steps, "
+               f"{a.num('frames'):g} frames")
     rows = []
     for h in heads:
         p = f"heads.{h}."
