@@ -7,7 +7,7 @@
 Per run (JSON key ``full_suite`` / ``not_slow``): the command, the git commit and whether the tree had
 uncommitted changes, the pytest exit code, passed / failed / errors / skipped / deselected / xfailed /
 xpassed counts and pytest's own seconds from its summary line, the wall seconds of the process, the
-15 slowest durations (``--durations`` output: test id, phase, seconds) and the 1-minute load average
+60 slowest durations (``--durations`` output: test id, phase, seconds) and the 1-minute load average
 sampled every 5 s during the run (what else ran). Top level: label, git state, machine (usable
 cores, CPU model, memory). Failing tests do not stop the measurement (the counts say so); a run whose
 output has no summary line (pytest could not start) is an error. The JSON is written atomically.
@@ -32,7 +32,7 @@ from vla_ebt.config_io import atomic_write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {"full_suite": [], "not_slow": ["-m", "not slow"]}
-SLOWEST = 15
+SLOWEST = 60  # enough for tests/conftest.py to order the heavy modules first
 #: outcome words of pytest's summary line -> JSON key
 OUTCOMES = {"passed": "passed", "failed": "failed", "error": "errors", "errors": "errors", "skipped": "skipped",
             "deselected": "deselected", "xfailed": "xfailed", "xpassed": "xpassed", "warning": "warnings",
