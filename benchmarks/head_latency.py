@@ -26,7 +26,13 @@ from typing import Callable
 
 import torch
 
-from vla_ebt.config_io import atomic_write_json
+if __package__ in (None, ""):  # run as a script: benchmarks/ is a package of this checkout
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vla_ebt.config_io import atomic_write_json  # noqa: E402
 from vla_ebt.heads import (
     Context,
     DiffusionConfig,
@@ -191,7 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    result = run(args)
+    from benchmarks.provenance import LoadSampler, provenance
+
+    with LoadSampler() as load:
+        result = run(args)
+    result.update(provenance(load))
     print_table(result)
     if args.out:
         atomic_write_json(args.out, result)

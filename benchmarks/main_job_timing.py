@@ -17,84 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks/ is a package of this checkout
+    sys.path.insert(0, str(REPO))
 
-
-def machine() -> dict[str, Any]:
-    """nproc (usable cores), CPU model and count from /proc/cpuinfo, memory, Python and torch versions."""
-    model, cpus = "", 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = model or line.split(":", 1)[1].strip()
-                cpus += 1
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
-        mem_gb = round(kb / 2**20, 1)
-    except (OSError, StopIteration, ValueError):
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count() or 1
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:  # pragma: no cover
-        torch_version = None
-    return {"nproc": nproc, "cpu_model": model, "cpus_in_cpuinfo": cpus, "mem_total_gb": mem_gb,
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch_version}
-
-
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
-class LoadSampler:
-    """Samples /proc/loadavg (1-min) every ``every_s`` seconds in a thread while running."""
-
-    def __init__(self, every_s: float = 5.0) -> None:
-        self.every_s, self.samples = every_s, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append(float(Path("/proc/loadavg").read_text().split()[0]))
-            except OSError:
-                return
-            self._stop.wait(self.every_s)
-
-    def __enter__(self) -> "LoadSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> dict[str, float]:
-        s = self.samples
-        return {"min": min(s), "mean": sum(s) / len(s), "max": max(s), "samples": len(s)} if s else {}
+from benchmarks.provenance import LoadSampler, git_state, machine  # noqa: E402
 
 
 def run_job(cache: Path, run_dir: Path, extra: list[str], log_path: Path) -> dict[str, Any]:

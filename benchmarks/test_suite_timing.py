@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.main_job_timing import LoadSampler, git_state, machine  # noqa: E402
+from benchmarks.provenance import LoadSampler, git_state, machine  # noqa: E402
 from vla_ebt.config_io import atomic_write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -38,6 +38,7 @@ CONFIGS = {
     "diffusion_lora": ("diffusion", "lora"),
     "ebt_full": ("ebt", "full"),
     "regression_lora": ("regression", "lora"),
+    "flow_lora": ("flow", "lora"),
 }
 INSTRUCTIONS = ["move to the red dot", "move to the green dot", "move to the blue dot", "reach the red target"]
 
@@ -145,12 +146,15 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--steps and --warmup must be >= 1")
     import torch
 
+    from benchmarks.provenance import LoadSampler, provenance
+
     configs = {}
-    for name in a.configs:
-        print(f"[bench] {name} ...", flush=True)
-        configs[name] = run_config(name, a)
-    result: dict = {"configs": configs, "steps": a.steps, "warmup": a.warmup, "batch_size": a.batch_size,
-                    "threads": a.threads, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+    with LoadSampler() as load:
+        for name in a.configs:
+            print(f"[bench] {name} ...", flush=True)
+            configs[name] = run_config(name, a)
+    result: dict = {**provenance(load), "configs": configs, "steps": a.steps, "warmup": a.warmup, "batch_size": a.batch_size,
+                    "threads": a.threads, "cpu_count": os.cpu_count(), "arch": platform.machine(),
                     "torch": torch.__version__, "cuda": torch.cuda.is_available()}
     c = configs
     if "ebt_lora" in c:
@@ -160,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["diffusion_samples_per_s"] = c["diffusion_lora"]["samples_per_s"]
     if "regression_lora" in c:
         result["regression_samples_per_s"] = c["regression_lora"]["samples_per_s"]
+    if "flow_lora" in c:
+        result["flow_samples_per_s"] = c["flow_lora"]["samples_per_s"]
     if "ebt_full" in c:
         result["full_peak_mb"] = c["ebt_full"]["peak_rss_mb"]
         result["full_samples_per_s"] = c["ebt_full"]["samples_per_s"]
@@ -174,9 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
         if k in result:
             print(f"{k}: {result[k]:.3f}")
     if a.out:
-        from vla_ebt.config_io import save_json
+        from vla_ebt.config_io import atomic_write_json
 
-        save_json(a.out, result)
+        atomic_write_json(a.out, result)
         print(f"[bench] wrote {a.out}")
     return result
 

@@ -347,11 +347,54 @@ def format_frozen_feature_cache(a: Artifact) -> Bullet:
     return Bullet("Frozen feature cache", f"{setting}; s per step without / with the cache: " + "; ".join(rows) + ".", cmd)
 
 
+_HEAD_METHODS = ("ebt_1", "ebt_2", "ebt_4", "ebt_8", "flow_10", "ddim_10", "ddpm_100", "regression")
+
+
+def format_head_latency(a: Artifact) -> Bullet:
+    """``benchmarks/head_latency.py``: trunk size and context; per method wall / process-CPU ms per
+    chunk at batch 1 and its network evaluations; what a backward costs in forwards (wall and CPU)."""
+    c = "config."
+    setting = _join(f"{a.text('device')}, batch {a.num(c + 'batch'):g}, {_n(a.num('threads'), 'thread')}, trunk "
+                    f"{a.num(c + 'width'):g} x {a.num(c + 'depth'):g}, H {a.num(c + 'horizon'):g}, D "
+                    f"{a.num(c + 'action_dim'):g}, {a.num(c + 'context_tokens'):g} context tokens, median of "
+                    f"{a.num(c + 'repeats'):g} interleaved calls", _machine(a), _load_text(a, "load_avg_1min"),
+                    _commit(a, "git.commit", "git.dirty"))
+    methods = [m for m in _HEAD_METHODS if a.opt(f"{m}_ms") is not None]
+    rows = ", ".join(f"{m.replace('_', '-')} {a.num(f'{m}_ms'):.1f} / {a.num(f'{m}_cpu_ms'):.1f} "
+                     f"({a.num(f'{m}_nfe'):g} nfe)" for m in methods)
+    cost = (f"one forward + action-gradient costs **{1 + a.num('backward_over_forward_cpu'):.2f}** trunk forwards "
+            f"by CPU time ({1 + a.num('backward_over_forward'):.2f} by wall time; trunk forward "
+            f"{a.num('trunk_fwd_cpu_ms'):.1f} ms CPU); EBT's declared `eval_cost` is {a.num('ebt_declared_eval_cost'):g}")
+    cmd = _cmd("head_latency.py", a.name, "--repeats", int(a.num(c + "repeats")), "--warmup", int(a.num(c + "warmup")),
+               "--width", int(a.num(c + "width")), "--depth", int(a.num(c + "depth")), "--heads", int(a.num(c + "num_heads")),
+               "--horizon", int(a.num(c + "horizon")), "--action-dim", int(a.num(c + "action_dim")),
+               "--context-tokens", int(a.num(c + "context_tokens")), "--threads", int(a.num("threads")))
+    return Bullet("Action-head latency", f"{setting}: wall / CPU ms per chunk {rows}; {cost}.", cmd)
+
+
+def format_train_throughput(a: Artifact) -> Bullet:
+    """``benchmarks/train_throughput.py``: settings; samples/s and peak RSS per configuration (head x
+    fine-tuning mode) of the default recipe's policy."""
+    configs = list(a.get("configs", dict))
+    if not configs:
+        raise ArtifactError(f"{a.name}: field 'configs' is empty")
+    setting = _join(f"default recipe's policy, batch {a.num('batch_size'):g}, {_n(a.num('threads'), 'thread')}, "
+                    f"{a.num('steps'):g} timed steps after {a.num('warmup'):g}, each configuration in a fresh process",
+                    _machine(a), _load_text(a, "load_avg_1min"), _commit(a, "git.commit", "git.dirty"))
+    rows = ", ".join(f"{k.replace('_', ' ')} **{a.num(f'configs.{k}.samples_per_s'):.1f}** samples/s "
+                     f"({a.num(f'configs.{k}.peak_rss_mb'):.0f} MB peak RSS)" for k in configs)
+    cmd = _cmd("train_throughput.py", a.name, "--steps", int(a.num("steps")), "--warmup", int(a.num("warmup")),
+               "--batch-size", int(a.num("batch_size")), "--threads", int(a.num("threads")), "--configs", *configs)
+    return Bullet("Training throughput", f"{setting}: {rows}.", cmd)
+
+
 #: artifact file name -> formatter; the section lists the present ones in this order
 FORMATTERS: dict[str, Formatter] = {
     "main_job_timing.json": format_main_job_timing,
     "test_suite_timing.json": format_test_suite_timing,
     "policy_latency.json": format_policy_latency,
+    "head_latency.json": format_head_latency,
+    "train_throughput.json": format_train_throughput,
     "sim_eval_default.json": format_sim_eval,
     "convert_throughput.json": format_convert_throughput,
     "frozen_feature_cache.json": format_frozen_feature_cache,

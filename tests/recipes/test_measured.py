@@ -97,3 +97,26 @@ def test_every_committed_artifact_has_a_bullet():
     for name in measured.FORMATTERS:
         if (measured.DEFAULT_DIR / name).is_file():
             assert f"`docs/results/{name}`" in body
+
+
+def test_head_latency_and_train_throughput_formatters_state_the_numbers():
+    hl = {"device": "cpu", "threads": 1, "git": {"commit": "1234567890", "dirty": False},
+          "machine": {"nproc": 2, "cpu_model": "Test CPU"},
+          "config": {"width": 64, "depth": 2, "num_heads": 4, "horizon": 8, "action_dim": 4, "context_tokens": 16,
+                     "batch": 1, "repeats": 5, "warmup": 1},
+          "ebt_2_ms": 12.5, "ebt_2_cpu_ms": 11.0, "ebt_2_nfe": 2, "flow_10_ms": 30.0, "flow_10_cpu_ms": 29.0,
+          "flow_10_nfe": 10, "backward_over_forward": 1.5, "backward_over_forward_cpu": 1.25,
+          "trunk_fwd_cpu_ms": 2.0, "ebt_declared_eval_cost": 2.0}
+    b = measured.format_head_latency(measured.Artifact("r/head_latency.json", hl))
+    for s in ("trunk 64 x 2", "ebt-2 12.5 / 11.0 (2 nfe)", "flow-10 30.0 / 29.0 (10 nfe)", "**2.25** trunk forwards",
+              "2.50 by wall time", "commit `1234567`", "2 cores (Test CPU)"):
+        assert s in b.text, s
+    assert "--width 64 --depth 2 --heads 4 --horizon 8 --action-dim 4 --context-tokens 16" in b.command
+    tt = {"steps": 10, "warmup": 2, "batch_size": 32, "threads": 1,
+          "configs": {"ebt_lora": {"samples_per_s": 70.25, "peak_rss_mb": 1400.4},
+                      "flow_lora": {"samples_per_s": 90.0, "peak_rss_mb": 1300.0}}}
+    b = measured.format_train_throughput(measured.Artifact("r/train_throughput.json", tt))
+    assert "ebt lora **70.2** samples/s (1400 MB peak RSS)" in b.text and "flow lora **90.0**" in b.text
+    assert b.command.endswith("--configs ebt_lora flow_lora --out r/train_throughput.json")
+    with pytest.raises(measured.ArtifactError, match="train_throughput.json: field 'configs' is empty"):
+        measured.format_train_throughput(measured.Artifact("r/train_throughput.json", {**tt, "configs": {}}))
