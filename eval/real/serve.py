@@ -10,9 +10,10 @@ metadata; each observation (validated by :mod:`eval.real.serve_request`) gets a 
 (actions float32 (B, H, D), unnormalized; a request may carry a committed ``prefix`` and soft
 guidance for real-time chunking), each ``score`` request (an observation and candidate chunks) a
 ``scores`` reply (the policy's energy of each), or an ``error`` reply (``bad_request`` /
-``internal``; the connection stays open). Message types and fields: :mod:`vla_ebt_client.protocol`. ``GET /healthz``: 200 JSON. Binds 127.0.0.1 by default; with a token
-the handshake needs ``Authorization: Bearer <token>`` (else HTTP 401); oversized messages close
-the connection with 1009. Message fields, safety and concurrency: docs/serving.md.
+``internal``; the connection stays open). Message types and fields: :mod:`vla_ebt_client.protocol`.
+``GET /healthz``: 200 JSON. Binds 127.0.0.1 by default; with a token the handshake needs
+``Authorization: Bearer <token>`` (else HTTP 401); oversized messages close the connection with 1009.
+Message fields, safety and concurrency: docs/serving.md.
 """
 
 from __future__ import annotations

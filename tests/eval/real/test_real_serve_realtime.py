@@ -86,7 +86,8 @@ def robot_units(g: np.random.Generator, *shape: int) -> np.ndarray:
 def test_metadata_declares_capabilities_and_request_types(ebt_server, reg_server):
     with PolicyClient(ebt_server.url) as c, PolicyClient(reg_server.url) as r:
         assert c.metadata["capabilities"] == {"inpainting": True, "reports_energy": True, "warm_start": True}
-        assert r.metadata["capabilities"]["inpainting"] is False and r.metadata["capabilities"]["reports_energy"] is False
+        reg = r.metadata["capabilities"]
+        assert reg["inpainting"] is False and reg["reports_energy"] is False
         assert c.metadata["requests"] == ["infer", "score", "metadata"]
         assert all(why is None for why in strategy_support(c).values())
         assert strategy_support(r)["rtc"] and strategy_support(r)["energy_gate"]
@@ -104,7 +105,8 @@ def test_prefix_request_returns_the_prefix_and_equals_in_process(ebt_server, ebt
         ref = in_process(ebt, o, 7, **fields)
         np.testing.assert_allclose(r["actions"], ref, rtol=0, atol=1e-6)
         np.testing.assert_allclose(r["actions"][0, :d], fields["prefix"][0], rtol=0, atol=1e-6)  # robot units
-        np.testing.assert_allclose(r["actions"][1, :d, :ARM_B_DIM], fields["prefix"][1, :, :ARM_B_DIM], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(r["actions"][1, :d, :ARM_B_DIM], fields["prefix"][1, :, :ARM_B_DIM],
+                                   rtol=0, atol=1e-6)
         assert not r["actions"][1, :, ARM_B_DIM:].any()  # arm_b's padded dim stays 0
         assert r["prefix_len"] == d and r["energy"].shape == (2,)
         # the inpainted rest differs from an unconstrained chunk of the same seed
@@ -122,7 +124,8 @@ def test_prefix_request_returns_the_prefix_and_equals_in_process(ebt_server, ebt
 
 
 BAD_FIELDS = [
-    ({"prefix": np.zeros((1, H + 1, D), np.float32)}, r"'prefix' expected shape \(d, <= 4\) or \(1, d, <= 4\) with d <= 8"),
+    ({"prefix": np.zeros((1, H + 1, D), np.float32)},
+     r"'prefix' expected shape \(d, <= 4\) or \(1, d, <= 4\) with d <= 8"),
     ({"prefix": np.zeros((2, 2, D), np.float32)}, r"'prefix' expected shape .*got \(2, 2, 4\)"),
     ({"prefix": np.zeros((1, 2, D + 1), np.float32)}, r"'prefix' expected shape .*got \(1, 2, 5\)"),
     ({"prefix": np.zeros((2, D), np.float32)[None, None]}, r"'prefix' expected shape"),
@@ -188,8 +191,9 @@ def test_score_request_equals_in_process(ebt_server, ebt):
         padded = np.concatenate([k3, np.zeros((4, H, D - ARM_B_DIM), np.float32)], axis=2)
         np.testing.assert_allclose(c.score(o, k3), ebt.score_chunks(tensors(o), torch.from_numpy(
             np.repeat(padded[None], 2, axis=0))).numpy(), rtol=1e-6, atol=1e-6)
-        for bad, match in [(np.zeros((1, 2, H - 1, D), np.float32), r"'chunks' expected shape \(K, 8, <= 4\) or "
-                                                                    r"\(2, K, 8, <= 4\) with K >= 1, got \(1, 2, 7, 4\)"),
+        for bad, match in [(np.zeros((1, 2, H - 1, D), np.float32),
+                            r"'chunks' expected shape \(K, 8, <= 4\) or \(2, K, 8, <= 4\) with K >= 1, "
+                            r"got \(1, 2, 7, 4\)"),
                            (np.zeros((2, 0, H, D), np.float32), r"'chunks' expected shape .*got \(2, 0, 8, 4\)"),
                            (np.full((2, 1, H, D), np.inf, np.float32), r"'chunks' contains NaN or inf"),
                            (np.zeros((2, 5, H, D), np.float32), r"'chunks': at most 8 chunks per request")]:
