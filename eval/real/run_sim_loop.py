@@ -15,6 +15,9 @@ round-trip latency and, per episode, chunk switches, stalls, starved steps and a
     python -m eval.real.run_sim_loop --policy runs/default/policy --episodes 5
     # asynchronous execution at a fixed 20 Hz (the loop never waits for inference):
     python -m eval.real.run_sim_loop --policy runs/default/policy --strategy naive_async --control-hz 20
+    # real-time chunking (a prefix + soft guidance per request; inpainting heads) or the energy gate
+    # (the server's score request; EBT):
+    python -m eval.real.run_sim_loop --policy runs/default/policy --strategy rtc --control-hz 20
 """
 
 from __future__ import annotations

@@ -7,10 +7,13 @@
 
 Protocol ``PROTOCOL`` (one binary msgpack frame per message): on connect the server sends the
 metadata; each observation (validated by :mod:`eval.real.serve_request`) gets a ``result``
-(actions float32 (B, H, D), unnormalized) or an ``error`` reply (``bad_request`` / ``internal``;
-the connection stays open). ``GET /healthz``: 200 JSON. Binds 127.0.0.1 by default; with a token
-the handshake needs ``Authorization: Bearer <token>`` (else HTTP 401); oversized messages close
-the connection with 1009. Message fields, safety and concurrency: docs/serving.md.
+(actions float32 (B, H, D), unnormalized; a request may carry a committed ``prefix`` and soft
+guidance for real-time chunking), each ``score`` request (an observation and candidate chunks) a
+``scores`` reply (the policy's energy of each), or an ``error`` reply (``bad_request`` /
+``internal``; the connection stays open). Message types and fields: :mod:`vla_ebt_client.protocol`.
+``GET /healthz``: 200 JSON. Binds 127.0.0.1 by default; with a token the handshake needs
+``Authorization: Bearer <token>`` (else HTTP 401); oversized messages close the connection with 1009.
+Message fields, safety and concurrency: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -35,7 +38,19 @@ import numpy as np
 from vla_ebt.config_io import atomic_write_text
 from vla_ebt_client.codec import CodecError, packb, unpackb
 
-from .serve_request import DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL, RequestError, check_observation, check_options, to_numpy
+from .serve_request import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    INFER_FIELDS,
+    PROTOCOL,
+    REQUEST_TYPES,
+    SCORE_FIELDS,
+    RequestError,
+    check_chunks,
+    check_inpainting,
+    check_observation,
+    check_options,
+    to_numpy,
+)
 
 __all__ = ["PolicyServer", "warmup", "main"]
 
@@ -45,8 +60,11 @@ log = logging.getLogger("vla_ebt.serve")
 
 
 class PolicyServer:
-    """Serve ``policy`` (anything with ``spec`` (ObservationSpec) and ``predict_chunk(obs)``
-    returning a PolicyOutput-like object) over WebSocket.
+    """Serve ``policy`` (anything with ``spec`` (ObservationSpec) and ``predict_chunk(obs, **options)``
+    returning a PolicyOutput-like object; ``score_chunks(obs, chunks)`` for score requests) over
+    WebSocket. What the head can do is read from ``policy.head.capabilities`` (inpainting,
+    reports_energy, knobs) when the policy has one; a policy without says nothing and gets every
+    request field passed through.
 
     ``start()`` runs it in a background thread (returns once listening; ``port`` is then the
     bound port, also for ``port=0``); ``stop()`` shuts it down. ``run()`` serves in the calling
@@ -122,6 +140,8 @@ class PolicyServer:
             "embodiment_dims": dims,
             "head": getattr(cfg, "head", None),
             "latency_budget": "latency_budget_ms" in (self._head_knobs() or {}),
+            "capabilities": self.capabilities(),
+            "requests": list(REQUEST_TYPES),
             "execution": {
                 "mode": getattr(ex, "mode", "receding"),
                 "n_action_steps": int(getattr(ex, "n_action_steps", spec["horizon"])),
@@ -146,10 +166,23 @@ class PolicyServer:
         }
 
     # ------------------------------------------------------------------ validation
-    def check_observation(self, req: Mapping[str, Any]) -> dict[str, Any]:
+    def check_observation(self, req: Mapping[str, Any], fields: tuple[str, ...] = INFER_FIELDS) -> dict[str, Any]:
         """Request dict -> observation for ``predict_chunk``; :func:`eval.real.serve_request.check_observation`
-        against this server's spec and ``max_batch`` (RequestError otherwise)."""
-        return check_observation(req, self.spec, self.max_batch)
+        against this server's spec and ``max_batch`` (RequestError otherwise); ``fields``: the
+        request type's keys besides the observation."""
+        return check_observation(req, self.spec, self.max_batch, fields)
+
+    def capabilities(self) -> dict[str, bool]:
+        """What the served head declares (``inpainting``, ``reports_energy``, ``warm_start``); empty
+        when the policy has no ``head.capabilities`` (clients then assume a capability is present
+        and the policy's own checks decide)."""
+        caps = getattr(getattr(self.policy, "head", None), "capabilities", None)
+        if caps is None:
+            return {}
+        out = {k: bool(getattr(caps, k, False)) for k in ("inpainting", "reports_energy", "warm_start")}
+        if not callable(getattr(self.policy, "score_chunks", None)):
+            out["reports_energy"] = False
+        return out
 
     def _head_knobs(self) -> Mapping[str, Any] | None:
         """The served head's inference knobs (None when the policy does not say)."""
@@ -160,6 +193,62 @@ class PolicyServer:
     # ------------------------------------------------------------------ work (worker thread)
     def _error_reply(self, rid: Any, kind: str, msg: str) -> dict[str, Any]:
         return {"type": "error", "request_id": rid, "kind": kind, "error": msg}
+
+    def _head_name(self) -> Any:
+        return getattr(getattr(self.policy, "cfg", None), "head", None) or self.name
+
+    def _run_model(self, fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
+        """``fn()`` under the model lock -> (result, t_wait, t0, t1); the policy's own validation
+        errors (SchemaError) become RequestError."""
+        from vla_ebt.schema import SchemaError  # the policy's own validation errors
+
+        t_wait = time.perf_counter()
+        with self._model_lock:
+            t0 = time.perf_counter()
+            self.busy = True
+            try:
+                result = fn()
+            except SchemaError as e:
+                raise RequestError(str(e)) from None
+            finally:
+                self.busy = False
+            t1 = time.perf_counter()
+        return result, t_wait, t0, t1
+
+    @staticmethod
+    def _timings(t_recv: float, t_wait: float, t0: float, t1: float) -> dict[str, float]:
+        return {"infer_ms": (t1 - t0) * 1e3, "queue_ms": (t0 - t_recv) * 1e3, "lock_wait_ms": (t0 - t_wait) * 1e3}
+
+    def _infer(self, req: Mapping[str, Any], rid: Any, t_recv: float) -> dict[str, Any]:
+        obs = self.check_observation(req)
+        opts = check_options(req, self._head_knobs())
+        caps = self.capabilities()
+        opts.update(check_inpainting(req, self.spec, len(obs["instruction"]), inpainting=caps.get("inpainting"),
+                                     head=self._head_name()))
+        out, t_wait, t0, t1 = self._run_model(lambda: self.policy.predict_chunk(obs, **opts))
+        return {
+            "type": "result",
+            "request_id": rid,
+            "actions": to_numpy(out.actions).astype(np.float32),
+            "energy": to_numpy(getattr(out, "energy", None)),
+            "steps": to_numpy(getattr(out, "steps", None)),
+            "grad_norm": to_numpy(getattr(out, "grad_norm", None)),
+            "nfe": int(getattr(out, "nfe", 0) or 0),
+            "latency_budget_ms": opts.get("latency_budget_ms"),
+            "prefix_len": int(opts["prefix"].shape[1]) if "prefix" in opts else 0,
+            **self._timings(t_recv, t_wait, t0, t1),
+        }
+
+    def _score(self, req: Mapping[str, Any], rid: Any, t_recv: float) -> dict[str, Any]:
+        obs = self.check_observation(req, SCORE_FIELDS)
+        caps = self.capabilities()
+        if not callable(getattr(self.policy, "score_chunks", None)):
+            raise RequestError(f"policy {self.name!r} cannot score chunks (no score_chunks)")
+        chunks = check_chunks(req, self.spec, len(obs["instruction"]), self.max_batch,
+                              reports_energy=caps.get("reports_energy"), head=self._head_name())
+        energy, t_wait, t0, t1 = self._run_model(lambda: self.policy.score_chunks(obs, chunks))
+        energy = to_numpy(energy).astype(np.float32).reshape(chunks.shape[:2])
+        return {"type": "scores", "request_id": rid, "energy": energy, **self._timings(t_recv, t_wait, t0, t1)}
 
     def process(self, message: bytes | str, t_recv: float | None = None) -> tuple[bytes, bool]:
         """One request message -> (reply bytes, ok). Never raises (errors become replies)."""
@@ -178,43 +267,18 @@ class PolicyServer:
             kind = req.get("type", "infer")
             if kind == "metadata":
                 return packb({**self.metadata(), "request_id": rid}), True
-            if kind != "infer":
-                raise RequestError(f"unknown request type {kind!r}; expected 'infer' or 'metadata'")
-            obs = self.check_observation(req)
-            opts = check_options(req, self._head_knobs())
-            from vla_ebt.schema import SchemaError  # the policy's own validation errors
-
-            t_wait = time.perf_counter()
-            with self._model_lock:
-                t0 = time.perf_counter()
-                self.busy = True
-                try:
-                    out = self.policy.predict_chunk(obs, **opts)
-                except SchemaError as e:
-                    raise RequestError(str(e)) from None
-                finally:
-                    self.busy = False
-                t1 = time.perf_counter()
-            actions = to_numpy(out.actions).astype(np.float32)
-            reply = {
-                "type": "result",
-                "request_id": rid,
-                "actions": actions,
-                "energy": to_numpy(getattr(out, "energy", None)),
-                "steps": to_numpy(getattr(out, "steps", None)),
-                "grad_norm": to_numpy(getattr(out, "grad_norm", None)),
-                "nfe": int(getattr(out, "nfe", 0) or 0),
-                "latency_budget_ms": opts.get("latency_budget_ms"),
-                "infer_ms": (t1 - t0) * 1e3,
-                "queue_ms": (t0 - t_recv) * 1e3,
-                "lock_wait_ms": (t0 - t_wait) * 1e3,
-            }
+            if kind == "infer":
+                reply = self._infer(req, rid, t_recv)
+            elif kind == "score":
+                reply = self._score(req, rid, t_recv)
+            else:
+                raise RequestError(f"unknown request type {kind!r}; expected one of {list(REQUEST_TYPES)}")
             reply["server_ms"] = (time.perf_counter() - t_recv) * 1e3
             return packb(reply), True
         except (RequestError, CodecError) as e:
             return packb(self._error_reply(rid, "bad_request", str(e))), False
         except Exception as e:  # noqa: BLE001 - the server stays up whatever the model does
-            log.error("inference failed:\n%s", traceback.format_exc())
+            log.error("request failed:\n%s", traceback.format_exc())
             return packb(self._error_reply(rid, "internal", f"{type(e).__name__}: {e}")), False
 
     # ------------------------------------------------------------------ asyncio side

@@ -1,44 +1,59 @@
-"""What a policy-server request must hold: the observation check and the protocol constants.
+"""What a policy-server request must hold: the observation check, the request fields and the
+protocol constants.
 
 :func:`check_observation` turns a decoded request (numpy arrays from :mod:`vla_ebt_client.codec`)
-into the observation ``predict_chunk`` takes, or raises :class:`RequestError` naming the key and
+into the observation ``predict_chunk`` takes, :func:`check_options` / :func:`check_inpainting`
+the infer request's fields into its keyword arguments and :func:`check_chunks` a score request's
+candidates into what ``score_chunks`` takes; each raises :class:`RequestError` naming the key and
 the expectation. The server (:mod:`eval.real.serve`) replies with that message as a
-``bad_request`` error. The whole protocol: docs/serving.md.
+``bad_request`` error. Message types and field names come from :mod:`vla_ebt_client.protocol`
+(shared with the client); the whole protocol: docs/serving.md.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["check_observation", "check_options", "RequestError", "PROTOCOL", "DEFAULT_MAX_MESSAGE_BYTES",
-           "OBS_KEYS", "CONTROL_KEYS", "OPTION_KEYS"]
+from vla_ebt_client.protocol import (
+    CONTROL_KEYS,
+    INFER_FIELDS,
+    INPAINTING_FIELDS,
+    OBS_KEYS,
+    PROTOCOL,
+    REQUEST_TYPES,
+    SCORE_FIELDS,
+)
 
-PROTOCOL = "vla_ebt.serve/1"
+__all__ = ["check_observation", "check_options", "check_inpainting", "check_chunks", "RequestError", "PROTOCOL",
+           "DEFAULT_MAX_MESSAGE_BYTES", "OBS_KEYS", "CONTROL_KEYS", "OPTION_KEYS", "INFER_FIELDS", "SCORE_FIELDS",
+           "REQUEST_TYPES"]
+
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20
-OBS_KEYS = ("images", "instruction", "state", "embodiment")
-CONTROL_KEYS = ("request_id", "type")
-#: optional per-request inference options (docs/serving.md)
-OPTION_KEYS = ("latency_budget_ms",)
+#: optional per-request inference options (docs/serving.md); an alias of ``INFER_FIELDS``
+OPTION_KEYS = INFER_FIELDS
 
 
 class RequestError(ValueError):
     """A request the server refuses (message names the key and the expectation)."""
 
 
-def check_observation(req: Mapping[str, Any], spec: Any, max_batch: int) -> dict[str, Any]:
+def check_observation(req: Mapping[str, Any], spec: Any, max_batch: int,
+                      fields: Sequence[str] = INFER_FIELDS) -> dict[str, Any]:
     """Request dict -> observation for ``predict_chunk`` (numpy arrays, canonical forms), against
     ``spec`` (an ObservationSpec) and a batch of at most ``max_batch``; RequestError otherwise.
+    ``fields``: the request's keys besides the observation and ``CONTROL_KEYS`` (an infer request's
+    ``INFER_FIELDS``, a score request's ``SCORE_FIELDS``); any other key is refused.
 
     Checks what :func:`vla_ebt.schema.validate_observation` does not (types from the wire,
     image size, float image range, batch size, embodiment names, unknown keys); the policy
     validates shapes, NaN/inf and embodiment ids again.
     """
-    unknown = sorted(set(req) - set(OBS_KEYS) - set(CONTROL_KEYS) - set(OPTION_KEYS))
+    unknown = sorted(set(req) - set(OBS_KEYS) - set(CONTROL_KEYS) - set(fields))
     if unknown:
         raise RequestError(f"unknown key(s) {unknown}; an observation has keys {list(OBS_KEYS)} "
-                           f"(+ optional {list(CONTROL_KEYS) + list(OPTION_KEYS)})")
+                           f"(+ {list(CONTROL_KEYS) + list(fields)})")
     missing = [k for k in OBS_KEYS if k not in req]
     if missing:
         raise RequestError(f"missing key(s) {missing}; an observation has keys {list(OBS_KEYS)}")
@@ -125,6 +140,104 @@ def check_options(req: Mapping[str, Any], knobs: Mapping[str, Any] | None = None
                                "inference is an EBT feature): leave 'latency_budget_ms' out")
         out["latency_budget_ms"] = budget
     return out
+
+
+def _float_array(name: str, x: Any, expect: str) -> np.ndarray:
+    """A numeric array (or nested list) from the wire -> finite float32; RequestError naming ``name``."""
+    if isinstance(x, (list, tuple)):
+        try:
+            x = np.asarray(x, np.float32)
+        except (TypeError, ValueError) as e:
+            raise RequestError(f"{name!r} is not a numeric array {expect}: {e}") from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "iuf":
+        got = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise RequestError(f"{name!r} must be a float array {expect}, got {got}")
+    if not np.isfinite(x).all():
+        raise RequestError(f"{name!r} contains NaN or inf")
+    return x.astype(np.float32, copy=False)
+
+
+def _batched(a: np.ndarray, ndim: int, batch: int) -> np.ndarray:
+    """One sample's array (``ndim`` - 1 dims) -> the same for each of ``batch`` samples; else as it is."""
+    if a.ndim == ndim - 1:
+        return np.repeat(a[None], batch, axis=0)
+    return a
+
+
+def _action_steps(name: str, x: Any, spec: Any, batch: int, steps: int | None) -> np.ndarray:
+    """An unnormalized action array (n, D') or (B, n, D'), ``D' <= spec.action_dim``, with ``n == steps``
+    (``n <= horizon`` when None) -> float32 (B, n, D'); the policy pads D' and normalizes it."""
+    h, d = spec.horizon, spec.action_dim
+    n = "d" if steps is None else str(steps)
+    expect = (f"({n}, <= {d}) or ({batch}, {n}, <= {d})" + (f" with d <= {h} (the horizon)" if steps is None else ""))
+    a = _float_array(name, x, expect)
+    a = _batched(a, 3, batch)
+    ok = a.ndim == 3 and a.shape[0] == batch and 1 <= a.shape[2] <= d
+    ok = ok and (a.shape[1] <= h if steps is None else a.shape[1] == steps)
+    if not ok:
+        raise RequestError(f"{name!r} expected shape {expect}, got {tuple(a.shape)}")
+    return a
+
+
+def check_inpainting(req: Mapping[str, Any], spec: Any, batch: int, *, inpainting: bool | None = None,
+                     head: Any = None) -> dict[str, Any]:
+    """An infer request's real-time chunking fields -> keyword arguments for ``predict_chunk``
+    (``prefix`` (B, d, D'), ``prefix_weights`` (B, H) or (H,), ``soft_target`` (B, H, D'): float32,
+    unnormalized, as the robot sent them: ``predict_chunk`` normalizes them with the policy's
+    normalizer); RequestError otherwise.
+
+    ``prefix`` (d, D') or (B, d, D'), ``d <= H``, ``D' <= D``; one sample's (d, D') is used for every
+    sample of the batch. ``prefix_weights`` (H,) or (B, H), finite and >= 0, and ``soft_target``
+    (H, D') or (B, H, D') go together. ``inpainting``: the served head's
+    ``capabilities.inpainting`` when known; a head without it takes a prefix (its first d steps are
+    overwritten, as in process) but soft guidance is refused, naming ``head``.
+    """
+    out: dict[str, Any] = {}
+    sent = [k for k in ("prefix_weights", "soft_target") if req.get(k) is not None]
+    if sent and inpainting is False:
+        raise RequestError(f"head {head!r} does not declare capabilities.inpainting: it takes 'prefix' (its first d "
+                           f"steps are overwritten) but no soft guidance; leave out {sent}")
+    if len(sent) == 1:
+        other = ({"prefix_weights", "soft_target"} - set(sent)).pop()
+        raise RequestError(f"'prefix_weights' and 'soft_target' go together (soft guidance toward the previous "
+                           f"plan): got {sent[0]!r} without {other!r}")
+    if req.get("prefix") is not None:
+        out["prefix"] = _action_steps("prefix", req["prefix"], spec, batch, None)
+    if sent:
+        h = spec.horizon
+        w = _float_array("prefix_weights", req["prefix_weights"], f"({h},) or ({batch}, {h})")
+        if w.shape not in ((h,), (batch, h)):
+            raise RequestError(f"'prefix_weights' expected shape ({h},) or ({batch}, {h}), got {tuple(w.shape)}")
+        if (w < 0).any():
+            raise RequestError(f"'prefix_weights' must be >= 0, got a minimum of {float(w.min()):.3g}")
+        out["prefix_weights"] = w
+        out["soft_target"] = _action_steps("soft_target", req["soft_target"], spec, batch, h)
+    return out
+
+
+def check_chunks(req: Mapping[str, Any], spec: Any, batch: int, max_chunks: int, *,
+                 reports_energy: bool | None = None, head: Any = None) -> np.ndarray:
+    """A score request's ``chunks`` (K, H, D') or (B, K, H, D'), ``D' <= D``, unnormalized -> float32
+    (B, K, H, D) (dims past D' are 0, as in every reply's actions) for ``score_chunks``; one sample's
+    (K, H, D') is scored under each observation of the batch. At most ``max_chunks`` chunks in all
+    (B * K). ``reports_energy``: the served head's ``capabilities.reports_energy`` when known; a head
+    without energy is refused, naming ``head``. RequestError otherwise."""
+    if reports_energy is False:
+        raise RequestError(f"head {head!r} has no energy (capabilities.reports_energy is False): it cannot "
+                           "score 'chunks'; a score request needs an energy head (EBT)")
+    if req.get("chunks") is None:
+        raise RequestError("a score request needs 'chunks' (K, H, D) or (B, K, H, D): the candidate action chunks")
+    h, d = spec.horizon, spec.action_dim
+    expect = f"(K, {h}, <= {d}) or ({batch}, K, {h}, <= {d})"
+    c = _batched(_float_array("chunks", req["chunks"], expect), 4, batch)
+    if c.ndim != 4 or c.shape[0] != batch or c.shape[1] < 1 or c.shape[2] != h or not 1 <= c.shape[3] <= d:
+        raise RequestError(f"'chunks' expected shape {expect} with K >= 1, got {tuple(c.shape)}")
+    if c.shape[0] * c.shape[1] > max_chunks:
+        raise RequestError(f"'chunks': at most {max_chunks} chunks per request (batch x K), got "
+                           f"{c.shape[0]} x {c.shape[1]}")
+    if c.shape[3] < d:
+        c = np.concatenate([c, np.zeros(c.shape[:3] + (d - c.shape[3],), np.float32)], axis=3)
+    return c
 
 
 def to_numpy(x: Any) -> np.ndarray | None:

@@ -17,6 +17,7 @@ from vla_ebt_client import (
     ActionChunkBroker,
     DelayEstimator,
     PolicyClient,
+    ServerError,
     SimulatedDelay,
     action_smoothness,
     rtc_prefix_weights,
@@ -309,30 +310,32 @@ def test_async_broker_never_blocks_on_a_slow_server():
 
 
 class RecordingServer(PolicyServer):
-    """Records the request fields an RTC client sends (today's server refuses unknown keys; the
-    rtc branch adds them to the protocol)."""
+    """Records the request fields an RTC client sends (the server validates them, docs/serving.md)."""
 
     def __init__(self, *a, **kw) -> None:
         super().__init__(*a, **kw)
         self.fields: list[dict] = []
 
-    def check_observation(self, req):
-        extra = {k: req[k] for k in ("prefix", "prefix_weights", "soft_target", "latency_budget_ms") if k in req}
-        self.fields.append(extra)
-        return super().check_observation({k: v for k, v in req.items() if k not in extra})
+    def check_observation(self, req, *args):
+        self.fields.append({k: req[k] for k in ("prefix", "prefix_weights", "soft_target", "latency_budget_ms")
+                            if k in req})
+        return super().check_observation(req, *args)
 
 
 def test_policy_client_sends_rtc_request_fields():
     with RecordingServer(SlowScripted(0.0), port=0) as srv, PolicyClient(srv.url) as c:
         p = np.arange(6, dtype=np.float32).reshape(1, 3, 2)
-        c.infer(toy_obs(), prefix=p, prefix_weights=np.ones(8, np.float32), soft_target=None, latency_budget_ms=150.0)
+        c.infer(toy_obs(), prefix=p, prefix_weights=np.ones(16, np.float32), soft_target=np.zeros((1, 16, 2)),
+                latency_budget_ms=150.0)
         c.infer(toy_obs())
+        with pytest.raises(ServerError, match="'prefix_weights' and 'soft_target' go together"):
+            c.infer(toy_obs(), prefix_weights=np.ones(16, np.float32), soft_target=None)  # None is not sent
         with pytest.raises(ValueError, match="state"):
             c.infer(toy_obs(), state=np.zeros(2))
-    got, plain = srv.fields
+    got, plain, alone = srv.fields
     np.testing.assert_array_equal(got["prefix"], p)
-    assert got["prefix_weights"].shape == (8,) and got["latency_budget_ms"] == 150.0 and "soft_target" not in got
-    assert plain == {}
+    assert got["prefix_weights"].shape == (16,) and got["soft_target"].shape == (1, 16, 2)
+    assert got["latency_budget_ms"] == 150.0 and plain == {} and set(alone) == {"prefix_weights"}
 
 
 def test_sim_loop_through_the_server_keeps_its_rate_with_an_async_broker():

@@ -1,7 +1,9 @@
 """vla_ebt_client: the torch-free side of vla_ebt (numpy + websockets + msgpack only).
 
 * :mod:`vla_ebt_client.codec`   — the wire codec (msgpack with numpy arrays): ``packb`` / ``unpackb``.
-* :mod:`vla_ebt_client.client`  — ``PolicyClient``: WebSocket client of ``python -m eval.real.serve``.
+* :mod:`vla_ebt_client.protocol` — the policy server's request types and field names (shared with the server).
+* :mod:`vla_ebt_client.client`  — ``PolicyClient``: WebSocket client of ``python -m eval.real.serve``
+  (``infer``, with real-time chunking fields; ``score``: energies of candidate chunks).
 * :mod:`vla_ebt_client.broker`  — ``ActionChunkBroker``: chunks (B, H, D) -> one action (B, D) per
   control step (receding horizon or temporal ensembling, synchronous or asynchronous: naive,
   temporal ensemble, RTC, energy gate); ``VLAPolicy.select_action`` and the sim rollout use it too.
@@ -34,6 +36,7 @@ from .client import (
 )
 from .codec import CodecError, packb, unpackb
 from .history import ObservationHistory, camera_major, history_indices
+from .protocol import PROTOCOL
 from .realtime import (
     ON_STARVE,
     DelayEstimator,
@@ -62,6 +65,7 @@ __all__ = [
     "LatencyStats",
     "MessageTooLargeError",
     "ObservationHistory",
+    "PROTOCOL",
     "PolicyClient",
     "PolicyClientError",
     "ServerError",

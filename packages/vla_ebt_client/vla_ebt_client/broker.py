@@ -24,11 +24,13 @@ Strategies (``STRATEGIES``; docs/realtime.md, "Asynchronous execution"):
 * ``temporal_ensemble``: as naive_async, but every step averages all arrived chunks covering it
   (weights ``exp(-ensemble_decay * age)``).
 * ``rtc``: the request carries the actions that will execute during the expected delay
-  (``prefix``, returned exactly by the server) and soft weights toward the rest of the old plan
-  (``prefix_weights``, ``soft_target``); the head inpaints (needs ``capabilities.inpainting``).
-* ``energy_gate``: when a chunk arrives, the source scores (``source.score(obs, chunks)``, EBT) the
-  new chunk and the rest of the old plan followed by the new chunk's later actions under the
-  current observation; the lower energy is executed.
+  (``prefix``, returned exactly by the server or the in-process policy) and soft weights toward the
+  rest of the old plan (``prefix_weights``, ``soft_target``); the head inpaints (needs
+  ``capabilities.inpainting``, which the server's metadata declares).
+* ``energy_gate``: when a chunk arrives, the source scores (``source.score(obs, chunks)``, EBT:
+  ``PolicyClient.score`` over the wire, the policy's ``score_chunks`` in process) the new chunk and
+  the rest of the old plan followed by the new chunk's later actions under the current
+  observation; the lower energy is executed.
 """
 
 from __future__ import annotations

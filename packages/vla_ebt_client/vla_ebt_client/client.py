@@ -9,6 +9,8 @@
     reply = client.infer({"images": uint8 (1, V, 3, S, S), "instruction": "pick up the cup",
                           "state": float32 (1, To, S), "embodiment": 0})
     reply["actions"]                       # float32 (1, H, D), unnormalized; also infer_ms, energy, steps
+    client.infer(obs, prefix=committed, prefix_weights=w, soft_target=prev)   # real-time chunking (rtc)
+    client.score(obs, chunks)              # (B, K) energies of candidate chunks (B, K, H, D) (EBT)
 
     broker = ActionChunkBroker(client, mode="receding", n_action_steps=4)   # or mode="ensemble"
     broker.reset()                         # at episode start
@@ -37,6 +39,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .codec import packb, unpackb
+from .protocol import CONTROL_KEYS, OBS_KEYS, REPLY_TYPES
 
 __all__ = [
     "PolicyClient",
@@ -158,6 +161,8 @@ class PolicyClient:
         self.server_infer = LatencyStats()
         self.server_total = LatencyStats()
         self.overhead = LatencyStats()
+        self.score_round_trip = LatencyStats()
+        self.last_score_reply: dict[str, Any] | None = None
         if connect:
             self._with_retries(lambda: None)
 
@@ -247,24 +252,19 @@ class PolicyClient:
             # a reply to an earlier request on this connection (cannot happen with this client's
             # one-request-at-a-time protocol, but never hand back a stale chunk)
 
-    def infer(self, obs: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
-        """Send one observation (schema of :mod:`vla_ebt.schema`, numpy arrays) and return the
-        reply dict: ``actions`` (B, H, D) float32, ``energy``, ``steps``, ``grad_norm``, ``nfe``,
-        ``infer_ms``, ``server_ms``, ``queue_ms`` and the client-side ``round_trip_ms``.
-
-        fields: further request fields, sent when not None (arrays as numpy): ``prefix`` (B, d, D)
-        committed unnormalized actions, ``prefix_weights`` (H,) or (B, H), ``soft_target`` (B, H, D),
-        ``latency_budget_ms`` (see docs/realtime.md); a server that does not know one answers with
-        an error. Raises :class:`ServerError` when the server rejects the request, ValueError for a
-        field that is an observation key or ``request_id`` / ``type``."""
+    def _request(self, kind: str, obs: Mapping[str, Any], fields: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
+        """Send one ``kind`` request (the observation plus ``fields``, those that are not None) and
+        return (its reply, round trip ms); ServerError for an error reply."""
         rid = next(self._ids)
         msg = to_numpy_observation(obs)
         for k, v in fields.items():
-            if k in ("images", "instruction", "state", "embodiment", "request_id", "type"):
-                raise ValueError(f"infer: {k!r} is not a request field (it is part of the observation or protocol)")
+            if k in OBS_KEYS or k in CONTROL_KEYS:
+                raise ValueError(f"{kind}: {k!r} is not a request field (it is part of the observation or protocol)")
             if v is not None:
                 msg[k] = _array(v)
         msg["request_id"] = rid
+        if kind != "infer":
+            msg["type"] = kind
         payload = packb(msg)
         limit = self.metadata.get("max_message_bytes")
         if self.check_size and limit and len(payload) > limit:
@@ -274,15 +274,44 @@ class PolicyClient:
         rtt = (time.perf_counter() - t0) * 1e3
         if reply.get("type") == "error":
             raise ServerError(f"server rejected the request: {reply.get('error')}", reply.get("kind", "bad_request"), rid)
-        if reply.get("type") != "result":
-            raise PolicyClientError(f"unexpected reply type {reply.get('type')!r}")
+        if reply.get("type") != REPLY_TYPES[kind]:
+            raise PolicyClientError(f"unexpected reply type {reply.get('type')!r} to a {kind!r} request")
         reply["round_trip_ms"] = rtt
+        return reply, rtt
+
+    def infer(self, obs: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+        """Send one observation (schema of :mod:`vla_ebt.schema`, numpy arrays) and return the
+        reply dict: ``actions`` (B, H, D) float32, ``energy``, ``steps``, ``grad_norm``, ``nfe``,
+        ``infer_ms``, ``server_ms``, ``queue_ms`` and the client-side ``round_trip_ms``.
+
+        fields: further request fields, sent when not None (arrays as numpy, tensors converted), in
+        the robot's action units (the server normalizes them with the policy's normalizer):
+        ``prefix`` (B, d, D) (or one sample's (d, D)) committed actions, returned exactly as the
+        chunk's first d steps; ``prefix_weights`` (H,) or (B, H) with ``soft_target`` (B, H, D) (or
+        (H, D)): soft guidance toward the previous plan (heads with ``capabilities.inpainting``);
+        ``latency_budget_ms`` (see docs/realtime.md). Raises :class:`ServerError` when the server
+        rejects the request (a wrong shape, a field the head cannot take: the message names it),
+        ValueError for a field that is an observation key or ``request_id`` / ``type``."""
+        reply, rtt = self._request("infer", obs, fields)
         self.round_trip.add(rtt)
         self.server_infer.add(reply.get("infer_ms"))
         self.server_total.add(reply.get("server_ms"))
         if reply.get("server_ms") is not None:
             self.overhead.add(rtt - reply["server_ms"])
         return reply
+
+    def score(self, obs: Mapping[str, Any], chunks: Any) -> np.ndarray:
+        """The policy's energies (B, K) float32 of candidate chunks ``chunks`` (B, K, H, D) (or
+        (K, H, D), scored under every observation of the batch), in the robot's action units, under
+        ``obs`` (lower is better; ``VLAPolicy.score_chunks`` on the server). The whole reply (with
+        ``infer_ms``, ``server_ms``, ``round_trip_ms``) is kept as ``last_score_reply``. Raises
+        :class:`ServerError` when the head has no energy (``metadata["capabilities"]
+        ["reports_energy"]`` False) or the chunks have the wrong shape. This is the ``score`` of the
+        chunk broker's ``energy_gate`` strategy."""
+        reply, rtt = self._request("score", obs, {"chunks": chunks})
+        self.score_round_trip.add(rtt)
+        self.last_score_reply = reply
+        return np.asarray(reply["energy"], np.float32)
 
     def get_metadata(self) -> dict[str, Any]:
         """Ask the server for its metadata again (also refreshes ``self.metadata``)."""
@@ -309,13 +338,14 @@ class PolicyClient:
             conn.close()
 
     def latency_stats(self) -> dict[str, Any]:
-        """p50/p90/p99/mean of round trips, server-side inference and total, and the overhead
-        (round trip minus server time: network + codec + client), in ms."""
+        """p50/p90/p99/mean of infer round trips, server-side inference and total, and the overhead
+        (round trip minus server time: network + codec + client), and of score round trips, in ms."""
         return {
             "round_trip": self.round_trip.summary(),
             "server_infer": self.server_infer.summary(),
             "server_total": self.server_total.summary(),
             "overhead": self.overhead.summary(),
+            "score_round_trip": self.score_round_trip.summary(),
             "reconnects": self.reconnects,
             "connects": self.connects,
         }
