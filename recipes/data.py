@@ -145,6 +145,32 @@ def _suite_and_tasks(m: DataConfig, where: str) -> tuple[Any, list[str], dict[st
     return suite, tasks, suite_kwargs
 
 
+def suite_demos(m: DataConfig, suite: Any, tasks: list[str], suite_kwargs: dict[str, Any], demo_cache: str,
+                env_workers: int = 0) -> tuple[list[Any], str]:
+    """The expert demonstrations of one suite's settings ``m`` (through the demo cache unless
+    ``demo_cache`` is "off") and their cache key."""
+    from eval.sim.demo_cache import DemoSpec, cached_demos
+    from eval.sim.demos import collect_demos
+
+    print(f"[data] {m.episodes_per_task} expert episodes x {len(tasks)} tasks from suite {m.suite!r}")
+    spec = DemoSpec(suite=m.suite, tasks=tuple(tasks), episodes_per_task=m.episodes_per_task, seed=m.seed,
+                    action_noise=m.action_noise, suite_kwargs=suite_kwargs)
+    if demo_cache == "off":
+        return collect_demos(suite, tasks, m.episodes_per_task, seed=m.seed, action_noise=m.action_noise,
+                             num_workers=env_workers, suite_kwargs=suite_kwargs), spec.key()
+    return cached_demos(spec, demo_cache or None, num_workers=env_workers)[0], spec.key()
+
+
+def prefetch_sim_demos(dc: DataConfig, env_workers: int = 0) -> None:
+    """Generate (into the demo cache) the demonstrations of every suite of ``dc`` now, e.g. once before
+    several processes train on them; a no-op with ``demo_cache`` "off"."""
+    if dc.demo_cache == "off":
+        return
+    for m in sim_suite_configs(dc):
+        suite, tasks, suite_kwargs = _suite_and_tasks(m, f"data ({m.suite}) ")
+        suite_demos(m, suite, tasks, suite_kwargs, dc.demo_cache, env_workers)
+
+
 def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world: int, rank: int,
              env_workers: int = 0) -> TrainData:
     """Expert demonstrations from ``dc.suite`` (collected in memory, in ``env_workers`` env worker
@@ -160,8 +186,6 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
     :class:`~vla_ebt.data.episodes.MixtureSampler` (with replacement)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from eval.sim.demo_cache import DemoSpec, cached_demos
-    from eval.sim.demos import collect_demos
     from vla_ebt.data.episodes import ChunkDataset, MixtureDataset, MixtureSampler, collate, dataset_stats
     from vla_ebt.data.stream import mixture_weights
 
@@ -174,15 +198,8 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
         if pc.action_dim < suite.action_dim or pc.state_dim < suite.state_dim:
             raise _fail(f"policy.action_dim/state_dim ({pc.action_dim}/{pc.state_dim}) smaller than suite "
                         f"{m.suite!r} needs ({suite.action_dim}/{suite.state_dim})")
-        print(f"[data] {m.episodes_per_task} expert episodes x {len(tasks)} tasks from suite {m.suite!r}")
-        spec = DemoSpec(suite=m.suite, tasks=tuple(tasks), episodes_per_task=m.episodes_per_task, seed=m.seed,
-                        action_noise=m.action_noise, suite_kwargs=suite_kwargs)
-        if dc.demo_cache == "off":
-            episodes = collect_demos(suite, tasks, m.episodes_per_task, seed=m.seed, action_noise=m.action_noise,
-                                     num_workers=env_workers, suite_kwargs=suite_kwargs)
-        else:
-            episodes, _ = cached_demos(spec, dc.demo_cache or None, num_workers=env_workers)
-        built.append((m, suite, tasks, episodes, spec.key()))
+        episodes, key = suite_demos(m, suite, tasks, suite_kwargs, dc.demo_cache, env_workers)
+        built.append((m, suite, tasks, episodes, key))
     stats = {m.suite: dataset_stats(eps) for m, _, _, eps, _ in built}
     for m, *_ in built:  # each suite's own degenerate-dim policy (the mixture's normalizer has one config)
         if mixture and m.on_degenerate == "error":

@@ -364,6 +364,11 @@ def run_sweep(sc: ScalingConfig, progress: bool = False) -> list[dict[str, Any]]
         for i in todo:
             one(i)
     else:
+        if sc.suites and todo:  # demonstrations once, here (env workers), not by several points at a time
+            from recipes.data import prefetch_sim_demos
+
+            biggest = max((points[i][1] for i in todo), key=lambda c: len(c.data.suites))
+            prefetch_sim_demos(biggest.data, env_workers=sc.jobs)
         with ThreadPoolExecutor(max_workers=sc.jobs) as pool:
             list(pool.map(one, todo))
     done = [r for r in rows if r is not None]
