@@ -5,8 +5,9 @@
     python recipes/finetune.py --recipe scaling --help     # the scaling sweep (recipes/scaling.py)
 
 Writes to ``run_dir``: config.json (resolved), metrics.jsonl, tb/ (TensorBoard scalars), plots/,
-policy/ (save_pretrained), eval/report.json + report.md (sim data), summary.json (train_seconds,
-train_steps, samples_per_s, stop_reason, final_loss, success, timing_s ...).
+policy/ (save_pretrained), eval/report.json + report.md (sim data; eval/<suite>/ for every suite of a
+sim mixture, ``--data.suites``), summary.json (train_seconds, train_steps, samples_per_s, stop_reason,
+final_loss, success (of ``data.suite``), suites (success per suite, as its embodiment), timing_s ...).
 
 Uses the machine's cores phase by phase (``threads``, ``env_workers``; :mod:`vla_ebt.cores`): demos
 and the final evaluation in env worker processes, training with one torch thread per core. The
