@@ -264,7 +264,8 @@ def _run(cfg: TrainConfig, progress: bool, resume: str | None, deepspeed_config:
                 rows.update(baselines)
                 timing["baselines"] = timing.get("baselines", 0.0) + time.perf_counter() - t
             if mixture:
-                print(f"[eval] suite {s.name!r} (embodiment {s.embodiment} of {data.datasets})")
+                print(f"[eval] suite {s.name!r}: the policy acts as embodiment {s.embodiment} of "
+                      f"{list(data.normalizer.names)}")
             print(comparison_table({f"{k} (cached)" if cached.get(k) else k: r for k, r in rows.items()}, s.tasks))
             o = report.overall
             summary["suites"][s.name] = {
