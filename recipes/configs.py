@@ -30,6 +30,14 @@ class DataConfig:
     source "shards": converted datasets (``python -m data_pipelines.convert``) streamed as a weighted
                      mixture by ``vla_ebt.data.stream``; one embodiment per dataset; no closed-loop
                      evaluation (there is no simulator for those robots).
+
+    A sim mixture (``suites``: e.g. ``--data.suites metaworld reach2d pusht``) trains one policy on the
+    demonstrations of several suites, each suite one embodiment (normalizer name = suite name, its own
+    statistics; actions and states zero-padded to ``policy.action_dim`` / ``state_dim``), sampled by
+    ``weights`` / ``mixture`` as a shard mixture is, and evaluates it closed-loop on every suite.
+    ``suite`` must be one of them: the fields above (tasks, episodes_per_task, action_noise, suite_args,
+    on_degenerate) set its demonstrations; every other suite takes those of its ``<suite>_<head>``
+    recipe (:func:`suite_data_preset`), changed by ``suite_overrides``.
     """
 
     source: Literal["sim", "shards"] = "sim"  # where training data comes from (see the class docstring)
@@ -40,7 +48,7 @@ class DataConfig:
     seed: int = 0  # sim: demonstration seeds; shards: stream shuffle / augmentation seed offset
     num_workers: int = 0  # DataLoader workers (both sources)
     shards: tuple[str, ...] = ()  # converted dataset folders (manifest.json, stats.json, *.tar)
-    weights: tuple[float, ...] = ()  # one sampling weight per folder in `shards`; empty: `mixture`
+    weights: tuple[float, ...] = ()  # one sampling weight per folder in `shards` (per suite in `suites`); empty: `mixture`
     mixture: Literal["size", "uniform"] = "size"  # without weights: proportional to steps, or uniform
     stats: str = ""  # a stats.json holding every dataset of the mixture, used instead of each folder's own
     cameras: tuple[str, ...] = ("primary",)  # camera roles stacked as views (must equal policy.num_views)
@@ -52,6 +60,12 @@ class DataConfig:
     # sim + policy.finetune.mode "frozen": run the frozen pretrained encoders once per frame and reuse their
     # outputs every step (vla_ebt.feature_cache; kept beside the demo cache, keyed by demos + backbone config)
     feature_cache: bool = True
+    # sim mixture: these suites, one embodiment each (see the class docstring); empty: `suite` alone
+    suites: tuple[str, ...] = ()
+    # sim mixture: SUITE.FIELD=VALUE changes the settings of one suite of `suites` (FIELD one of tasks,
+    # episodes_per_task, action_noise, suite_args, on_degenerate; VALUE parsed as JSON, e.g.
+    # reach2d.episodes_per_task=200 'pusht.suite_args=["max_episode_steps=200"]')
+    suite_overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -236,6 +250,24 @@ def recipes() -> dict[str, TrainConfig]:
         "oxe_mix": _oxe_mix(),
         **generative,
     }
+
+
+#: the DataConfig fields that describe one suite's demonstrations (per suite in a sim mixture)
+SUITE_DATA_FIELDS = ("tasks", "episodes_per_task", "action_noise", "suite_args", "on_degenerate")
+
+
+def suite_data_preset(suite: str) -> DataConfig:
+    """The demonstration settings a suite gets as an extra embodiment of a sim mixture: the data of its
+    ``<suite>_<head>`` recipes (identical across heads). ValueError (listing the suites that have one)
+    for a suite without a recipe."""
+    all_recipes = recipes()
+    for head in available_heads():
+        cfg = all_recipes.get(f"{suite}_{head}")
+        if cfg is not None and cfg.data.source == "sim" and cfg.data.suite == suite:
+            return cfg.data
+    known = sorted({c.data.suite for c in all_recipes.values() if c.data.source == "sim"})
+    raise ValueError(f"no recipe for suite {suite!r} (no <suite>_<head> recipe to take its demonstration "
+                     f"settings from); suites with one: {known}")
 
 
 def named_recipe(name: str, episodes_per_task: int | None = None) -> TrainConfig:

@@ -11,8 +11,11 @@ Errors a user can cause (missing folders, a dataset without statistics, mismatch
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -30,7 +33,9 @@ BatchFactory = Callable[[int], Iterator[Mapping[str, Any]]]
 class TrainData:
     """normalizer: statistics of every embodiment in the data. make_batches(start) -> batches after
     ``start`` consumed ones. num_samples: training samples (steps) in one pass. datasets: names.
-    suite / tasks: the sim suite and its tasks (None / [] for shards: nothing to evaluate on).
+    suite / tasks: the sim suite and its tasks (None / [] for shards: nothing to evaluate on); in a sim
+    mixture those of ``data.suite``. sim_suites: every suite of the sim data with the embodiment the
+    policy acts as on it (one for plain sim data; [] for shards).
     prepare_policy: called once with the built policy before training (the frozen feature cache), or None."""
 
     normalizer: Normalizer
@@ -40,6 +45,7 @@ class TrainData:
     suite: Any = None
     tasks: list[str] | None = None
     prepare_policy: Callable[[Any], None] | None = None
+    sim_suites: list[SimSuite] = field(default_factory=list)
 
 
 def _fail(msg: str) -> SystemExit:
@@ -49,56 +55,201 @@ def _fail(msg: str) -> SystemExit:
 # ---------------------------------------------------------------------------------------------- sim
 
 
-def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world: int, rank: int,
-             env_workers: int = 0) -> TrainData:
-    """Expert demonstrations from ``dc.suite`` (collected in memory, in ``env_workers`` env worker
-    processes when > 0: same episodes), chunked per step, shuffled by a seeded DataLoader (a
-    DistributedSampler per rank when world > 1)."""
-    from torch.utils.data import DataLoader, DistributedSampler
+@dataclass
+class SimSuite:
+    """One suite of sim training data and how the policy acts on it: ``embodiment`` is the suite's
+    index in the normalizer (``normalizer.embodiment_id(name)``); ``train_samples``: its chunks in the data."""
 
-    from eval.sim.demo_cache import DemoSpec, cached_demos
-    from eval.sim.demos import collect_demos
+    name: str
+    suite: Any
+    tasks: list[str]
+    embodiment: int
+    train_samples: int
+
+
+def sim_suite_configs(dc: DataConfig) -> list[DataConfig]:
+    """The demonstration settings of every suite of the sim data, in order, one DataConfig each:
+    ``[dc]`` for one suite; for a mixture (``dc.suites``) ``dc`` itself for ``dc.suite`` and the suite's
+    recipe data (:func:`recipes.configs.suite_data_preset`) for the others (seed, cache and loader
+    fields from ``dc``), each changed by ``dc.suite_overrides``."""
+    from vla_ebt import config_io
+
+    from .configs import SUITE_DATA_FIELDS, suite_data_preset
+
+    if not dc.suites:
+        if dc.suite_overrides:
+            raise _fail("data.suite_overrides needs data.suites (a sim mixture)")
+        return [dc]
+    suites = list(dc.suites)
+    twice = sorted({s for s in suites if suites.count(s) > 1})
+    if twice:
+        raise _fail(f"data.suites: {twice} given twice (each suite is one embodiment)")
+    if dc.suite not in suites:
+        raise _fail(f"data.suite {dc.suite!r} is not one of data.suites {suites} (data.suite is the suite whose "
+                    f"demonstrations data.tasks / episodes_per_task / suite_args describe)")
+    if dc.weights and len(dc.weights) != len(suites):
+        raise _fail(f"data.weights has {len(dc.weights)} values for {len(suites)} data.suites")
+    base = dataclasses.replace(dc, suites=(), suite_overrides=(), weights=())
+    out: dict[str, DataConfig] = {}
+    for name in suites:
+        if name == dc.suite:
+            out[name] = base
+            continue
+        try:
+            preset = suite_data_preset(name)
+        except ValueError as e:
+            raise _fail(f"data.suites: {e}") from None
+        out[name] = dataclasses.replace(base, suite=name, **{f: getattr(preset, f) for f in SUITE_DATA_FIELDS})
+    for i, ov in enumerate(dc.suite_overrides):
+        where = f"data.suite_overrides[{i}] {ov!r}"
+        key, eq, raw = ov.partition("=")
+        name, dot, fname = key.strip().rpartition(".")
+        if not eq or not dot:
+            raise _fail(f"{where}: expected SUITE.FIELD=VALUE, e.g. reach2d.episodes_per_task=200")
+        if name not in out:
+            raise _fail(f"{where}: suite {name!r} is not one of data.suites {suites}")
+        if fname not in SUITE_DATA_FIELDS:
+            raise _fail(f"{where}: field {fname!r} is not one of {list(SUITE_DATA_FIELDS)}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if fname in ("tasks", "suite_args") and isinstance(value, str):
+            value = [value] if value else []
+        try:
+            value = getattr(config_io.from_dict(DataConfig, {fname: value}, where=where), fname)
+        except (TypeError, ValueError) as e:
+            raise _fail(str(e)) from None
+        out[name] = dataclasses.replace(out[name], **{fname: value})
+    return [out[s] for s in suites]
+
+
+def _suite_and_tasks(m: DataConfig, where: str) -> tuple[Any, list[str], dict[str, Any]]:
+    """Build the suite of ``m`` and check its tasks; ``where`` names the config fields in errors."""
     from eval.sim.suites import make_suite, parse_suite_args
-    from vla_ebt.data.episodes import ChunkDataset, collate, dataset_stats
 
     try:
-        suite_kwargs = parse_suite_args(dc.suite_args)
+        suite_kwargs = parse_suite_args(m.suite_args)
     except Exception as e:  # noqa: BLE001 - ValueError: malformed KEY=VALUE
-        raise _fail(f"data.suite_args: {e}") from None
+        raise _fail(f"{where}suite_args: {e}") from None
     try:
-        suite = make_suite(dc.suite, **suite_kwargs)
+        suite = make_suite(m.suite, **suite_kwargs)
     except (KeyError, ValueError, TypeError) as e:
-        raise _fail(f"data.suite / data.suite_args: {e}") from None
-    tasks = list(dc.tasks) or suite.task_names()
+        raise _fail(f"{where}suite / {where}suite_args: {e}") from None
+    tasks = list(m.tasks) or suite.task_names()
     for t in tasks:
         try:
             suite.check_task(t)
         except (KeyError, ValueError) as e:
-            raise _fail(f"data.tasks: {e}") from None
-    if pc.action_dim < suite.action_dim or pc.state_dim < suite.state_dim:
-        raise _fail(f"policy.action_dim/state_dim ({pc.action_dim}/{pc.state_dim}) smaller than suite "
-                    f"{dc.suite!r} needs ({suite.action_dim}/{suite.state_dim})")
-    print(f"[data] {dc.episodes_per_task} expert episodes x {len(tasks)} tasks from suite {dc.suite!r}")
-    spec = DemoSpec(suite=dc.suite, tasks=tuple(tasks), episodes_per_task=dc.episodes_per_task, seed=dc.seed,
-                    action_noise=dc.action_noise, suite_kwargs=suite_kwargs)
+            raise _fail(f"{where}tasks: {e}") from None
+    return suite, tasks, suite_kwargs
+
+
+def suite_demos(m: DataConfig, suite: Any, tasks: list[str], suite_kwargs: dict[str, Any], demo_cache: str,
+                env_workers: int = 0) -> tuple[list[Any], str]:
+    """The expert demonstrations of one suite's settings ``m`` (through the demo cache unless
+    ``demo_cache`` is "off") and their cache key."""
+    from eval.sim.demo_cache import DemoSpec, cached_demos
+    from eval.sim.demos import collect_demos
+
+    print(f"[data] {m.episodes_per_task} expert episodes x {len(tasks)} tasks from suite {m.suite!r}")
+    spec = DemoSpec(suite=m.suite, tasks=tuple(tasks), episodes_per_task=m.episodes_per_task, seed=m.seed,
+                    action_noise=m.action_noise, suite_kwargs=suite_kwargs)
+    if demo_cache == "off":
+        return collect_demos(suite, tasks, m.episodes_per_task, seed=m.seed, action_noise=m.action_noise,
+                             num_workers=env_workers, suite_kwargs=suite_kwargs), spec.key()
+    return cached_demos(spec, demo_cache or None, num_workers=env_workers)[0], spec.key()
+
+
+def prefetch_sim_demos(dc: DataConfig, env_workers: int = 0) -> None:
+    """Generate (into the demo cache) the demonstrations of every suite of ``dc`` now, e.g. once before
+    several processes train on them; a no-op with ``demo_cache`` "off"."""
     if dc.demo_cache == "off":
-        episodes = collect_demos(suite, tasks, dc.episodes_per_task, seed=dc.seed, action_noise=dc.action_noise,
-                                 num_workers=env_workers, suite_kwargs=suite_kwargs)
-    else:
-        episodes, _ = cached_demos(spec, dc.demo_cache or None, num_workers=env_workers)
+        return
+    for m in sim_suite_configs(dc):
+        suite, tasks, suite_kwargs = _suite_and_tasks(m, f"data ({m.suite}) ")
+        suite_demos(m, suite, tasks, suite_kwargs, dc.demo_cache, env_workers)
+
+
+def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world: int, rank: int,
+             env_workers: int = 0) -> TrainData:
+    """Expert demonstrations from ``dc.suite`` (collected in memory, in ``env_workers`` env worker
+    processes when > 0: same episodes), chunked per step, shuffled by a seeded DataLoader (a
+    DistributedSampler per rank when world > 1).
+
+    A sim mixture (``dc.suites``): the demonstrations of every suite (:func:`sim_suite_configs`; each
+    through the demo cache under its own key), one normalizer with each suite's statistics under its
+    name, one :class:`~vla_ebt.data.episodes.ChunkDataset` per suite with the suite's embodiment id,
+    joined by a :class:`~vla_ebt.data.episodes.MixtureDataset` (padding to the policy's dims) and
+    sampled by ``dc.weights`` / ``dc.mixture`` (:func:`vla_ebt.data.stream.mixture_weights`, as shard
+    mixtures are): "size" is a plain shuffle of all chunks; otherwise a
+    :class:`~vla_ebt.data.episodes.MixtureSampler` (with replacement)."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from vla_ebt.data.episodes import ChunkDataset, MixtureDataset, MixtureSampler, collate, dataset_stats
+    from vla_ebt.data.stream import mixture_weights
+
+    members = sim_suite_configs(dc)
+    mixture = len(members) > 1  # data.suites of one suite: exactly the plain sim data
+    built = []  # (config, suite, tasks, episodes, demo key)
+    for i, m in enumerate(members):
+        where = "data." if m.suite == dc.suite else f"data.suites[{i}] {m.suite!r} (recipe / data.suite_overrides): "
+        suite, tasks, suite_kwargs = _suite_and_tasks(m, where)
+        if pc.action_dim < suite.action_dim or pc.state_dim < suite.state_dim:
+            raise _fail(f"policy.action_dim/state_dim ({pc.action_dim}/{pc.state_dim}) smaller than suite "
+                        f"{m.suite!r} needs ({suite.action_dim}/{suite.state_dim})")
+        episodes, key = suite_demos(m, suite, tasks, suite_kwargs, dc.demo_cache, env_workers)
+        built.append((m, suite, tasks, episodes, key))
+    stats = {m.suite: dataset_stats(eps) for m, _, _, eps, _ in built}
+    for m, *_ in built:  # each suite's own degenerate-dim policy (the mixture's normalizer has one config)
+        if mixture and m.on_degenerate == "error":
+            try:
+                Normalizer({m.suite: stats[m.suite]}, NormalizationConfig(on_degenerate="error"))
+            except ValueError as e:
+                flag = ("--data.on-degenerate passthrough_dim" if m.suite == dc.suite else
+                        f"--data.suite-overrides {m.suite}.on_degenerate=passthrough_dim")
+                raise _fail(f"demonstrations of suite {m.suite!r}: {e} (from the command line: {flag})") from None
+    on_degenerate = "passthrough_dim" if any(m.on_degenerate == "passthrough_dim" for m in members) else "error"
     try:
-        normalizer = Normalizer({dc.suite: dataset_stats(episodes)}, NormalizationConfig(on_degenerate=dc.on_degenerate),
+        normalizer = Normalizer(stats, NormalizationConfig(on_degenerate=on_degenerate),
                                 max_action_dim=pc.action_dim, max_state_dim=pc.state_dim)
     except ValueError as e:
         raise _fail(f"demonstrations of suite {dc.suite!r}: {e} (from the command line: "
                     "--data.on-degenerate passthrough_dim)") from None
-    dataset = ChunkDataset(episodes, horizon=pc.horizon, obs_steps=pc.obs_steps)
+    parts = [ChunkDataset(eps, horizon=pc.horizon, obs_steps=pc.obs_steps, embodiment=normalizer.embodiment_id(m.suite))
+             for m, _, _, eps, _ in built]
+    sim_suites = [SimSuite(m.suite, suite, tasks, normalizer.embodiment_id(m.suite), len(part))
+                  for (m, suite, tasks, _, _), part in zip(built, parts)]
+    views = {s.suite.num_views for s in sim_suites}
+    if len(views) > 1:
+        raise _fail(f"data.suites: the suites have different camera counts "
+                    f"{ {s.name: s.suite.num_views for s in sim_suites} }; a mixture needs one")
+    probs = None
+    if not mixture:
+        dataset = parts[0]
+    else:
+        dataset = MixtureDataset(parts, pc.action_dim, pc.state_dim, image_size=pc.backbone.image_size)
+        infos = [{"name": s.name, "steps": s.train_samples} for s in sim_suites]
+        weights = {s.name: float(w) for s, w in zip(sim_suites, dc.weights)} if dc.weights else dc.mixture
+        try:
+            probs = mixture_weights(infos, weights)
+        except ValueError as e:
+            raise _fail(f"data.weights / data.mixture: {e}") from None
+        print("[data] sim mixture, one embodiment per suite (sampling share): " + ", ".join(
+            f"{s.name} #{s.embodiment} ({s.train_samples} chunks, {p:.2f})" for s, p in zip(sim_suites, probs)))
+        if weights == "size":
+            probs = None  # proportional to size: every chunk equally likely, a plain shuffle
     # Both loaders get their own generator: without one, every new iterator draws its base seed from
     # the global RNG, which a resumed run restores before replaying consumed batches (different draws).
-    if world > 1:  # each rank reads its own shard; batch_size is per rank
+    gen = torch.Generator().manual_seed(seed + rank)
+    if probs is not None:  # weighted: drawn with replacement, one epoch = len(dataset) draws per rank
+        sampler = MixtureSampler(dataset.sample_weights(probs), len(dataset) // world, seed=seed, rank=rank, world=world)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
+                            num_workers=dc.num_workers, generator=gen)
+    elif world > 1:  # each rank reads its own shard; batch_size is per rank
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
-                            num_workers=dc.num_workers, generator=torch.Generator().manual_seed(seed + rank))
+                            num_workers=dc.num_workers, generator=gen)
     else:
         sampler = None
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
@@ -118,13 +269,16 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
 
     prepare = None
     if pc.finetune.mode == "frozen" and dc.feature_cache:
-        path = None if dc.demo_cache == "off" else feature_cache_path(dc, pc, spec.key())
+        keys = [k for *_, k in built]
+        demo_key = keys[0] if not mixture else hashlib.sha256("+".join(keys).encode()).hexdigest()[:16]
+        path = None if dc.demo_cache == "off" else feature_cache_path(dc, pc, demo_key)
 
         def prepare(policy: Any) -> None:
             install_feature_cache(policy, dataset, path)
 
-    return TrainData(normalizer, make_batches, len(dataset), [dc.suite], suite=suite, tasks=tasks,
-                     prepare_policy=prepare)
+    primary = next(s for s in sim_suites if s.name == dc.suite)
+    return TrainData(normalizer, make_batches, len(dataset), [s.name for s in sim_suites], suite=primary.suite,
+                     tasks=primary.tasks, prepare_policy=prepare, sim_suites=sim_suites)
 
 
 def feature_cache_path(dc: DataConfig, pc: PolicyConfig, demo_key: str) -> Path:
@@ -138,7 +292,8 @@ def feature_cache_path(dc: DataConfig, pc: PolicyConfig, demo_key: str) -> Path:
 
     root = Path(dc.demo_cache) if dc.demo_cache else default_cache_root()
     blob = json.dumps({"v": 1, "backbone": config_io.to_dict(pc.backbone), "image_history": False}, sort_keys=True)
-    return root / "features" / f"{dc.suite}-{demo_key}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.safetensors"
+    prefix = "+".join(dc.suites) if dc.suites else dc.suite
+    return root / "features" / f"{prefix}-{demo_key}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.safetensors"
 
 
 def install_feature_cache(policy: Any, dataset: Any, path: Path | None, batch_size: int = 64) -> Any:

@@ -5,8 +5,9 @@
     python recipes/finetune.py --recipe scaling --help     # the scaling sweep (recipes/scaling.py)
 
 Writes to ``run_dir``: config.json (resolved), metrics.jsonl, tb/ (TensorBoard scalars), plots/,
-policy/ (save_pretrained), eval/report.json + report.md (sim data), summary.json (train_seconds,
-train_steps, samples_per_s, stop_reason, final_loss, success, timing_s ...).
+policy/ (save_pretrained), eval/report.json + report.md (sim data; eval/<suite>/ for every suite of a
+sim mixture, ``--data.suites``), summary.json (train_seconds, train_steps, samples_per_s, stop_reason,
+final_loss, success (of ``data.suite``), suites (success per suite, as its embodiment), timing_s ...).
 
 Uses the machine's cores phase by phase (``threads``, ``env_workers``; :mod:`vla_ebt.cores`): demos
 and the final evaluation in env worker processes, training with one torch thread per core. The
@@ -86,14 +87,29 @@ def _mean_head(xs: list[float], n: int = 10) -> float:
     return _mean_tail(xs[:n], n)
 
 
-def make_eval_callback(suite, tasks: list[str], episodes_per_task: int, seed: int):
+def make_eval_callback(suite, tasks: list[str], episodes_per_task: int, seed: int, embodiment: int = 0):
     """``on_eval(step, policy)`` for train_policy: closed-loop success of ``policy`` (the EMA weights)
-    on ``episodes_per_task`` episodes of every task; returns {"success", "success/<task>"}."""
+    on ``episodes_per_task`` episodes of every task, acting as ``embodiment``; returns {"success",
+    "success/<task>"}."""
     from eval.sim.rollout import EvalConfig, evaluate
 
     def on_eval(step: int, policy) -> dict[str, float]:
-        report = evaluate(policy, suite, EvalConfig(tasks=tasks, episodes_per_task=episodes_per_task, seed=seed))
+        report = evaluate(policy, suite, EvalConfig(tasks=tasks, episodes_per_task=episodes_per_task, seed=seed,
+                                                    embodiment=embodiment))
         return {"success": report.success_rate, **{f"success/{t}": report.tasks[t].success_rate for t in tasks}}
+
+    return on_eval
+
+
+def make_mixture_eval_callback(sim_suites: list, episodes_per_task: int, seed: int):
+    """``on_eval`` for a sim mixture (``recipes.data.SimSuite`` s): every suite evaluated as its own
+    embodiment; returns {"success": mean over suites, "success/<suite>": each suite's success}."""
+    per_suite = [(s.name, make_eval_callback(s.suite, s.tasks, episodes_per_task, seed, s.embodiment))
+                 for s in sim_suites]
+
+    def on_eval(step: int, policy) -> dict[str, float]:
+        rates = {f"success/{name}": cb(step, policy)["success"] for name, cb in per_suite}
+        return {"success": sum(rates.values()) / len(rates), **rates}
 
     return on_eval
 
@@ -178,7 +194,9 @@ def _run(cfg: TrainConfig, progress: bool, resume: str | None, deepspeed_config:
           f"trainable {n_train / 1e6:.2f}M / {n_all / 1e6:.2f}M params; {data.num_samples} training samples")
     on_eval = None
     if cfg.optim.eval_every > 0:
-        if sim:
+        if sim and len(data.sim_suites) > 1:
+            on_eval = make_mixture_eval_callback(data.sim_suites, cfg.eval.periodic_episodes_per_task, cfg.eval.seed)
+        elif sim:
             on_eval = make_eval_callback(data.suite, tasks, cfg.eval.periodic_episodes_per_task, cfg.eval.seed)
         elif rank == 0:
             print("[eval] data.source='shards': no simulator for these embodiments, periodic evaluation skipped")
@@ -222,28 +240,45 @@ def _run(cfg: TrainConfig, progress: bool, resume: str | None, deepspeed_config:
     if sim and cfg.eval.episodes_per_task <= 0:
         print("[eval] eval.episodes_per_task = 0: no closed-loop evaluation")
     elif sim:
-        rows = {}
-        t = time.perf_counter()
-        ecfg = EvalConfig(tasks=tasks, episodes_per_task=cfg.eval.episodes_per_task, seed=cfg.eval.seed,
-                          num_workers=env_workers)
-        # the env workers take cores too: the policy gets what is left (at least one thread)
-        with torch_threads(max(1, threads - env_workers)):
-            report = evaluate(result.eval_policy, data.suite, ecfg)
-        report.to_json(run_dir / "eval" / "report.json")
-        (run_dir / "eval" / "report.md").write_text(report.to_markdown())
-        timing["evaluation"] = time.perf_counter() - t
-        rows[f"{pc.head} (trained)"] = report
-        cached: dict[str, bool] = {}
-        if cfg.eval.baselines:
+        # every suite of the data (one, or each suite of a sim mixture), the policy acting as its embodiment
+        mixture = len(data.sim_suites) > 1
+        summary["suites"] = {}
+        for s in data.sim_suites:
+            rows = {}
             t = time.perf_counter()
-            baselines, cached = baseline_reports(data.suite, tasks, cfg.eval.episodes_per_task, cfg.eval.seed,
-                                                 env_workers, cfg.data.demo_cache)
-            rows.update(baselines)
-            timing["baselines"] = time.perf_counter() - t
-        print(comparison_table({f"{k} (cached)" if cached.get(k) else k: r for k, r in rows.items()}, tasks))
-        summary["success"] = {name: r.success_rate for name, r in rows.items()}
-        summary["per_task"] = {name: {t: r.tasks[t].success_rate for t in tasks} for name, r in rows.items()}
-        summary["baselines_cached"] = cached
+            ecfg = EvalConfig(tasks=s.tasks, episodes_per_task=cfg.eval.episodes_per_task, seed=cfg.eval.seed,
+                              num_workers=env_workers, embodiment=s.embodiment)
+            # the env workers take cores too: the policy gets what is left (at least one thread)
+            with torch_threads(max(1, threads - env_workers)):
+                report = evaluate(result.eval_policy, s.suite, ecfg)
+            out = run_dir / "eval" / s.name if mixture else run_dir / "eval"  # one suite: eval/report.json
+            report.to_json(out / "report.json")
+            (out / "report.md").write_text(report.to_markdown())
+            timing["evaluation"] = timing.get("evaluation", 0.0) + time.perf_counter() - t
+            rows[f"{pc.head} (trained)"] = report
+            cached: dict[str, bool] = {}
+            if cfg.eval.baselines:
+                t = time.perf_counter()
+                baselines, cached = baseline_reports(s.suite, s.tasks, cfg.eval.episodes_per_task, cfg.eval.seed,
+                                                     env_workers, cfg.data.demo_cache)
+                rows.update(baselines)
+                timing["baselines"] = timing.get("baselines", 0.0) + time.perf_counter() - t
+            if mixture:
+                print(f"[eval] suite {s.name!r}: the policy acts as embodiment {s.embodiment} of "
+                      f"{list(data.normalizer.names)}")
+            print(comparison_table({f"{k} (cached)" if cached.get(k) else k: r for k, r in rows.items()}, s.tasks))
+            o = report.overall
+            summary["suites"][s.name] = {
+                "embodiment": s.embodiment, "tasks": s.tasks, "train_samples": s.train_samples,
+                "success": {name: r.success_rate for name, r in rows.items()},
+                "per_task": {name: {t: r.tasks[t].success_rate for t in s.tasks} for name, r in rows.items()},
+                "trained": {"episodes": o.episodes, "successes": o.successes, "ci_low": o.ci_low, "ci_high": o.ci_high},
+                "baselines_cached": cached,
+            }
+            if s.suite is data.suite:  # the recipe's suite (data.suite): the run's headline numbers
+                summary["success"] = summary["suites"][s.name]["success"]
+                summary["per_task"] = summary["suites"][s.name]["per_task"]
+                summary["baselines_cached"] = cached
     else:
         print("[eval] data.source='shards': no closed-loop evaluation (no simulator for these embodiments)")
     timing["total"] = time.perf_counter() - t_start

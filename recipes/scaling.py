@@ -5,6 +5,9 @@
     python -m recipes.scaling --base-recipe oxe_mix --shards shards/bridge shards/fractal20220817_data \\
         --embodiments 1 2 --backbones recipe --heads 256x4 512x8 --base.deepspeed ""
     python -m recipes.scaling --help
+    # closed-loop scaling across embodiments: the target suite (the base recipe's) + other sim suites
+    python -m recipes.scaling --base-recipe default --suites metaworld reach2d pusht --embodiments 1 2 3 \
+        --heads 128x2 --backbones recipe --steps 600 --demos-per-task 60 --eval-episodes-per-task 10 --jobs 2
 
 Every point is ``recipes.finetune.run`` on the base recipe (any field overridable as
 ``--base.<field>``) with the trunk width x depth, backbone and mixture of that point, in
@@ -12,23 +15,40 @@ Every point is ``recipes.finetune.run`` on the base recipe (any field overridabl
 
 * ``heads``: ``WIDTHxDEPTH`` of the action-head trunk (heads = max(1, width // 32)).
 * ``backbones``: a preset of :data:`BACKBONES` or ``family:model`` (e.g. ``paligemma:google/paligemma-3b-pt-224``).
-* ``embodiments``: k = the first k folders of ``shards`` as the training mixture (shard data). With
-  sim data (no ``shards``) the only value is 1 (one simulated robot).
+* ``embodiments``: k = the first k folders of ``shards`` as the training mixture (shard data), or the
+  first k of ``suites`` (sim data: a sim mixture, ``DataConfig.suites``, each suite one embodiment;
+  ``suites[0]`` is the target suite, the base recipe's ``data.suite``, so it is in every point). Every
+  point has the same action / state dims (the largest over all folders / suites), the same steps and
+  batch; a sim point is evaluated closed-loop on each suite it trained on, acting as that suite's
+  embodiment. Without ``shards`` or ``suites`` the only value is 1.
+
+Points already finished (``out/points/<point>/point.json`` written for the same config) are skipped,
+so an interrupted sweep continues where it stopped; failed points run again. ``jobs`` > 1 runs that
+many points at a time, each in its own single-thread process (``python -m recipes.scaling --run-point
+POINT_DIR/point_spec.json``, output in ``POINT_DIR/log.txt``).
 
 Results: ``out/results.json`` (the sweep config + one row per point), ``out/results.md`` (table) and
 ``out/scaling.png``: final training loss (mean of the last 10 steps) and closed-loop success (sim
 data only) against parameters (total) and against training compute, measured both as
 steps x batch x parameters ("param-samples", proportional to FLOPs for a fixed architecture) and as
-training seconds.
+training seconds. With ``suites``, ``results.md`` adds success per suite (95 % Wilson interval over the
+evaluation episodes) against the number of embodiments, with the compute of each point, and which
+differences the intervals separate; ``out/embodiments.png`` plots it against embodiments and seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
+import os
+import subprocess
 import sys
+import threading
+import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -95,12 +115,17 @@ class ScalingConfig:
     base: TrainConfig = field(default_factory=lambda: recipes()["default"])
     heads: tuple[str, ...] = ("64x1", "128x2", "256x4")  # trunk WIDTHxDEPTH
     backbones: tuple[str, ...] = ("recipe", "composite_s32")  # BACKBONES presets or family:model
-    embodiments: tuple[int, ...] = (1,)  # mixture sizes: the first k folders of `shards`
+    embodiments: tuple[int, ...] = (1,)  # mixture sizes: the first k folders of `shards` / the first k of `suites`
     shards: tuple[str, ...] = ()  # converted dataset folders (empty: the base recipe's data)
+    # sim suites, one embodiment each: the target suite (the base recipe's data.suite) first, then the
+    # suites added in order (their demonstrations: their <suite>_<head> recipe, --base.data.suite-overrides)
+    suites: tuple[str, ...] = ()
+    demos_per_task: int = 0  # sim: expert episodes per task of every suite of `suites` (0: each suite's own)
     steps: int = 300  # optimizer steps per point (0: the base recipe's)
     batch_size: int = 0  # per-point batch size (0: the base recipe's)
     max_seconds: float = 0.0  # wall-clock budget per point (equal-time sweeps); 0: off
-    eval_episodes_per_task: int = 5  # final closed-loop evaluation per point (sim data only)
+    eval_episodes_per_task: int = 5  # final closed-loop evaluation per point and suite (sim data only)
+    jobs: int = 1  # points at a time: 1 in this process; more: single-thread processes
     out: str = "runs/scaling"
 
 
@@ -135,6 +160,32 @@ def _shard_dims(folders: tuple[str, ...]) -> tuple[int, int]:
             max(d["stats"].state.dim if d["stats"].state else 0 for d in infos))
 
 
+def _sim_suite_data(sc: ScalingConfig) -> tuple[Any, int, int]:
+    """The base recipe's DataConfig as the sim mixture of all of ``sc.suites`` (with ``demos_per_task``)
+    and the largest action / state dims over those suites."""
+    from eval.sim.suites import make_suite, parse_suite_args
+    from recipes.data import sim_suite_configs
+
+    base = sc.base.data
+    suites = tuple(sc.suites)
+    if base.source != "sim":
+        raise SystemExit(f"error: suites: the base recipe's data.source is {base.source!r}; sim suites need a sim "
+                         "recipe (e.g. --base-recipe default)")
+    if suites[0] != base.suite:
+        raise SystemExit(f"error: suites: the first suite is the target and must be the base recipe's data.suite "
+                         f"{base.suite!r}, got {suites[0]!r} (pick the base recipe with --base-recipe, e.g. "
+                         f"{suites[0]}_ebt)")
+    data = dataclasses.replace(base, suites=suites)
+    if sc.demos_per_task > 0:
+        data = dataclasses.replace(data, episodes_per_task=sc.demos_per_task, suite_overrides=(
+            *(f"{s}.episodes_per_task={sc.demos_per_task}" for s in suites[1:]), *base.suite_overrides))
+    adim, sdim = 0, 0
+    for m in sim_suite_configs(data):
+        suite = make_suite(m.suite, **parse_suite_args(m.suite_args))
+        adim, sdim = max(adim, suite.action_dim), max(sdim, suite.state_dim)
+    return data, adim, sdim
+
+
 def point_configs(sc: ScalingConfig) -> list[tuple[dict[str, Any], TrainConfig]]:
     """(point description, TrainConfig) for every point of the sweep, in order."""
     base = sc.base
@@ -144,14 +195,24 @@ def point_configs(sc: ScalingConfig) -> list[tuple[dict[str, Any], TrainConfig]]
     shards = tuple(sc.shards)
     if not shards and base.data.source == "shards":
         shards = tuple(base.data.shards)
+    if shards and sc.suites:
+        raise SystemExit("error: shards and suites: the embodiment axis takes converted datasets or sim suites, "
+                         "not both")
     if shards:
         if any(k < 1 or k > len(shards) for k in sc.embodiments):
             raise SystemExit(f"error: embodiments {list(sc.embodiments)}: each must be in 1..{len(shards)} "
                              f"(the number of shards folders)")
         adim, sdim = _shard_dims(shards)
         adim, sdim = max(adim, base.policy.action_dim), max(sdim, base.policy.state_dim)
+    elif sc.suites:
+        if any(k < 1 or k > len(sc.suites) for k in sc.embodiments):
+            raise SystemExit(f"error: embodiments {list(sc.embodiments)}: each must be in 1..{len(sc.suites)} "
+                             f"(the number of suites)")
+        sim_data, adim, sdim = _sim_suite_data(sc)
+        adim, sdim = max(adim, base.policy.action_dim), max(sdim, base.policy.state_dim)
     elif set(sc.embodiments) != {1}:
-        raise SystemExit("error: embodiments > 1 needs --shards (converted datasets); sim data has one embodiment")
+        raise SystemExit("error: embodiments > 1 needs --shards (converted datasets) or --suites (sim suites, "
+                         "one embodiment each)")
     points = []
     for bname in sc.backbones:
         bb = resolve_backbone(bname, base.policy.backbone, assets)
@@ -171,6 +232,14 @@ def point_configs(sc: ScalingConfig) -> list[tuple[dict[str, Any], TrainConfig]]
                 if shards:
                     data = dataclasses.replace(data, source="shards", shards=shards[:k], weights=())
                     pc = dataclasses.replace(pc, action_dim=adim, state_dim=sdim)
+                elif sc.suites:
+                    kept = set(sc.suites[:k])
+                    data = dataclasses.replace(
+                        sim_data, suites=tuple(sc.suites[:k]),
+                        weights=sim_data.weights[:k] if sim_data.weights else (),
+                        suite_overrides=tuple(o for o in sim_data.suite_overrides
+                                              if o.partition("=")[0].rpartition(".")[0] in kept))
+                    pc = dataclasses.replace(pc, action_dim=adim, state_dim=sdim)
                 optim = dataclasses.replace(base.optim, steps=sc.steps or base.optim.steps,
                                             batch_size=sc.batch_size or base.optim.batch_size,
                                             max_seconds=sc.max_seconds, eval_every=0, ckpt_every=0)
@@ -179,45 +248,135 @@ def point_configs(sc: ScalingConfig) -> list[tuple[dict[str, Any], TrainConfig]]
                 cfg = dataclasses.replace(
                     base, policy=pc, data=data, optim=optim, run_dir=str(out_dir / "points" / name),
                     eval=dataclasses.replace(base.eval, episodes_per_task=sc.eval_episodes_per_task, baselines=False))
-                points.append(({"point": name, "backbone": bname, "head": f"{width}x{depth}", "head_width": width,
-                                "head_depth": depth, "embodiments": k}, cfg))
+                desc = {"point": name, "backbone": bname, "head": f"{width}x{depth}", "head_width": width,
+                        "head_depth": depth, "embodiments": k}
+                if sc.suites:
+                    desc["suites"] = list(sc.suites[:k])
+                points.append((desc, cfg))
     return points
 
 
-def run_sweep(sc: ScalingConfig, progress: bool = False) -> list[dict[str, Any]]:
-    """Train every point (sequentially, in this process); write results.json / .md and scaling.png."""
+POINT, POINT_SPEC, POINT_LOG = "point.json", "point_spec.json", "log.txt"
+_VOLATILE = ("threads", "env_workers")  # how a point ran, not what it is: not compared when resuming
+
+
+def _comparable(cfg: TrainConfig) -> dict[str, Any]:
+    d = config_io.to_dict(cfg)
+    for k in _VOLATILE:
+        d.pop(k, None)
+    return d
+
+
+def finished_row(desc: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None:
+    """The row of a point finished before with the same config (``point.json``), else None."""
+    path = Path(cfg.run_dir) / POINT
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if done.get("config") != _comparable(cfg):
+        print(f"[scaling] {desc['point']}: finished with another config; running it again")
+        return None
+    return done["row"]
+
+
+def point_row(desc: dict[str, Any], cfg: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """The results row of a finished point from its ``recipes.finetune.run`` summary."""
+    p_total = summary["params"]["total"]
+    trained = f"{cfg.policy.head} (trained)"
+    row = dict(desc)
+    row.update(
+        params_total=p_total, params_trainable=summary["params"]["trainable"], params_head=summary["params"]["head"],
+        steps=summary["train_steps"], batch_size=cfg.optim.batch_size,
+        samples=summary["train_steps"] * cfg.optim.batch_size,
+        param_samples=float(summary["train_steps"]) * cfg.optim.batch_size * p_total,
+        train_seconds=summary["train_seconds"], samples_per_s=summary["samples_per_s"],
+        wall_seconds=(summary.get("timing_s") or {}).get("total"),
+        final_loss=summary["final_loss"], stop_reason=summary["stop_reason"],
+        success=(summary.get("success") or {}).get(trained),
+        run_dir=cfg.run_dir,
+    )
+    if desc.get("suites"):
+        row["success_per_suite"] = {
+            name: {"success": info["success"].get(trained), **info["trained"], "embodiment": info["embodiment"],
+                   "train_samples": info["train_samples"]}
+            for name, info in (summary.get("suites") or {}).items()}
+    return row
+
+
+def run_point(desc: dict[str, Any], cfg: TrainConfig, progress: bool = False) -> dict[str, Any]:
+    """Train and evaluate one point in this process; write ``point.json`` (marks it finished); its row."""
     from recipes.finetune import run
 
+    summary = run(cfg, progress=progress)
+    row = point_row(desc, cfg, summary)
+    config_io.save_json(Path(cfg.run_dir) / POINT, {"point": desc, "config": _comparable(cfg), "row": row})
+    return row
+
+
+def _run_point_process(desc: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """``run_point`` in a single-thread process (``--run-point``), output appended to ``log.txt``."""
+    d = Path(cfg.run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, threads=1, env_workers=0)
+    config_io.save_json(d / POINT_SPEC, {"point": desc, "config": config_io.to_dict(cfg)})
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    with open(d / POINT_LOG, "a") as f:
+        f.write(f"\n=== attempt {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+        f.flush()
+        p = subprocess.run([sys.executable, "-m", "recipes.scaling", "--run-point", str(d / POINT_SPEC)], cwd=repo,
+                           env=env, stdout=f, stderr=subprocess.STDOUT)
+    if p.returncode != 0:
+        tail = (d / POINT_LOG).read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"point process exited with code {p.returncode}; last lines of {d / POINT_LOG}:\n"
+                           + "\n".join(tail))
+    return json.loads((d / POINT).read_text())["row"]
+
+
+def run_sweep(sc: ScalingConfig, progress: bool = False) -> list[dict[str, Any]]:
+    """Train every point not finished before (``sc.jobs`` at a time: in this process, or single-thread
+    processes); write results.json / .md and the plots."""
     out_dir = Path(sc.out)
-    rows = []
     points = point_configs(sc)
-    print(f"[scaling] {len(points)} points -> {out_dir}")
-    for i, (desc, cfg) in enumerate(points):
-        print(f"[scaling] point {i + 1}/{len(points)}: {desc['point']}")
-        row = dict(desc)
+    rows: list[dict[str, Any] | None] = [finished_row(desc, cfg) for desc, cfg in points]
+    todo = [i for i, r in enumerate(rows) if r is None]
+    print(f"[scaling] {len(points)} points -> {out_dir}; {len(points) - len(todo)} finished before (skipped), "
+          f"{len(todo)} to run, {max(1, sc.jobs)} at a time")
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        desc, cfg = points[i]
+        print(f"[scaling] point {i + 1}/{len(points)}: {desc['point']}", flush=True)
         try:
-            summary = run(cfg, progress=progress)
+            row = run_point(desc, cfg, progress) if sc.jobs <= 1 else _run_point_process(desc, cfg)
         except Exception as e:  # noqa: BLE001 - one diverged/broken point must not end the sweep
             traceback.print_exc()
-            row["error"] = f"{type(e).__name__}: {e}"
-            rows.append(row)
-            continue
-        p_total = summary["params"]["total"]
-        row.update(
-            params_total=p_total, params_trainable=summary["params"]["trainable"], params_head=summary["params"]["head"],
-            steps=summary["train_steps"], batch_size=cfg.optim.batch_size,
-            samples=summary["train_steps"] * cfg.optim.batch_size,
-            param_samples=float(summary["train_steps"]) * cfg.optim.batch_size * p_total,
-            train_seconds=summary["train_seconds"], samples_per_s=summary["samples_per_s"],
-            final_loss=summary["final_loss"], stop_reason=summary["stop_reason"],
-            success=(summary.get("success") or {}).get(f"{cfg.policy.head} (trained)"),
-            run_dir=cfg.run_dir,
-        )
-        rows.append(row)
-        write_results(sc, rows, out_dir)  # partial results survive an interrupted sweep
-    write_results(sc, rows, out_dir)
-    plot_sweep(rows, out_dir / "scaling.png")
-    return rows
+            row = {**desc, "error": f"{type(e).__name__}: {e}"}
+        with lock:
+            rows[i] = row
+            write_results(sc, [r for r in rows if r is not None], out_dir)  # partial results survive a kill
+
+    if sc.jobs <= 1:
+        for i in todo:
+            one(i)
+    else:
+        if sc.suites and todo:  # demonstrations once, here (env workers), not by several points at a time
+            from recipes.data import prefetch_sim_demos
+
+            biggest = max((points[i][1] for i in todo), key=lambda c: len(c.data.suites))
+            prefetch_sim_demos(biggest.data, env_workers=sc.jobs)
+        with ThreadPoolExecutor(max_workers=sc.jobs) as pool:
+            list(pool.map(one, todo))
+    done = [r for r in rows if r is not None]
+    write_results(sc, done, out_dir)
+    plot_sweep(done, out_dir / "scaling.png")
+    if sc.suites:
+        plot_embodiments(done, list(sc.suites), out_dir / "embodiments.png")
+    return done
 
 
 COLUMNS = [("point", "point"), ("params_total", "params"), ("params_trainable", "trainable"),
@@ -246,9 +405,62 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ci(c: dict[str, Any] | None) -> str:
+    if not c or c.get("success") is None:
+        return "-"
+    return f"{c['success']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}] ({c['successes']}/{c['episodes']})"
+
+
+def embodiment_markdown(rows: list[dict[str, Any]], suites: list[str]) -> str:
+    """Success per suite (95 % Wilson interval, successes / episodes) against the number of embodiments
+    trained on, with each point's compute; then, per suite, how each larger mixture compares with the
+    smallest one holding that suite ("separated" only where the intervals do not overlap)."""
+    ok = [r for r in rows if "error" not in r and r.get("success_per_suite") is not None]
+    if not ok:
+        return ""
+    lines = ["### Success per suite against the number of embodiments", "",
+             f"Target suite: **{suites[0]}**; suites added in the order {suites[1:]}. Closed-loop success on each "
+             "suite trained on (the policy acting as that suite's embodiment), 95 % Wilson interval over the "
+             "evaluation episodes; compute = training samples (steps x batch) and training seconds.", "",
+             "| backbone | head | embodiments | " + " | ".join(suites) + " | steps | samples | train s | wall s |",
+             "|---" * (7 + len(suites)) + "|"]
+    for r in ok:
+        cells = [_ci(r["success_per_suite"].get(s)) for s in suites]
+        lines.append(f"| {r['backbone']} | {r['head']} | {r['embodiments']} | " + " | ".join(cells) +
+                     f" | {_fmt(r['steps'])} | {_fmt(r['samples'])} | {_fmt(r['train_seconds'])} | "
+                     f"{_fmt(r.get('wall_seconds'))} |")
+    lines.append("")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in ok:
+        groups.setdefault((r["backbone"], r["head"]), []).append(r)
+    for (bname, head), grp in groups.items():
+        grp = sorted(grp, key=lambda r: r["embodiments"])
+        for s in suites:
+            have = [r for r in grp if s in r["success_per_suite"]]
+            if len(have) < 2:
+                continue
+            ref = have[0]["success_per_suite"][s]
+            parts = []
+            for r in have[1:]:
+                c = r["success_per_suite"][s]
+                if c["ci_low"] > ref["ci_high"]:
+                    verdict = "higher, separated"
+                elif c["ci_high"] < ref["ci_low"]:
+                    verdict = "lower, separated"
+                else:
+                    verdict = "not separated"
+                parts.append(f"{r['embodiments']}: {c['success']:.2f} ({c['success'] - ref['success']:+.2f}, {verdict})")
+            lines.append(f"* {bname} {head}, **{s}**: {have[0]['embodiments']} embodiment(s) {ref['success']:.2f} -> "
+                         + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
 def write_results(sc: ScalingConfig, rows: list[dict[str, Any]], out_dir: Path) -> None:
     config_io.save_json(out_dir / "results.json", {"config": config_io.to_dict(sc), "rows": rows})
-    config_io.atomic_write_text(out_dir / "results.md", results_markdown(rows))
+    md = results_markdown(rows)
+    if sc.suites:
+        md += "\n" + embodiment_markdown(rows, list(sc.suites))
+    config_io.atomic_write_text(out_dir / "results.md", md)
 
 
 def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -297,6 +509,45 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def plot_embodiments(rows: list[dict[str, Any]], suites: list[str], path: Path) -> Path | None:
+    """Success per suite (with its Wilson interval) against the number of embodiments and against
+    training seconds; one line per suite and (backbone, head)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ok = [r for r in rows if "error" not in r and r.get("success_per_suite")]
+    if not ok:
+        return None
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in ok:
+        groups.setdefault((r["backbone"], r["head"]), []).append(r)
+    for (bname, head), grp in sorted(groups.items()):
+        for si, s in enumerate(suites):
+            pts = sorted((r["embodiments"], r["train_seconds"], r["success_per_suite"][s]) for r in grp
+                         if s in r["success_per_suite"] and r["success_per_suite"][s].get("success") is not None)
+            if not pts:
+                continue
+            label = s + (" (target)" if s == suites[0] else "") + ("" if len(groups) == 1 else f", {bname} {head}")
+            for ax, xi in zip(axes, (0, 1)):
+                xs = [p[xi] + (0.04 * (si - (len(suites) - 1) / 2) if xi == 0 else 0.0) for p in pts]  # bars apart
+                ys = [p[2]["success"] for p in pts]
+                err = [[y - p[2]["ci_low"] for y, p in zip(ys, pts)], [p[2]["ci_high"] - y for y, p in zip(ys, pts)]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+    for ax, xlabel in zip(axes, ("embodiments (suites) trained on", "training seconds")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("closed-loop success (95% Wilson)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_xticks(sorted({r["embodiments"] for r in ok}))
+    axes[0].legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def parse_scaling_args(argv: list[str] | None = None) -> ScalingConfig:
     """``--base-recipe NAME`` picks the base recipe; every other flag is a ScalingConfig field."""
     import tyro
@@ -312,16 +563,20 @@ def parse_scaling_args(argv: list[str] | None = None) -> ScalingConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import os
-
     import torch
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    sc = parse_scaling_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--run-point"]:  # one point in this process (the sweep's jobs > 1)
+        spec = config_io.load_json(args[1])
+        run_point(spec["point"], config_io.from_dict(TrainConfig, spec["config"], where=args[1]))
+        return
+    sc = parse_scaling_args(args)
     rows = run_sweep(sc)
-    print(results_markdown(rows))
-    print(f"[scaling] wrote {Path(sc.out) / 'results.md'}, results.json, scaling.png")
+    print((Path(sc.out) / "results.md").read_text())
+    print(f"[scaling] wrote {Path(sc.out) / 'results.md'}, results.json, scaling.png"
+          + (", embodiments.png" if sc.suites else ""))
     if all("error" in r for r in rows):
         raise SystemExit("error: every point of the sweep failed (see results.json)")
 

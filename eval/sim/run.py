@@ -71,7 +71,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-timeout", type=float, default=30.0, help="seconds an env step may take in a worker")
     p.add_argument("--reset-timeout", type=float, default=120.0, help="seconds make_env + reset may take in a worker")
     p.add_argument("--embodiment", default=None,
-                   help="policy embodiment (normalizer name or index); default: the suite's name, or the only one")
+                   help="policy embodiment (normalizer name or index); default: the suite's name (a sim-mixture "
+                        "policy acts as the embodiment of the suite it is evaluated on), or the only one")
     p.add_argument("--instruction", default=None, help="override every episode's instruction")
     p.add_argument("--noise", type=float, default=0.0, help="action noise of --policy expert")
     p.add_argument("--allow-image-resize", action="store_true",
@@ -151,7 +152,8 @@ def _embodiment_index(names: Sequence[str], requested: str | None, suite_name: s
         return names.index(suite_name)
     if len(names) == 1:
         return 0
-    raise PolicyMismatch(f"the policy has embodiments {names}, none named {suite_name!r}: pass --embodiment NAME")
+    raise PolicyMismatch(f"the policy was not trained on suite {suite_name!r}: its embodiments are {names} "
+                         f"(evaluate it on one of those suites, or pass --embodiment NAME to act as one of them)")
 
 
 def check_policy_fits(cfg: Any, normalizer: Any, suite: Any, embodiment: str | None = None,

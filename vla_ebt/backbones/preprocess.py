@@ -26,6 +26,19 @@ def check_images(images: Tensor, instructions: Sequence[str]) -> tuple[int, int]
     return images.shape[0], images.shape[1]
 
 
+def resize_images(images: Tensor, size: int | tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """(..., 3, H, W) in [0, 1] -> float (..., 3, h, w) resized to ``size`` (antialiased when
+    downsampling); returned as float unchanged when it already has that size."""
+    h, w = (size, size) if isinstance(size, int) else size
+    x = images.float()
+    if x.shape[-2:] == (h, w):
+        return x
+    mode = mode if mode in ("bilinear", "bicubic") else "bilinear"
+    lead = x.shape[:-3]
+    y = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=(h, w), mode=mode, align_corners=False, antialias=True)
+    return y.reshape(*lead, *y.shape[-3:])
+
+
 def resize_and_normalize(
     images: Tensor,
     size: int | tuple[int, int],
@@ -37,11 +50,7 @@ def resize_and_normalize(
 
     Resizing is skipped when the images already have the target size; downsampling is antialiased.
     """
-    h, w = (size, size) if isinstance(size, int) else size
-    x = images.float()
-    if x.shape[-2:] != (h, w):
-        mode = mode if mode in ("bilinear", "bicubic") else "bilinear"
-        x = F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
+    x = resize_images(images, size, mode)
     mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean_t) / std_t

@@ -18,12 +18,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from vla_ebt_client.history import camera_major, history_indices
 
 from vla_ebt.normalize import DatasetStats, FeatureStats
+from vla_ebt.normalize.normalizer import pad_last_dim
 
-__all__ = ["Episode", "ChunkDataset", "collate", "dataset_stats", "episode_seed"]
+__all__ = ["Episode", "ChunkDataset", "MixtureDataset", "MixtureSampler", "collate", "dataset_stats", "episode_seed"]
 
 
 def episode_seed(seed: int, task: str, episode: int) -> int:
@@ -121,6 +122,83 @@ class ChunkDataset(Dataset):
             "action": torch.from_numpy(np.ascontiguousarray(ep.action[np.minimum(fut, n - 1)], dtype=np.float32)),
             "action_mask": torch.from_numpy(mask),
         }
+
+
+class MixtureDataset(Dataset):
+    """Several :class:`ChunkDataset` s, one embodiment each (their ``embodiment`` ids), as one dataset
+    whose samples stack into one batch: ``action`` (H, D) and ``state`` (To, S) zero-padded to the
+    policy's max dims with :func:`vla_ebt.normalize.pad_last_dim` (the normalizer masks the padded
+    dims), and, when the datasets' frames differ in size, ``images`` resized to ``image_size`` the way
+    the backbone resizes them (:func:`vla_ebt.backbones.preprocess.resize_images`). Index ``i`` runs
+    through the datasets in order (``locate``)."""
+
+    def __init__(self, datasets: Sequence[ChunkDataset], action_dim: int, state_dim: int,
+                 image_size: int | None = None) -> None:
+        if not datasets:
+            raise ValueError("MixtureDataset: no datasets")
+        self.datasets = list(datasets)
+        self.action_dim, self.state_dim = int(action_dim), int(state_dim)
+        sizes = {d.episodes[0].images.shape[-1] for d in self.datasets}
+        self.image_size = int(image_size) if image_size is not None and len(sizes) > 1 else None
+        if len(sizes) > 1 and image_size is None:
+            raise ValueError(f"MixtureDataset: frames of {sorted(sizes)} px: give image_size to resize them to")
+        self.sizes = np.array([len(d) for d in self.datasets])
+        self._ends = np.cumsum(self.sizes)
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Mixture index -> (dataset index, index in that dataset)."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        d = int(np.searchsorted(self._ends, index, side="right"))
+        return d, int(index - (self._ends[d] - self.sizes[d]))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        d, i = self.locate(index)
+        s = dict(self.datasets[d][i])
+        s["action"] = pad_last_dim(s["action"], self.action_dim)
+        s["state"] = pad_last_dim(s["state"], self.state_dim)
+        if self.image_size is not None:
+            from vla_ebt.backbones.preprocess import resize_images
+
+            s["images"] = resize_images(s["images"], self.image_size)
+        return s
+
+    def sample_weights(self, dataset_probs: Sequence[float]) -> torch.Tensor:
+        """Per-sample weights (float64, sum 1) giving dataset ``d`` probability ``dataset_probs[d]``."""
+        p = np.asarray(dataset_probs, np.float64)
+        if p.shape != (len(self.datasets),):
+            raise ValueError(f"sample_weights: {len(p)} probabilities for {len(self.datasets)} datasets")
+        return torch.from_numpy(np.repeat(p / p.sum() / self.sizes, self.sizes))
+
+
+class MixtureSampler(Sampler[int]):
+    """``num_samples`` indices per epoch drawn with replacement from per-sample ``weights``
+    (:meth:`MixtureDataset.sample_weights`), from a generator seeded by (seed, epoch) only — so an
+    epoch's order never depends on the global RNG and a resumed run replays it exactly. With
+    ``world`` > 1, rank ``rank`` takes every ``world``-th draw (``num_samples`` per rank)."""
+
+    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        if num_samples < 1 or world < 1 or not 0 <= rank < world:
+            raise ValueError(f"MixtureSampler: num_samples {num_samples}, rank {rank}, world {world}")
+        self.weights, self.num_samples = weights.double(), int(num_samples)
+        self.seed, self.rank, self.world = int(seed), int(rank), int(world)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        idx = torch.multinomial(self.weights, self.num_samples * self.world, replacement=True, generator=g)
+        return iter(idx[self.rank::self.world].tolist())
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
