@@ -116,12 +116,15 @@ def test_predict_overrides_and_signal_recorder(ebt_policy):
         res = run_study_episodes(ebt_policy, suite, ["reach_red"], 2, seed=0, spread_candidates=4,
                                  env_attrs=("agent",))
     assert not ebt_policy.head._predict_hooks and "begin_episode" not in vars(ebt_policy)  # detached
+    assert "select_action" not in vars(ebt_policy)  # the step counter is removed too
     assert ebt_policy.head.active_overrides() == {}  # restored
     assert len(res.signals) == 2 and all(f["agent"] is not None for f in res.final)
     for ep, sig in zip(res.episodes, res.signals):
         n = len(ep.chunk_latency_ms)
         assert n == 3  # 9 steps, 3 executed per chunk
         assert len(sig.energy) == len(sig.energy_drop) == len(sig.grad_norm) == len(sig.candidate_spread) == n
+        assert len(sig.sample_spread) == n and all(s > 0 for s in sig.sample_spread)  # 4 chains from noise differ
+        assert sig.plan_step == [0, 3, 6] and sig.acted == 9  # planned at these env steps; 9 control steps
         assert sig.steps == [3.0] * n and sig.nfe == [3.0] * n  # 3 steps (the energy is the last step's)
         assert all(np.isfinite(sig.energy)) and all(s >= 0 for s in sig.candidate_spread)
         assert ep.energy == pytest.approx(sig.energy)  # the executed chunk's energy, unchanged
