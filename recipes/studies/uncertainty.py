@@ -55,12 +55,17 @@ seeds by each signal of the first chunk (step 0), within (training seed, task), 
 bootstrap (episodes resampled within task x condition). A perturbation that starts later
 (``displace`` ``at``, ``burst`` / ``gripper_open`` ``start``) cannot show at step 0 (the inputs are
 identical until then), so it gets a second column at its onset step (the first chunk planned at or
-after it, among episodes of both conditions still running).
+after it, among episodes of both conditions still running). Default shifts: held-out paraphrases,
+image noise (sigma 25), camera shift (6 px), the task object displaced at step 8 by the suite's
+default scale.
 
 Writes ``uncertainty.json`` (every number with the configuration, the policies and their training
 seeds, the evaluation seeds and the git commit), ``uncertainty.md`` (generated from the JSON) and
 ``uncertainty.png`` (failure AUROC vs step). Episodes are cached per policy and condition under
-``OUT/episodes/`` (a rerun with the same settings reuses them; delete the folder to start over).
+``OUT/episodes/`` (a rerun with the same settings reuses them; delete the folder to start over), so
+labels can also run in separate processes with the same ``--out`` (e.g. ``--heads ebt flow`` in one,
+``--heads diffusion`` in another); a last run with every label reuses their episodes and writes the
+joint tables.
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ IN_DIST = "in-distribution"
 MEAN_SCORE = "episode mean (confounded by length)"
 LENGTH_SIGNAL = "episode length (reference)"
 DEFAULT_STEPS = (0, 8, 16, 32)
-DEFAULT_SHIFTS = ("heldout", "noise:sigma=25", "shift:dy=6,dx=6", "displace:at=6,scale=0.3")
+DEFAULT_SHIFTS = ("heldout", "noise:sigma=25", "shift:dy=6,dx=6", "displace:at=8")  # displace: the suite's own scale
 #: signal -> what it is (higher = predicted failure / shift)
 SIGNALS = {
     "energy": "the returned chunk's own energy (final_eval)",
