@@ -8,6 +8,8 @@ the task of every episode. One bootstrap replicate draws the seeds with replacem
 drawn seed the episodes of each task with replacement (the same draw for all K checkpoints: the
 curve stays paired), and recomputes the statistic. Point estimate: the statistic of the data;
 interval: the 2.5 / 97.5 percentiles of 2,000 replicates from a fixed RNG seed (deterministic).
+A statistic may be undefined (NaN) on some replicates (e.g. an AUROC when a resample holds one
+class only): those replicates are left out of the percentiles and counted (``Estimate.undefined``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Estimate:
     hi: float
     n_seeds: int = 0
     n_episodes: int = 0  # per seed (all checkpoints share them)
+    undefined: int = 0  # bootstrap replicates on which the statistic was NaN (left out of the interval)
 
     def fmt(self, nd: int = 2) -> str:
         return f"{self.value:.{nd}f} [{self.lo:.{nd}f}, {self.hi:.{nd}f}]"
@@ -66,8 +69,9 @@ def bootstrap(per_seed: Sequence[np.ndarray], tasks: Sequence[np.ndarray] | None
             drawn.append(data[s][..., idx])
         reps[b] = statistic(drawn)
     a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(reps, [a, 1.0 - a])
-    return Estimate(statistic(data), float(lo), float(hi), n, int(data[0].shape[-1]))
+    ok = reps[np.isfinite(reps)]
+    lo, hi = np.quantile(ok, [a, 1.0 - a]) if len(ok) else (float("nan"), float("nan"))
+    return Estimate(statistic(data), float(lo), float(hi), n, int(data[0].shape[-1]), int(n_boot - len(ok)))
 
 
 def success_estimate(outcomes: Sequence[np.ndarray], tasks: Sequence[np.ndarray], **kw) -> Estimate:

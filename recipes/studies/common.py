@@ -33,16 +33,10 @@ def auroc(scores: Sequence[float], labels: Sequence[bool | int]) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
+    # average ranks over ties (1-based), vectorized: a tie group of values i..j gets (i + j) / 2 + 1
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = (ends - (counts - 1) / 2.0)[inverse]
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -60,48 +54,69 @@ class ChunkSignals:
     energy: list[float] = field(default_factory=list)  # final energy
     energy_drop: list[float] = field(default_factory=list)  # energy before the first step - final
     grad_norm: list[float] = field(default_factory=list)  # final ||dE/da||
-    candidate_spread: list[float] = field(default_factory=list)  # std of best-of-N final energies
+    candidate_spread: list[float] = field(default_factory=list)  # std of the N extra chains' final energies
+    sample_spread: list[float] = field(default_factory=list)  # N extra samples: mean per-dim std of the chunks
     steps: list[float] = field(default_factory=list)
     nfe: list[float] = field(default_factory=list)  # network evaluations (ChunkPrediction.nfe)
+    plan_step: list[int] = field(default_factory=list)  # env step at which the chunk was planned (-1: unknown)
+    acted: int = 0  # control steps the policy acted on (select_action calls) in this episode
 
 
 class SignalRecorder:
     """Records :class:`ChunkSignals` for every chunk the policy plans, without changing its actions.
 
-    Every chunk records its steps and network evaluations. Heads that report energy (EBT) also record
-    the final energy, the energy drop over the chain and the final gradient norm; with
-    ``spread_candidates = N > 1`` an extra N-chain prediction per chunk (not executed) gives the
-    spread of the candidates' final energies. Use as a context manager around the episodes (it
-    attaches a predict hook to ``policy.head``); call :meth:`new_episode` before each.
+    Every chunk records its steps, network evaluations and the env step it was planned at
+    (``step``, kept up to date by :func:`recipes.studies.episodes.run_study_episodes`). Heads that
+    report energy (EBT) also record the final energy, the energy drop over the chain and the final
+    gradient norm. With ``spread_candidates = N > 1`` every chunk also draws N extra samples from the
+    same observation (one batched ``predict`` on the context repeated N times, same knobs, cold:
+    no warm start, one chain each; not executed, and under a forked RNG so the executed chunks are
+    unchanged): ``sample_spread`` is their per-dimension std over the N chunks, averaged over the
+    horizon and the first ``spread_dims`` action dimensions (None: all; the rest are padding),
+    for every head (0 for a deterministic sampler); heads that report energy add
+    ``candidate_spread``, the std of the N final energies. Use as a context manager around the
+    episodes (it attaches a predict hook to ``policy.head``); call :meth:`new_episode` before each.
     """
 
-    def __init__(self, policy: Any, spread_candidates: int = 0) -> None:
+    def __init__(self, policy: Any, spread_candidates: int = 0, spread_dims: int | None = None) -> None:
         self.policy = policy
         self.spread_candidates = int(spread_candidates)
+        self.spread_dims = spread_dims
         self.episodes: list[ChunkSignals] = []
+        self.step = -1  # env step of the current control call (-1: unknown)
         self._handle: Any = None
 
     def new_episode(self) -> None:
         self.episodes.append(ChunkSignals())
+        self.step = -1
 
     def _record(self, head: Any, context: Any, init: Any, knobs: dict[str, Any], pred: Any) -> None:
         if not self.episodes:
             self.new_episode()
         sig = self.episodes[-1]
         sig.nfe.append(float(pred.nfe))
-        if not head.capabilities.reports_energy:
+        sig.plan_step.append(int(self.step))
+        energy = head.capabilities.reports_energy
+        if energy:
+            tr = pred.energy_trace  # (K+1, B)
+            sig.energy.append(float(pred.energy[0]))
+            sig.grad_norm.append(float(pred.grad_norm[0]))
+            sig.energy_drop.append(float(tr[0, 0] - tr[-1, 0]) if tr is not None else float("nan"))
+            sig.steps.append(float(pred.steps.float()[0]))
+        else:
             sig.steps.append(float(pred.steps.float().mean()))
-            return
-        tr = pred.energy_trace  # (K+1, B)
-        sig.energy.append(float(pred.energy[0]))
-        sig.grad_norm.append(float(pred.grad_norm[0]))
-        sig.energy_drop.append(float(tr[0, 0] - tr[-1, 0]) if tr is not None else float("nan"))
-        sig.steps.append(float(pred.steps.float()[0]))
-        if self.spread_candidates > 1:
+        n = self.spread_candidates
+        if n > 1:
             with torch.random.fork_rng():  # the executed chunk's noise stream is unchanged
-                ctx_n = context.repeat_interleave(self.spread_candidates)  # N independent chains
+                ctx_n = context.repeat_interleave(n)  # N independent samples of every observation
                 many = head.predict(ctx_n, None, **{k: v for k, v in knobs.items() if k != "num_candidates"})
-            sig.candidate_spread.append(float(many.energy.std()))
+            acts = many.actions.detach().float()
+            acts = acts.view(-1, n, *acts.shape[1:])[0]  # (N, H, D) of the first sample
+            if self.spread_dims is not None:
+                acts = acts[..., : self.spread_dims]
+            sig.sample_spread.append(float(acts.std(0).mean()))
+            if energy:
+                sig.candidate_spread.append(float(many.energy.detach().view(-1, n)[0].std()))
 
     def __enter__(self) -> "SignalRecorder":
         self._handle = self.policy.head.register_predict_hook(self._record)

@@ -29,14 +29,20 @@ class StudyEpisodes:
 
 
 def run_study_episodes(policy: Any, suite: Any, tasks: Sequence[str], episodes_per_task: int, seed: int, *,
-                       split: str = "train", spread_candidates: int = 0,
+                       split: str = "train", spread_candidates: int = 0, spread_dims: int | None = None,
                        env_attrs: Sequence[str] = (), **eval_kwargs: Any) -> StudyEpisodes:
     """``evaluate(policy, suite, ...)`` serially with a :class:`SignalRecorder` attached.
 
+    Every ``select_action`` call counts one control step of the running episode
+    (``ChunkSignals.acted``), so each chunk records the env step it was planned at
+    (``ChunkSignals.plan_step``; the sync strategy plans through ``select_action``, the asynchronous
+    ones do not and leave it at -1).
+    spread_candidates, spread_dims: the N extra samples per chunk (:class:`SignalRecorder`).
     env_attrs: attributes of ``env.unwrapped`` read after each episode (missing ones are None).
     eval_kwargs: further :class:`~eval.sim.rollout.EvalConfig` fields.
     """
-    recorder = SignalRecorder(policy, spread_candidates=spread_candidates) if hasattr(policy, "head") else None
+    recorder = (SignalRecorder(policy, spread_candidates=spread_candidates, spread_dims=spread_dims)
+                if hasattr(policy, "head") else None)
     started: dict[tuple[str, int], tuple[Any, ChunkSignals | None]] = {}
     own_hook = policy.__dict__.get("begin_episode")  # an instance attribute to restore afterwards
     prev_hook = getattr(policy, "begin_episode", None)  # instance or class hook, still called
@@ -49,6 +55,21 @@ def run_study_episodes(policy: Any, suite: Any, tasks: Sequence[str], episodes_p
             prev_hook(env=env, task=task, seed=seed, **kw)
 
     policy.begin_episode = begin_episode  # run_episode calls it after env.reset and policy.reset
+    own_select = policy.__dict__.get("select_action")
+    inner_select = policy.select_action
+
+    def select_action(*args: Any, **kwargs: Any) -> Any:
+        sig = recorder.episodes[-1] if recorder is not None and recorder.episodes else None
+        if sig is None:
+            return inner_select(*args, **kwargs)
+        recorder.step = sig.acted  # chunks planned during this call were planned at this env step
+        try:
+            return inner_select(*args, **kwargs)
+        finally:
+            sig.acted += 1
+
+    if recorder is not None:
+        policy.select_action = select_action  # an instance attribute; restored below
     try:
         with recorder if recorder is not None else contextlib.nullcontext():
             report = evaluate(policy, suite, EvalConfig(tasks=list(tasks), episodes_per_task=episodes_per_task,
@@ -58,6 +79,11 @@ def run_study_episodes(policy: Any, suite: Any, tasks: Sequence[str], episodes_p
             policy.begin_episode = own_hook
         else:
             del policy.begin_episode
+        if recorder is not None:
+            if own_select is not None:
+                policy.select_action = own_select
+            else:
+                del policy.select_action
     sigs, final = [], []
     for r in report.episodes:  # an episode whose env failed to build/reset never started: empty entries
         env, sig = started.get((r.task, int(r.seed)), (None, None))

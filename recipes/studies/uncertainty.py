@@ -1,183 +1,676 @@
-"""Study 3, energy as uncertainty: do per-chunk signals of an EBT policy predict episode failure
-(AUROC **within task**), and do they rise under distribution shift?
+"""Study 3, uncertainty: does a per-chunk signal, read **before the outcome**, predict that the
+episode will fail (AUROC within task), and does it tell shifted inputs from in-distribution ones?
+EBT's energy is set against the uncertainty a diffusion / flow head gives for free (the spread of N
+samples) and against EBT's own N-sample spread.
 
-    python -m recipes.studies.uncertainty --policy runs/default/policy --suite reach2d --episodes 40 \\
-        --shifts heldout noise:sigma=25 shift:dy=6,dx=6 displace:at=6,scale=0.3 \\
-        --out runs/studies/uncertainty
+    python -m recipes.studies.uncertainty --policies ebt=DIR1,DIR2,DIR3 flow=DIR1,DIR2,DIR3 \\
+        diffusion=DIR1,DIR2,DIR3 --suite reach2d --episodes 40 --out runs/studies/uncertainty
+    # the final policies of a comparison grid (OUT/<suite>/<protocol>/final/<head>/<hparams>/seed<N>)
+    python -m recipes.studies.uncertainty --compare runs/compare --suite metaworld --protocol frozen \\
+        --heads ebt flow diffusion --out runs/studies/uncertainty_mw
 
-Signals per chunk (see :class:`recipes.studies.common.SignalRecorder`): final energy, energy drop over
-the minimization steps, final gradient norm, spread (std) of the final energies of N extra
-best-of-N chains, ``small_drop`` (minus the energy drop: a minimization that barely lowers the
-energy), and the final energy relative to the per-task median of the in-distribution
-episodes. An episode's score is the mean over its chunks (and, separately, its first chunk only:
-a signal available before the outcome).
+**Policies.** Each label (``LABEL=DIR[,DIR...]``) holds the policies of one head trained with
+different seeds (e.g. the ``policy/`` folders of a comparison grid's final checkpoints, which
+``--compare OUT --suite S --protocol P`` finds: the last checkpoint of every finished final run).
+Every policy runs the same closed-loop episodes (``--eval-seeds`` x ``--episodes`` per task; with
+``--compare`` by default the grid's final evaluation seeds) under the head's first preset
+(``capabilities.presets``, ``--preset LABEL=NAME`` for another), with **warm start off**
+(``recipes.compare.evaluation.warm_start``): every chunk is planned from scratch, so a late chunk is
+not a refinement of the earlier ones.
 
-Failure AUROC is computed per task (positives = failed episodes) and averaged over tasks that have
-both outcomes; the pooled AUROC over all tasks is reported beside it because it mostly measures which
-task is harder. Shift rows give success, mean signals, and the AUROC of telling shifted from
-in-distribution episodes apart by each signal (0.5 = no signal).
+**Signals per chunk** (higher = predicted failure / shift), with the env step the chunk was planned at:
 
-Writes ``uncertainty.{json,md,png}`` (failure AUROC table, shift table, and per-signal histograms).
+* ``energy`` (heads that report energy): the returned chunk's own energy (``final_eval=True`` where
+  the head declares that knob: one more evaluation at the returned chunk; the actions are unchanged).
+* ``small_drop`` (heads that report energy): minus the energy drop over the minimization (energy at
+  the start of the chain - final energy).
+* ``sample_spread`` (every head whose sampler is stochastic): N extra samples drawn from the same
+  observation (``--samples``; one batched ``predict`` of the context repeated N times, same knobs,
+  cold, one chain each, under a forked RNG: the executed chunks do not change): the per-dimension
+  std over the N chunks, averaged over the horizon and the suite's action dimensions. For EBT this
+  is its own N-sample spread (N independent chains from noise). A head whose N samples are always
+  identical (regression) has a deterministic sampler and gets no spread row.
+* ``energy_spread`` (heads that report energy): the std of the N extra chains' final energies.
+
+**Failure prediction** (in-distribution episodes; positive = the episode fails; episodes whose env
+crashed are left out), one column per score:
+
+* ``step k`` (``--steps``, default 0 8 16 32): the chunk planned at env step k (the first chunk
+  planned at or after k), among the episodes still running then; step 0 is the first chunk of
+  every episode. Each is a signal available before the outcome.
+* ``episode mean (confounded by length)``: the mean over all of an episode's chunks, the score of the
+  earlier version of this study, kept for comparison only. Episodes end on success, so failed
+  episodes run longer and have more chunks; the ``episode length (reference)`` row shows how much
+  the episode length alone separates the outcomes.
+
+AUROC is computed within each (training seed, task) that has both outcomes and averaged over them
+(each policy's signal has its own scale; tasks differ in difficulty), pooling the training seeds of
+a label into one number. Interval: 95% bootstrap over training seeds x episodes
+(``recipes.compare.stats.bootstrap``: seeds resampled, then episodes within each task), 2,000
+replicates, RNG seed 0; replicates where no (seed, task) has both outcomes are left out and counted.
+
+**Shift detection** per ``--shifts`` entry (``heldout`` = held-out instruction paraphrases, else an
+``eval.sim.perturb`` spec): AUROC of shifted (positive) vs in-distribution episodes of the same
+seeds by each signal of the first chunk (step 0), within (training seed, task), with the same
+bootstrap (episodes resampled within task x condition). A perturbation that starts later
+(``displace`` ``at``, ``burst`` / ``gripper_open`` ``start``) cannot show at step 0 (the inputs are
+identical until then), so it gets a second column at its onset step (the first chunk planned at or
+after it, among episodes of both conditions still running). Default shifts: held-out paraphrases,
+image noise (sigma 25), camera shift (6 px), the task object displaced at step 8 by the suite's
+default scale.
+
+Writes ``uncertainty.json`` (every number with the configuration, the policies and their training
+seeds, the evaluation seeds and the git commit), ``uncertainty.md`` (generated from the JSON) and
+``uncertainty.png`` (failure AUROC vs step). Episodes are cached per policy and condition under
+``OUT/episodes/`` (a rerun with the same settings reuses them; delete the folder to start over), so
+labels can also run in separate processes with the same ``--out`` (e.g. ``--heads ebt flow`` in one,
+``--heads diffusion`` in another); a last run with every label reuses their episodes and writes the
+joint tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import re
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from eval.sim.perturb import PerturbedSuite, make_perturbation
+from recipes.compare.evaluation import warm_start
+from recipes.compare.stats import BOOT_SEED, N_BOOT, bootstrap
 
-from .common import ChunkSignals, auroc, load_policy, predict_overrides, write_study, pyplot, save_figure
-from .episodes import StudyEpisodes, run_study_episodes
+from .common import auroc, load_policy, predict_overrides, pyplot, save_figure
+from .episodes import run_study_episodes
 
-__all__ = ["SIGNALS", "episode_scores", "failure_auroc", "run_uncertainty", "main"]
+__all__ = ["SIGNALS", "SCHEMA", "DEFAULT_STEPS", "DEFAULT_SHIFTS", "IN_DIST", "MEAN_SCORE", "LENGTH_SIGNAL",
+           "parse_policies", "find_compare_policies", "policy_settings", "run_policy_episodes", "signals_of",
+           "chunk_score", "episode_mean", "failure_estimate", "shift_estimate", "shift_onset", "analyse",
+           "render_markdown", "run_uncertainty", "main"]
 
-SIGNALS = ("energy", "energy_drop", "small_drop", "grad_norm", "candidate_spread", "energy_rel", "first_energy")
+SCHEMA = "vla_ebt.uncertainty/2"
+IN_DIST = "in-distribution"
+MEAN_SCORE = "episode mean (confounded by length)"
+LENGTH_SIGNAL = "episode length (reference)"
+DEFAULT_STEPS = (0, 8, 16, 32)
+DEFAULT_SHIFTS = ("heldout", "noise:sigma=25", "shift:dy=6,dx=6", "displace:at=8")  # displace: the suite's own scale
+#: signal -> what it is (higher = predicted failure / shift)
+SIGNALS = {
+    "energy": "the returned chunk's own energy (final_eval)",
+    "small_drop": "minus the energy drop over the minimization",
+    "sample_spread": "N extra samples from the same observation: mean per-dimension std over the N chunks",
+    "energy_spread": "std of the final energies of the N extra chains",
+}
+_ENERGY_SIGNALS = ("energy", "small_drop", "energy_spread")
 
 
-def _mean(xs: Sequence[float]) -> float:
-    xs = [x for x in xs if np.isfinite(x)]
-    return float(np.mean(xs)) if xs else float("nan")
-
-
-def episode_scores(res: StudyEpisodes, task_baseline: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Per-episode score of each signal (mean over the episode's chunks); ``energy_rel`` subtracts the
-    task's baseline energy (default: the median episode energy of this run's task)."""
-    sig: list[ChunkSignals] = res.signals
-    tasks = [e.task for e in res.episodes]
-    out = {
-        "energy": np.array([_mean(s.energy) for s in sig]),
-        "energy_drop": np.array([_mean(s.energy_drop) for s in sig]),
-        "grad_norm": np.array([_mean(s.grad_norm) for s in sig]),
-        "candidate_spread": np.array([_mean(s.candidate_spread) for s in sig]),
-        "first_energy": np.array([s.energy[0] if s.energy else np.nan for s in sig]),
-    }
-    # the drop read the other way (a flat landscape = failure): that direction was chosen after the
-    # first policy studied (AUROC 0.21 as "energy_drop") and then held on four more (see README)
-    out["small_drop"] = -out["energy_drop"]
-    if task_baseline is None:
-        task_baseline = {t: float(np.nanmedian(out["energy"][[i for i, x in enumerate(tasks) if x == t]]))
-                         for t in set(tasks)}
-    out["energy_rel"] = np.array([out["energy"][i] - task_baseline.get(t, np.nan) for i, t in enumerate(tasks)])
+# ------------------------------------------------------------------------------------------ policies
+def parse_policies(items: Sequence[str]) -> dict[str, list[str]]:
+    """["LABEL=DIR1,DIR2", ...] -> {LABEL: [DIR1, DIR2]} (one label per head; the directories are the
+    policies of its training seeds). Duplicate labels and empty lists raise ValueError."""
+    out: dict[str, list[str]] = {}
+    for it in items:
+        label, eq, dirs = it.partition("=")
+        if not eq or not label.strip():
+            raise ValueError(f"--policies expects LABEL=DIR[,DIR...], got {it!r}")
+        label = label.strip()
+        if label in out:
+            raise ValueError(f"duplicate policy label {label!r}")
+        paths = [d for d in dirs.split(",") if d.strip()]
+        if not paths:
+            raise ValueError(f"--policies {label}: no directory given")
+        out[label] = paths
     return out
 
 
-def failure_auroc(res: StudyEpisodes, scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """signal -> {"within_task": mean per-task AUROC, "pooled": AUROC over all episodes, "tasks_used": n,
-    "<task>": that task's AUROC}. Positive class = failed episode; higher score = predicted failure."""
-    fail = np.array([not e.success for e in res.episodes])
-    tasks = np.array([e.task for e in res.episodes])
-    out: dict[str, dict[str, float]] = {}
-    for name, s in scores.items():
-        per = {}
-        for t in sorted(set(tasks.tolist())):
-            m = tasks == t
-            per[t] = auroc(s[m], fail[m])
-        valid = [v for v in per.values() if np.isfinite(v)]
-        out[name] = {"within_task": float(np.mean(valid)) if valid else float("nan"),
-                     "pooled": auroc(s, fail), "tasks_used": float(len(valid)), **per}
+def _run_info(policy_dir: str | Path) -> dict[str, Any]:
+    """What the comparison artifacts say about a policy folder (a parent holding ``result.json`` or
+    ``spec.json`` within four levels: train seed, git commit, eval seeds, tasks, suite args); else
+    the training seed parsed from a ``seed<N>`` folder name."""
+    p = Path(policy_dir).resolve()
+    for parent in [p, *p.parents][:5]:
+        for name in ("result.json", "spec.json"):
+            f = parent / name
+            if f.is_file():
+                try:
+                    d = json.loads(f.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                if "train_seed" not in d:
+                    continue
+                cfg = d.get("config") or {}
+                return {"run_dir": str(parent), "train_seed": d.get("train_seed"),
+                        "train_git_commit": d.get("git_commit") or (d.get("meta") or {}).get("git_commit"),
+                        "eval_seeds": d.get("eval_seeds"), "tasks": d.get("tasks"), "steps": d.get("steps"),
+                        "suite_args": (cfg.get("data") or {}).get("suite_args"),
+                        "outcomes_by_preset": _outcomes_by_preset(d)}
+    m = re.search(r"seed(\d+)", str(p))
+    return {"train_seed": int(m.group(1)) if m else None}
+
+
+def _outcomes_by_preset(result: dict[str, Any]) -> dict[str, dict[str, list[int]]]:
+    """{preset: the comparison's own outcomes of that preset's warm-start-off row at the last checkpoint}."""
+    out = {}
+    for row in result.get("rows") or []:
+        if not row.get("warm_start") and row.get("curve") and row["curve"][-1].get("outcomes"):
+            out[str(row.get("preset", row.get("label")))] = row["curve"][-1]["outcomes"]
     return out
 
 
-def run_uncertainty(policy: Any, suite: Any, tasks: Sequence[str], episodes_per_task: int, seed: int,
-                    shifts: Sequence[str] = ("heldout",), spread_candidates: int = 8) -> dict[str, Any]:
-    """Failure AUROC per signal (in-distribution) and a row per shift. See the module docstring."""
-    if not policy.head.capabilities.reports_energy:
-        raise ValueError(f"uncertainty: needs a head that reports energy (EBT), got head {policy.cfg.head!r}")
-    if "final_eval" in policy.head.capabilities.knobs:  # the signals are the returned chunk's own energy
-        with predict_overrides(policy, final_eval=True):
-            return _run_uncertainty(policy, suite, tasks, episodes_per_task, seed, shifts, spread_candidates)
-    return _run_uncertainty(policy, suite, tasks, episodes_per_task, seed, shifts, spread_candidates)
+def find_compare_policies(out: str | Path, suite: str, protocol: str,
+                          heads: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """{head: [policy dir of every finished final run, by training seed]} of a ``recipes.compare`` grid:
+    ``OUT/<suite>/<protocol>/final/<head>/<hparams>/seed<N>/checkpoints/step_<S>/policy`` with S the
+    run's last step. A head with finals under several hyperparameter folders uses the one
+    ``tuning.json`` chose. FileNotFoundError when nothing is finished."""
+    from vla_ebt.train_io import list_checkpoints
+
+    root = Path(out) / suite / protocol / "final"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no final runs of suite {suite!r}, protocol {protocol!r} under {out}")
+    tuning_path = Path(out) / suite / protocol / "tuning.json"
+    tuning = json.loads(tuning_path.read_text()) if tuning_path.is_file() else {}
+    found: dict[str, list[str]] = {}
+    for head_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        head = head_dir.name
+        if heads and head not in heads:
+            continue
+        hp_dirs = sorted(d for d in head_dir.iterdir() if d.is_dir() and any(d.glob("seed*/done.json")))
+        if len(hp_dirs) > 1:
+            chosen = ((tuning.get("heads") or {}).get(head) or {}).get("chosen") or {}
+            key = chosen.get("run", "")
+            pick = [d for d in hp_dirs if d.name and f"/{d.name}/" in f"/{key}/"]
+            if len(pick) != 1:
+                raise ValueError(f"{head_dir}: finals under {[d.name for d in hp_dirs]} and tuning.json does not pick one")
+            hp_dirs = pick
+        runs = []
+        for hp in hp_dirs:
+            for seed_dir in hp.glob("seed*"):
+                if not (seed_dir / "done.json").is_file():
+                    continue
+                ckpts = list_checkpoints(seed_dir / "checkpoints")
+                if not ckpts or not (ckpts[-1] / "policy" / "config.json").is_file():
+                    continue
+                m = re.fullmatch(r"seed(\d+)", seed_dir.name)
+                runs.append((int(m.group(1)) if m else 0, str(ckpts[-1] / "policy")))
+        if runs:
+            found[head] = [d for _, d in sorted(runs)]
+    missing = sorted(set(heads or ()) - set(found))
+    if missing:
+        raise FileNotFoundError(f"{root}: no finished final runs of head(s) {missing}")
+    if not found:
+        raise FileNotFoundError(f"{root}: no finished final runs")
+    return found
 
 
-def _run_uncertainty(policy: Any, suite: Any, tasks: Sequence[str], episodes_per_task: int, seed: int,
-                     shifts: Sequence[str], spread_candidates: int) -> dict[str, Any]:
-    base = run_study_episodes(policy, suite, tasks, episodes_per_task, seed, spread_candidates=spread_candidates)
-    base_scores = episode_scores(base)
-    tasks_arr = [e.task for e in base.episodes]
-    baseline = {t: float(np.nanmedian(base_scores["energy"][[i for i, x in enumerate(tasks_arr) if x == t]]))
-                for t in set(tasks_arr)}
-    fail_rows = []
-    for name, d in failure_auroc(base, base_scores).items():
-        fail_rows.append({"signal": name, **d})
-    shift_rows = [{"condition": "in-distribution", "success": base.report.success_rate,
-                   **{f"mean_{k}": _mean(v.tolist()) for k, v in base_scores.items()},
-                   **{f"ood_auroc_{k}": 0.5 for k in base_scores}}]
-    raw = {"in-distribution": {k: v.tolist() for k, v in base_scores.items()}}
-    for spec in shifts:
-        if spec == "heldout":
-            res = run_study_episodes(policy, suite, tasks, episodes_per_task, seed, split="heldout",
-                                     spread_candidates=spread_candidates)
+def policy_settings(policy: Any, preset: str | None = None) -> dict[str, Any]:
+    """The knob values the study plans with: the head's preset (``preset`` by name, default its first,
+    none when it declares none) plus ``final_eval=True`` when the head has that knob."""
+    caps = policy.head.capabilities
+    presets = dict(caps.presets)
+    if preset is not None and preset not in presets:
+        raise ValueError(f"head {policy.cfg.head!r} has no preset {preset!r}; known: {sorted(presets)}")
+    name = preset if preset is not None else (caps.presets[0][0] if caps.presets else None)
+    knobs = dict(presets.get(name, {})) if name is not None else {}
+    if "final_eval" in caps.knobs:
+        knobs["final_eval"] = True
+    return {"preset": name, "overrides": knobs}
+
+
+# ------------------------------------------------------------------------------------------ episodes
+def _condition_suite(suite: Any, condition: str) -> tuple[Any, str]:
+    if condition in (IN_DIST, "heldout"):
+        return suite, ("heldout" if condition == "heldout" else "train")
+    return PerturbedSuite(suite, [make_perturbation(condition)], tag=condition), "train"
+
+
+def run_policy_episodes(policy: Any, suite: Any, tasks: Sequence[str], eval_seeds: Sequence[int], episodes: int,
+                        condition: str, overrides: dict[str, Any], samples: int) -> list[dict[str, Any]]:
+    """One policy's episodes under one condition (``IN_DIST``, ``"heldout"`` or a perturbation spec),
+    warm start off, planned with ``overrides``; one record per episode: task, eval seed, index, env
+    seed, success, error, length, ``acted`` (control steps) and ``chunks`` ({"step": [...], signal:
+    [...]} in planning order)."""
+    target, split = _condition_suite(suite, condition)
+    seeds = [int(s) for s in eval_seeds]
+    reports_energy = bool(policy.head.capabilities.reports_energy)
+    with warm_start(policy, False), predict_overrides(policy, **overrides):
+        res = run_study_episodes(policy, target, list(tasks), int(episodes), seeds[0], seeds=seeds, split=split,
+                                 spread_candidates=samples, spread_dims=int(suite.action_dim))
+    out = []
+    for ep, sig in zip(res.episodes, res.signals):
+        chunks: dict[str, list[float]] = {"step": [int(s) for s in sig.plan_step]}
+        if samples > 1:
+            chunks["sample_spread"] = list(sig.sample_spread)
+        if reports_energy:
+            chunks["energy"] = list(sig.energy)
+            chunks["small_drop"] = [-float(d) for d in sig.energy_drop]
+            if samples > 1:
+                chunks["energy_spread"] = list(sig.candidate_spread)
+        out.append({"task": ep.task, "eval_seed": int(ep.base_seed if ep.base_seed is not None else seeds[0]),
+                    "index": int(ep.index), "env_seed": int(ep.seed), "success": bool(ep.success),
+                    "error": ep.error, "length": int(ep.length), "acted": int(sig.acted), "chunks": chunks})
+    return out
+
+
+def signals_of(head_caps: Any, episodes: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """(signals a label gets rows for, {signal: why not} for the others), from the head's
+    capabilities and its recorded in-distribution episodes (a spread that is 0 on every chunk means a
+    deterministic sampler)."""
+    have, why = [], {}
+    for s in SIGNALS:
+        if s in _ENERGY_SIGNALS and not head_caps.reports_energy:
+            why[s] = "the head reports no energy"
+            continue
+        vals = [v for ep in episodes for v in ep["chunks"].get(s, [])]
+        if not vals:
+            why[s] = "not recorded (--samples < 2)" if s.endswith("spread") else "not recorded"
+        elif s == "sample_spread" and all(v == 0.0 for v in vals):
+            why[s] = "deterministic sampler (N samples identical)"
         else:
-            ps = PerturbedSuite(suite, [make_perturbation(spec)], tag=spec)
-            res = run_study_episodes(policy, ps, tasks, episodes_per_task, seed, spread_candidates=spread_candidates)
-        sc = episode_scores(res, baseline)
-        row: dict[str, Any] = {"condition": spec, "success": res.report.success_rate}
-        for k, v in sc.items():
-            row[f"mean_{k}"] = _mean(v.tolist())
-            both = np.concatenate([base_scores[k], v])
-            lab = np.concatenate([np.zeros(len(base_scores[k]), bool), np.ones(len(v), bool)])
-            row[f"ood_auroc_{k}"] = auroc(both, lab)
-        shift_rows.append(row)
-        raw[spec] = {k: v.tolist() for k, v in sc.items()}
-    return {"failure": fail_rows, "shift": shift_rows, "raw": raw,
-            "in_dist_success": base.report.success_rate, "episodes": len(base.episodes)}
+            have.append(s)
+    return have, why
+
+
+# ------------------------------------------------------------------------------------------ scores
+def chunk_score(ep: dict[str, Any], signal: str, step: int) -> float | None:
+    """The signal of the chunk planned at env step ``step`` (the first planned at or after it), or
+    None when the episode planned no chunk from that step on (it had ended)."""
+    vals = ep["chunks"].get(signal)
+    if not vals:
+        return None
+    for s, v in zip(ep["chunks"]["step"], vals):
+        if s >= step:
+            return float(v)
+    return None
+
+
+def episode_mean(ep: dict[str, Any], signal: str) -> float | None:
+    """Mean of the signal over all of the episode's chunks (confounded by the episode's length)."""
+    if signal == LENGTH_SIGNAL:
+        return float(ep["length"])
+    vals = [v for v in ep["chunks"].get(signal, []) if v is not None and math.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _within_task_auroc(per_seed: list[np.ndarray]) -> float:
+    """Mean AUROC over the (seed, task) groups with both classes; rows: score, label, task id."""
+    vals = []
+    for x in per_seed:
+        for t in np.unique(x[2]):
+            m = x[2] == t
+            a = auroc(x[0][m], x[1][m] > 0.5)
+            if np.isfinite(a):
+                vals.append(a)
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _estimate(per_seed: list[np.ndarray], strata: list[np.ndarray], n_boot: int) -> dict[str, Any]:
+    """Within-task AUROC of packed (3, E) per-seed arrays with its bootstrap interval."""
+    keep = [i for i, x in enumerate(per_seed) if x.shape[-1] > 0]
+    per_seed, strata = [per_seed[i] for i in keep], [strata[i] for i in keep]
+    n = int(sum(x.shape[-1] for x in per_seed))
+    pos = int(sum((x[1] > 0.5).sum() for x in per_seed))
+    groups = sum(1 for x in per_seed for t in np.unique(x[2])
+                 if 0 < (x[1][x[2] == t] > 0.5).sum() < (x[2] == t).sum())
+    base = {"n_seeds": len(per_seed), "episodes": n, "positives": pos, "groups": groups}
+    if not per_seed or groups == 0:
+        return {"value": None, "lo": None, "hi": None, **base, "undefined_replicates": None}
+    est = bootstrap(per_seed, strata, _within_task_auroc, n_boot=n_boot)
+    return {"value": est.value, "lo": est.lo, "hi": est.hi, **base, "undefined_replicates": est.undefined}
+
+
+def _score(ep: dict[str, Any], signal: str, step: int | None) -> float | None:
+    return episode_mean(ep, signal) if step is None else chunk_score(ep, signal, step)
+
+
+def _usable(episodes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in episodes if not e.get("error")]
+
+
+def failure_estimate(per_seed: Sequence[Sequence[dict[str, Any]]], signal: str, step: int | None,
+                     tasks: Sequence[str], n_boot: int = N_BOOT) -> dict[str, Any]:
+    """AUROC of ``signal`` for later failure, within (training seed, task), with its interval.
+    ``per_seed``: the in-distribution episode records of each training seed; ``step``: the chunk
+    planned at that step (episodes still running then), None: the episode mean. Episodes with an env
+    error are left out."""
+    tid = {t: i for i, t in enumerate(tasks)}
+    data, strata = [], []
+    for eps in per_seed:
+        rows = [(s, not e["success"], tid[e["task"]]) for e in _usable(eps)
+                if (s := _score(e, signal, step)) is not None and math.isfinite(s)]
+        x = np.array(rows, np.float64).T if rows else np.zeros((3, 0))
+        data.append(x)
+        strata.append(x[2])
+    return _estimate(data, strata, n_boot)
+
+
+def shift_estimate(in_dist: Sequence[Sequence[dict[str, Any]]], shifted: Sequence[Sequence[dict[str, Any]]],
+                   signal: str, step: int, tasks: Sequence[str], n_boot: int = N_BOOT) -> dict[str, Any]:
+    """AUROC of ``signal`` (chunk planned at ``step``) for shifted (positive) vs in-distribution
+    episodes, within (training seed, task), with its interval (episodes resampled within task x
+    condition). ``in_dist[i]`` / ``shifted[i]``: the records of training seed i."""
+    tid = {t: i for i, t in enumerate(tasks)}
+    data, strata = [], []
+    for base, sh in zip(in_dist, shifted):
+        rows = [(s, lab, tid[e["task"]]) for lab, eps in ((0, base), (1, sh)) for e in _usable(eps)
+                if (s := chunk_score(e, signal, step)) is not None and math.isfinite(s)]
+        x = np.array(rows, np.float64).T if rows else np.zeros((3, 0))
+        data.append(x)
+        strata.append(x[2] * 2 + x[1])
+    return _estimate(data, strata, n_boot)
+
+
+def shift_onset(spec: str) -> int:
+    """The env step from which a condition differs from in-distribution (0 unless the perturbation
+    starts later: ``displace`` ``at``, ``burst`` / ``gripper_open`` ``start``)."""
+    name, _, args = spec.partition(":")
+    kw = dict(part.split("=", 1) for part in filter(None, args.split(",")) if "=" in part)
+    key = {"displace": "at", "burst": "start", "gripper_open": "start"}.get(name)
+    return int(float(kw.get(key, 0))) if key else 0
+
+
+def _success(eps: Sequence[dict[str, Any]]) -> float:
+    return float(np.mean([e["success"] for e in eps])) if eps else float("nan")
+
+
+def analyse(labels: dict[str, dict[str, Any]], tasks: Sequence[str], steps: Sequence[int], shifts: Sequence[str],
+            n_boot: int = N_BOOT) -> dict[str, Any]:
+    """Failure, shift and success tables from the recorded episodes.
+
+    ``labels[label]`` = {"head", "caps" (HeadCapabilities), "seeds": [{"episodes": {condition: [record]}}, ...]}.
+    """
+    failure, shift, success, no_rows = [], [], [], {}
+    for label, info in labels.items():
+        seeds = info["seeds"]
+        base = [s["episodes"][IN_DIST] for s in seeds]
+        sigs, why = signals_of(info["caps"], [e for eps in base for e in eps])
+        no_rows[label] = why
+        for cond in (IN_DIST, *shifts):
+            eps = [s["episodes"][cond] for s in seeds]
+            success.append({"label": label, "head": info["head"], "condition": cond,
+                            "success": float(np.mean([_success(x) for x in eps])),
+                            "per_seed": [_success(x) for x in eps],
+                            "episodes": sum(len(x) for x in eps), "errors": sum(1 for x in eps for e in x if e.get("error"))})
+        for sig in sigs:
+            for k in steps:
+                failure.append({"label": label, "head": info["head"], "signal": sig, "score": f"step {k}", "step": int(k),
+                                **failure_estimate(base, sig, int(k), tasks, n_boot)})
+            failure.append({"label": label, "head": info["head"], "signal": sig, "score": MEAN_SCORE, "step": None,
+                            **failure_estimate(base, sig, None, tasks, n_boot)})
+            for cond in shifts:
+                sh = [s["episodes"][cond] for s in seeds]
+                for k in sorted({0, shift_onset(cond)}):
+                    shift.append({"label": label, "head": info["head"], "signal": sig, "shift": cond, "step": k,
+                                  **shift_estimate(base, sh, sig, k, tasks, n_boot)})
+        failure.append({"label": label, "head": info["head"], "signal": LENGTH_SIGNAL, "score": MEAN_SCORE,
+                        "step": None, **failure_estimate(base, LENGTH_SIGNAL, None, tasks, n_boot)})
+    return {"failure": failure, "shift": shift, "success": success, "no_rows": no_rows}
+
+
+# ------------------------------------------------------------------------------------------ report
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None or r.get("value") is None or not math.isfinite(r["value"]):
+        return "-"
+    if r.get("lo") is None or not math.isfinite(r["lo"]):
+        return f"{r['value']:.2f}"
+    return f"{r['value']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}"
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """``uncertainty.md`` from the ``uncertainty.json`` content (nothing typed by hand)."""
+    meta, tables = result["meta"], result["tables"]
+    steps = meta["steps"]
+    lines = ["# Uncertainty: failure prediction before the outcome and shift detection", "",
+             f"Generated by `python -m recipes.studies.uncertainty` from `uncertainty.json` (git {meta['git_commit']}).",
+             f"Suite {meta['suite']} (args {meta['suite_args'] or 'none'}), tasks {', '.join(meta['tasks'])}; "
+             f"eval seeds {meta['eval_seeds']} x {meta['episodes_per_task']} episode(s) per task; warm start off; "
+             f"{meta['samples']} extra samples per chunk for the spreads.",
+             f"AUROC within (training seed, task), averaged over those with both classes; [95% bootstrap interval over "
+             f"training seeds x episodes, {meta['n_boot']} replicates]. Higher signal = predicted failure / shift; 0.5 = none.",
+             "", "| label | head | preset, knobs | training seeds | policies |", "|---|---|---|---|---|"]
+    for label, p in result["policies"].items():
+        knobs = ", ".join(f"{k}={v}" for k, v in p["overrides"].items()) or "-"
+        lines.append(f"| {label} | {p['head']} | {p['preset'] or '-'}: {knobs} | "
+                     f"{', '.join(str(s['train_seed']) for s in p['seeds'])} | {len(p['seeds'])} |")
+    lines += ["", "## Success", "", "| label | condition | success (mean over seeds) | per seed | episodes | env errors |",
+              "|---|---|---|---|---|---|"]
+    for r in tables["success"]:
+        per = ", ".join(_num(x) for x in r["per_seed"])
+        lines.append(f"| {r['label']} | {r['condition']} | {_num(r['success'])} | {per} | {r['episodes']} | {r['errors']} |")
+    comp = [(label, p) for label, p in result["policies"].items() if p.get("compare_success") is not None]
+    if comp:
+        lines += ["", "In-distribution success of the same episodes in the comparison's own evaluation (same preset, "
+                  "warm start off): " + "; ".join(f"{label} {p['compare_success']:.2f}" for label, p in comp) + "."]
+    cols = [f"step {k}" for k in steps] + [MEAN_SCORE]
+    lines += ["", "## Failure prediction (in-distribution): AUROC [95% CI]", "",
+              "`step k`: the chunk planned at env step k, among episodes still running then (step 0: the first "
+              "chunk of every episode). The last column is the old episode-mean score, confounded by length.", "",
+              "| label | signal | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in tables["failure"]:
+        rows.setdefault((r["label"], r["signal"]), {})[r["score"]] = r
+    for (label, sig), by in rows.items():
+        lines.append(f"| {label} | {sig} | " + " | ".join(_cell(by.get(c)) for c in cols) + " |")
+    lines += ["", "Episodes still running (failed) at each step, all seeds:", "",
+              "| label | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    seen = set()
+    for (label, sig), by in rows.items():
+        if label in seen or sig == LENGTH_SIGNAL:
+            continue
+        seen.add(label)
+        lines.append(f"| {label} | " + " | ".join(
+            f"{by[c]['episodes']} ({by[c]['positives']})" if c in by else "-" for c in cols) + " |")
+    if tables["shift"]:
+        scols = []
+        for r in tables["shift"]:
+            c = (r["shift"], r["step"])
+            if c not in scols:
+                scols.append(c)
+        lines += ["", "## Shift detection: AUROC [95% CI] of shifted vs in-distribution episodes", "",
+                  "At step 0 (the first chunk) and, for a perturbation that starts later, at its onset step.", "",
+                  "| label | signal | " + " | ".join(f"{s} @ step {k}" for s, k in scols) + " |",
+                  "|---|---|" + "---|" * len(scols)]
+        srows: dict[tuple[str, str], dict[tuple[str, int], dict[str, Any]]] = {}
+        for r in tables["shift"]:
+            srows.setdefault((r["label"], r["signal"]), {})[(r["shift"], r["step"])] = r
+        for (label, sig), by in srows.items():
+            lines.append(f"| {label} | {sig} | " + " | ".join(_cell(by.get(c)) for c in scols) + " |")
+    missing = [(label, s, why) for label, d in tables["no_rows"].items() for s, why in d.items()]
+    if missing:
+        lines += ["", "No row: " + "; ".join(f"{label} {s} ({why})" for label, s, why in missing) + "."]
+    lines += ["", "Signals: " + "; ".join(f"`{k}`: {v}" for k, v in SIGNALS.items()) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
+    """Failure AUROC vs step index, one line per label x signal, with the intervals."""
     plt = pyplot()
-
-    raw = result["raw"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, sig in zip(axes, ("energy", "energy_drop", "grad_norm")):
-        for cond, scores in raw.items():
-            v = np.asarray(scores[sig], float)
-            v = v[np.isfinite(v)]
-            if len(v):
-                ax.hist(v, bins=20, alpha=0.45, label=cond, density=True)
-        ax.set_title(f"episode mean {sig}")
-    axes[0].legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in result["tables"]["failure"]:
+        if r["step"] is not None and r["value"] is not None:
+            rows.setdefault((r["label"], r["signal"]), []).append(r)
+    for (label, sig), rs in rows.items():
+        x = [r["step"] for r in rs]
+        y = np.array([r["value"] for r in rs])
+        lo = np.array([r["lo"] if r["lo"] is not None else r["value"] for r in rs])
+        hi = np.array([r["hi"] if r["hi"] is not None else r["value"] for r in rs])
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=f"{label} {sig}")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("env step the chunk was planned at")
+    ax.set_ylabel("failure AUROC (within task)")
+    ax.set_ylim(0, 1)
+    if rows:
+        ax.legend(fontsize=7)
     return save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------------------ driver
+def _slug(s: str) -> str:
+    return re.sub(r"[^0-9A-Za-z.=_+-]+", "_", s)
+
+
+def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[str], eval_seeds: Sequence[int],
+                    episodes: int, out: str | Path, *, steps: Sequence[int] = DEFAULT_STEPS,
+                    shifts: Sequence[str] = DEFAULT_SHIFTS, samples: int = 8, presets: dict[str, str] | None = None,
+                    n_boot: int = N_BOOT, meta: dict[str, Any] | None = None,
+                    load: Callable[[str], Any] = load_policy, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every policy's episodes (cached under ``out/episodes``), analyse, write
+    ``uncertainty.{json,md,png}``; returns the JSON content."""
+    from vla_ebt.config_io import atomic_write_json, atomic_write_text, json_safe
+
+    from recipes.compare.artifacts import git_commit
+
+    out = Path(out)
+    presets = presets or {}
+    unknown = sorted(set(presets) - set(policies))
+    if unknown:
+        raise ValueError(f"--preset for unknown label(s) {unknown}; labels: {sorted(policies)}")
+    for spec in shifts:
+        if spec != "heldout":
+            make_perturbation(spec)  # a bad spec fails now, not after hours of episodes
+    conditions = [IN_DIST, *shifts]
+    meta = dict(meta or {})
+    labels: dict[str, dict[str, Any]] = {}
+    pol_meta: dict[str, dict[str, Any]] = {}
+    for label, dirs in policies.items():
+        seeds_info, head, caps, settings = [], None, None, None
+        for i, d in enumerate(dirs):
+            policy = load(d)
+            if head is None:
+                head, caps = policy.cfg.head, policy.head.capabilities
+                settings = policy_settings(policy, presets.get(label))
+            elif policy.cfg.head != head:
+                raise ValueError(f"label {label!r}: {d} has head {policy.cfg.head!r}, the first policy {head!r}")
+            info = _run_info(d)
+            eps_by_cond = {}
+            for cond in conditions:
+                key = {"policy": str(Path(d).resolve()), "condition": cond, "suite": meta.get("suite"),
+                       "suite_args": meta.get("suite_args"), "tasks": list(tasks), "eval_seeds": [int(s) for s in eval_seeds],
+                       "episodes": int(episodes), "samples": int(samples), "overrides": settings["overrides"],
+                       "warm_start": False}
+                cache = out / "episodes" / _slug(label) / f"{i}_seed{info.get('train_seed')}" / f"{_slug(cond)}.json"
+                cached = json.loads(cache.read_text()) if cache.is_file() else None
+                if cached is not None and cached.get("key") == json_safe(key):
+                    eps_by_cond[cond] = cached["episodes"]
+                    log(f"[uncertainty] {label} {d} {cond}: {len(cached['episodes'])} episodes (cached)")
+                    continue
+                eps = run_policy_episodes(policy, suite, tasks, eval_seeds, episodes, cond, settings["overrides"], samples)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(cache, json_safe({"key": key, "episodes": eps}))
+                eps_by_cond[cond] = eps
+                log(f"[uncertainty] {label} {d} {cond}: success {_success(eps):.2f} over {len(eps)} episodes")
+            seeds_info.append({"dir": str(d), **{k: v for k, v in info.items() if k != "outcomes_by_preset"},
+                               "episodes": eps_by_cond, "compare_outcomes": info.get("outcomes_by_preset")})
+            del policy
+        labels[label] = {"head": head, "caps": caps, "seeds": seeds_info}
+        pol_meta[label] = {"head": head, "preset": settings["preset"], "overrides": settings["overrides"],
+                           "capabilities": {"reports_energy": bool(caps.reports_energy), "knobs": sorted(caps.knobs),
+                                            "warm_start": bool(caps.warm_start)},
+                           "seeds": [{k: v for k, v in s.items() if k not in ("episodes", "compare_outcomes")}
+                                     for s in seeds_info],
+                           "compare_success": _compare_success(seeds_info, tasks, eval_seeds, episodes,
+                                                               settings["preset"])}
+    tables = analyse(labels, tasks, steps, shifts, n_boot)
+    result = {
+        "schema": SCHEMA,
+        "meta": {**meta, "tasks": list(tasks), "eval_seeds": [int(s) for s in eval_seeds],
+                 "episodes_per_task": int(episodes), "steps": [int(k) for k in steps], "shifts": list(shifts),
+                 "samples": int(samples), "warm_start": False, "n_boot": int(n_boot), "boot_seed": BOOT_SEED,
+                 "level": 0.95, "git_commit": git_commit(), "signals": SIGNALS,
+                 "auroc": "within (training seed, task), mean over those with both classes; positive = failed "
+                          "(failure) or shifted (shift) episode; episodes with an env error left out",
+                 "episodes_cache": str(out / "episodes")},
+        "policies": pol_meta,
+        "tables": tables,
+    }
+    result = json.loads(json.dumps(json_safe(result)))  # what the file holds (NaN -> null)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "uncertainty.json", result)
+    md = render_markdown(result)
+    atomic_write_text(out / "uncertainty.md", md)
+    plot(result, out / "uncertainty.png")
+    log(md)
+    return result
+
+
+def _compare_success(seeds_info: list[dict[str, Any]], tasks: Sequence[str], eval_seeds: Sequence[int],
+                     episodes: int, preset: str | None) -> float | None:
+    """The comparison's own success on the same episodes under the same preset, warm start off (its
+    outcomes are seed-major per task with its ``eval_seeds`` x its episodes), when every seed has them
+    and the study's seeds are the comparison's first ones; None otherwise."""
+    vals = []
+    for s in seeds_info:
+        oc, ce = (s.get("compare_outcomes") or {}).get(str(preset)), s.get("eval_seeds")
+        if not oc or not ce or list(ce[: len(eval_seeds)]) != [int(x) for x in eval_seeds]:
+            return None
+        per_seed = {t: len(oc.get(t, [])) // len(ce) for t in tasks}
+        if any(n < episodes for n in per_seed.values()):
+            return None
+        got = [oc[t][j * per_seed[t] + i] for t in tasks for j in range(len(eval_seeds)) for i in range(episodes)]
+        vals.append(float(np.mean(got)))
+    return float(np.mean(vals)) if vals else None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
-    from eval.sim.suites import make_suite
+    from eval.sim.suites import make_suite, parse_suite_args
 
-    p = argparse.ArgumentParser(prog="python -m recipes.studies.uncertainty", description=__doc__.split("\n\n")[0])
-    p.add_argument("--policy", required=True)
+    p = argparse.ArgumentParser(prog="python -m recipes.studies.uncertainty", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--policies", nargs="+", metavar="LABEL=DIR[,DIR...]",
+                     help="per label (one head), the policy folders of its training seeds")
+    src.add_argument("--compare", metavar="OUT", help="a recipes.compare --out folder: its finished final runs")
+    p.add_argument("--protocol", default="frozen", help="with --compare: the protocol (frozen / lora)")
+    p.add_argument("--heads", nargs="*", default=None, help="with --compare: only these heads (default: all found)")
     p.add_argument("--suite", default="reach2d")
-    p.add_argument("--tasks", nargs="*", default=None)
-    p.add_argument("--episodes", type=int, default=40)
-    p.add_argument("--seed", type=int, default=30_000)
-    p.add_argument("--shifts", nargs="*", default=["heldout", "noise:sigma=25", "shift:dy=6,dx=6", "displace:at=6,scale=0.3"])
-    p.add_argument("--spread-candidates", type=int, default=8)
+    p.add_argument("--suite-arg", action="append", default=None, metavar="KEY=VALUE",
+                   help="suite argument (default with --compare: the grid's)")
+    p.add_argument("--tasks", nargs="*", default=None, help="default: the grid's (--compare), else all of the suite's")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task and eval seed")
+    p.add_argument("--eval-seeds", type=int, nargs="+", default=None,
+                   help="base seeds (default: the grid's final evaluation seeds with --compare, else 30000)")
+    p.add_argument("--steps", type=int, nargs="+", default=list(DEFAULT_STEPS), help="env steps k of the step-k scores")
+    p.add_argument("--shifts", nargs="*", default=list(DEFAULT_SHIFTS))
+    p.add_argument("--samples", type=int, default=8, help="N extra samples per chunk for the spreads (0: none)")
+    p.add_argument("--preset", action="append", default=[], metavar="LABEL=PRESET",
+                   help="plan with this preset of the head (default: its first, e.g. ddpm-100)")
+    p.add_argument("--n-boot", type=int, default=N_BOOT)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    if a.samples == 1 or a.samples < 0:
+        p.error("--samples must be 0 (no spreads) or >= 2")
+    if 0 not in a.steps:
+        a.steps = [0, *a.steps]
+    steps = sorted(set(a.steps))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    policy = load_policy(a.policy)
-    suite = make_suite(a.suite)
-    tasks = a.tasks or suite.task_names()
-    res = run_uncertainty(policy, suite, tasks, a.episodes, a.seed, a.shifts, a.spread_candidates)
-    out = Path(a.out)
-    meta = {"policy": a.policy, "suite": a.suite, "episodes_per_task": a.episodes, "seed": a.seed,
-            "in_dist_success": res["in_dist_success"]}
-    write_study(out, "uncertainty_failure", res["failure"], ["signal", "within_task", "pooled", "tasks_used", *tasks],
-                meta=meta, title="Failure prediction: AUROC of episode-mean signals (positive = failed episode)")
-    write_study(out, "uncertainty_shift", res["shift"],
-                ["condition", "success", "mean_energy", "mean_grad_norm", "ood_auroc_energy", "ood_auroc_energy_drop",
-                 "ood_auroc_grad_norm", "ood_auroc_candidate_spread"],
-                meta=meta, title="Signals under shift (ood_auroc: shifted vs in-distribution episodes)")
-    from vla_ebt.config_io import save_json
-
-    save_json(out / "uncertainty_raw.json", res["raw"])
-    plot(res, out / "uncertainty.png")
-    return res
+    source: dict[str, Any] = {}
+    if a.compare:
+        policies = find_compare_policies(a.compare, a.suite, a.protocol, a.heads)
+        source = {"compare": str(a.compare), "protocol": a.protocol}
+        first = _run_info(next(iter(policies.values()))[0])
+    else:
+        policies = parse_policies(a.policies)
+        first = {}
+    suite_args = a.suite_arg if a.suite_arg is not None else (first.get("suite_args") or [])
+    suite = make_suite(a.suite, **parse_suite_args(suite_args))
+    tasks = a.tasks or first.get("tasks") or suite.task_names()
+    eval_seeds = a.eval_seeds or first.get("eval_seeds") or [30_000]
+    presets = dict(x.split("=", 1) for x in a.preset)
+    meta = {"suite": a.suite, "suite_args": list(suite_args), **source, "argv": sys.argv[1:] if argv is None else list(argv)}
+    return run_uncertainty(policies, suite, tasks, eval_seeds, a.episodes, a.out, steps=steps, shifts=a.shifts,
+                           samples=a.samples, presets=presets, n_boot=a.n_boot, meta=meta)
 
 
 if __name__ == "__main__":

@@ -170,6 +170,19 @@ def test_seed_variation_widens_the_interval():
     assert a.value == d.value == pytest.approx(0.6) and (d.hi - d.lo) > (a.hi - a.lo)
 
 
+def test_bootstrap_leaves_out_replicates_where_the_statistic_is_undefined():
+    """A statistic that is NaN on some resamples (an AUROC with one class drawn): those replicates are
+    counted and left out of the interval instead of making it NaN."""
+    def stat(per_seed):
+        x = per_seed[0]
+        return float(x.mean()) if 0 < x.sum() < len(x) else float("nan")
+
+    e = bootstrap([np.array([0.0, 1.0])], None, stat, n_boot=400)
+    assert e.value == 0.5 and (e.lo, e.hi) == (0.5, 0.5)
+    assert 100 < e.undefined < 300  # about half of the resamples draw one value twice
+    assert bootstrap([np.array([0.0, 1.0, 1.0])], None, n_boot=50).undefined == 0
+
+
 def test_auc_and_its_interval():
     assert auc([10, 20, 30], [0.0, 0.5, 1.0]) == pytest.approx(0.5)
     assert auc([10, 20], [1.0, 1.0]) == 1.0 and auc([10], [0.3]) == 0.3
