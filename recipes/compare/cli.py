@@ -3,6 +3,7 @@
     python -m recipes.compare --suite metaworld --heads ebt flow diffusion regression --seeds 0 1 2 --out DIR
         [--protocols lora frozen] [--steps N] [--checkpoints 5] [--episodes 10] [--tune-steps N]
         [--tune-lr 1e-4 3e-4 1e-3] [--tune-ema 0.99 0.999] [--jobs N] [--publish] [--dry-run]
+        [--variants ebt_eqm:ebt:objective=eqm,infer_steps=4]   # a head with changed config, as its own cell
 
 Per suite and protocol: (1) every head x (lr, EMA) candidate trains on training seed ``--tune-seed`` for
 ``--tune-steps`` and is evaluated on the tuning seeds; the best candidate per head is written to
@@ -23,7 +24,9 @@ from typing import Any
 
 from vla_ebt.heads import available_heads
 
-from .plan import PROTOCOLS, RunSpec, SeedPlan, check_seed_plan, head_variants, train_config, tune_decay
+from recipes.studies.head_to_head import HeadVariant, parse_variant
+
+from .plan import PROTOCOLS, RunSpec, SeedPlan, Variant, check_seed_plan, head_variants, train_config, tune_decay
 
 __all__ = ["main", "build_plan"]
 
@@ -31,6 +34,9 @@ __all__ = ["main", "build_plan"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recipes.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", nargs="+", default=["metaworld"], help="suites (each uses the recipe <suite>_<head>)")
+    p.add_argument("--variants", nargs="+", default=[], metavar="NAME:HEAD:key=value,...",
+                   help="extra cells: HEAD trained with config fields changed, compared as its own head NAME "
+                        "(e.g. ebt_eqm:ebt:objective=eqm,infer_steps=4); tuned and evaluated like every head")
     p.add_argument("--heads", nargs="+", default=None, help="registered heads (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of the final runs")
     p.add_argument("--out", required=True, help="run folders, tuning.json and artifacts go here")
@@ -92,6 +98,12 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
     unknown = [h for h in heads if h not in available_heads()]
     if unknown:
         raise ValueError(f"unknown head(s) {unknown}; registered: {available_heads()}")
+    cells_heads = [HeadVariant(h, h) for h in heads] + [_variant(s) for s in a.variants]
+    names = [v.name for v in cells_heads]
+    clash = sorted({n for n in names if names.count(n) > 1} | {v.name for v in cells_heads[len(heads):]
+                                                                  if v.name in available_heads()})
+    if clash:
+        raise ValueError(f"--variants: name(s) {clash} repeat a head or another variant; give each its own NAME")
     out = Path(a.out).resolve()
     commit = git_commit()
     plan: dict[str, Any] = {"tune": [], "cells": [], "bases": {}, "seed_plans": {}, "commit": commit}
@@ -108,22 +120,40 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
         plan["bases"][suite] = base
         plan["seed_plans"][suite] = seeds
         for protocol in a.protocols:
-            for head in heads:
+            for hv in cells_heads:
+                head = hv.name
                 cell = {"suite": suite, "protocol": protocol, "head": head, "steps": steps, "tune_steps": tune_steps,
-                        "tune": []}
+                        "tune": [], "variant": hv}
                 grid = [(lr, ema) for lr in a.tune_lr for ema in a.tune_ema] if tune_steps > 0 else []
                 for lr, ema in grid:
                     spec = RunSpec(suite, protocol, head, "tune", lr, ema, a.tune_seed, tune_steps, 1,
-                                   seeds.tune_eval_seeds, seeds.tune_episodes, tasks, tuple(head_variants(head)[:1]),
-                                   str(out), meta={"git_commit": commit, "jobs": a.jobs})
-                    cfg = train_config(base, suite=suite, head=head, protocol=protocol, lr=lr,
+                                   seeds.tune_eval_seeds, seeds.tune_episodes, tasks, tuple(_rows(hv)[:1]),
+                                   str(out), meta={"git_commit": commit, "jobs": a.jobs}, **_variant_fields(hv))
+                    cfg = train_config(base, suite=suite, head=hv.head, protocol=protocol, lr=lr,
                                        ema_decay=tune_decay(ema, steps, tune_steps), seed=a.tune_seed, steps=tune_steps,
-                                       checkpoints=1, run_dir=spec.run_dir, demo_cache=a.demo_cache)
+                                       checkpoints=1, run_dir=spec.run_dir, demo_cache=a.demo_cache,
+                                       head_overrides=hv.overrides)
                     spec = _with_config(spec, cfg)
                     cell["tune"].append(spec)
                     plan["tune"].append(spec)
                 plan["cells"].append(cell)
     return plan
+
+
+def _variant(spec: str) -> HeadVariant:
+    try:
+        return parse_variant(spec)
+    except ValueError as e:
+        raise ValueError(str(e).replace("--variant ", "--variants ")) from None
+
+
+def _rows(hv: HeadVariant, warm_rows: bool = True) -> list[Variant]:
+    """The evaluation rows of a cell: the head's presets, labelled by the variant's name."""
+    return head_variants(hv.head, warm_rows=warm_rows, name=hv.name)
+
+
+def _variant_fields(hv: HeadVariant) -> dict[str, Any]:
+    return {} if hv.name == hv.head else {"base_head": hv.head, "head_overrides": tuple(hv.overrides)}
 
 
 def _with_config(spec: RunSpec, cfg: Any) -> RunSpec:
@@ -136,18 +166,18 @@ def _with_config(spec: RunSpec, cfg: Any) -> RunSpec:
 
 def final_specs(plan: dict[str, Any], cell: dict[str, Any], hp: dict[str, Any], a: argparse.Namespace) -> list[RunSpec]:
     """The final runs of one (suite, protocol, head) with the chosen hyperparameters ``hp``."""
-    suite, head = cell["suite"], cell["head"]
+    suite, head, hv = cell["suite"], cell["head"], cell["variant"]
     base, seeds = plan["bases"][suite], plan["seed_plans"][suite]
     out = []
     for s in a.seeds:
         spec = RunSpec(suite, cell["protocol"], head, "final", hp["lr"], hp["ema_decay"], s, cell["steps"],
                        a.checkpoints, seeds.eval_seeds, seeds.episodes, seeds.tasks,
-                       tuple(head_variants(head, warm_rows=not a.no_warm_rows)), str(Path(a.out).resolve()),
+                       tuple(_rows(hv, warm_rows=not a.no_warm_rows)), str(Path(a.out).resolve()),
                        meta={"git_commit": plan["commit"], "jobs": a.jobs, "hparams": {"tuned": hp["tuned"]}},
-                       curve_episodes=a.curve_episodes)
-        cfg = train_config(base, suite=suite, head=head, protocol=cell["protocol"], lr=hp["lr"],
+                       curve_episodes=a.curve_episodes, **_variant_fields(hv))
+        cfg = train_config(base, suite=suite, head=hv.head, protocol=cell["protocol"], lr=hp["lr"],
                            ema_decay=hp["ema_decay"], seed=s, steps=cell["steps"], checkpoints=a.checkpoints,
-                           run_dir=spec.run_dir, demo_cache=a.demo_cache)
+                           run_dir=spec.run_dir, demo_cache=a.demo_cache, head_overrides=hv.overrides)
         out.append(_with_config(spec, cfg))
     return out
 
@@ -191,7 +221,7 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
     if a.dry_run:
         for c in plan["cells"]:
             print(f"  {c['suite']}/{c['protocol']}/{c['head']}: {len(c['tune'])} x {c['tune_steps']} tuning steps, "
-                  f"{len(a.seeds)} x {c['steps']} final steps, rows {[v.label for v in head_variants(c['head'], not a.no_warm_rows)]}")
+                  f"{len(a.seeds)} x {c['steps']} final steps, rows {[v.label for v in _rows(c['variant'], not a.no_warm_rows)]}")
         return 0
     if execute is None:
         _prepare(plan, a)

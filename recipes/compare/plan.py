@@ -83,13 +83,17 @@ class Variant:
     warm_start: bool = False
 
 
-def head_variants(head: str, warm_rows: bool = True) -> list[Variant]:
+def head_variants(head: str, warm_rows: bool = True, name: str | None = None) -> list[Variant]:
     """Every preset of ``head`` (``capabilities.presets``; else one row named after the head) with warm
     start off, then, for heads declaring ``capabilities.warm_start``, the same presets with it on and the
-    head's ``capabilities.warm_overrides`` applied."""
+    head's ``capabilities.warm_overrides`` applied. ``name`` (a head trained with changed config
+    fields, e.g. ``ebt_eqm``) labels the rows: ``name`` for a preset that keeps the configured
+    inference, ``"name preset"`` otherwise."""
     from recipes.studies.head_to_head import eval_variants
 
     base = [(label, tuple(sorted(ov.items()))) for label, ov in eval_variants(head)]
+    if name is not None and name != head:
+        base = [(name if not ov else f"{name} {label}", ov) for label, ov in base]
     rows = [Variant(label, label, ov, False) for label, ov in base]
     caps = head_class(head).capabilities
     if warm_rows and caps.warm_start:  # with the knob values that make the head use the previous plan
@@ -128,6 +132,10 @@ class RunSpec:
     out: str
     config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: the registered head class when ``head`` names a variant (``ebt_eqm`` = ``ebt`` with
+    #: ``head_overrides`` applied to its config); "" when ``head`` is the registered head itself
+    base_head: str = ""
+    head_overrides: tuple[tuple[str, Any], ...] = ()
     #: episodes per task and eval seed at the checkpoints before the last (the first ones of the final
     #: checkpoint's list, so the same env seeds); 0: ``episodes_per_task`` at every checkpoint
     curve_episodes: int = 0
@@ -145,6 +153,11 @@ class RunSpec:
                 f"lr{_slug(self.lr)}_ema{_slug(self.ema_decay)}/seed{self.train_seed}")
 
     @property
+    def model_head(self) -> str:
+        """The registered head that is trained (``base_head`` or ``head``)."""
+        return self.base_head or self.head
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.out) / self.key
 
@@ -160,6 +173,7 @@ class RunSpec:
                               for v in d["variants"])
         d["eval_seeds"] = tuple(d["eval_seeds"])
         d["tasks"] = tuple(d["tasks"])
+        d["head_overrides"] = tuple(tuple(x) for x in d.get("head_overrides", ()))
         return cls(**d)
 
 
@@ -172,19 +186,21 @@ def tune_decay(decay: float, steps: int, tune_steps: int) -> float:
 
 
 def train_config(base: Any, *, suite: str, head: str, protocol: str, lr: float, ema_decay: float, seed: int,
-                 steps: int, checkpoints: int, run_dir: Path, demo_cache: str | None = None) -> Any:
+                 steps: int, checkpoints: int, run_dir: Path, demo_cache: str | None = None,
+                 head_overrides: Sequence[tuple[str, Any]] = ()) -> Any:
     """``base`` (a TrainConfig) for one run: the head (everything else of the recipe unchanged), the
     backbone protocol, lr / EMA, the training seed (initialization and data order), ``steps`` with
     ``checkpoints`` evenly spaced checkpoints (all kept, each with a loadable policy/), every step
     logged (metrics.jsonl carries the training seconds the curves use), warmup at most a tenth of
-    the run, no evaluation inside finetune.run (the comparison evaluates the checkpoints)."""
+    the run, no evaluation inside finetune.run (the comparison evaluates the checkpoints).
+    ``head_overrides`` change fields of that head's config (a head variant such as ``ebt_eqm``)."""
     from recipes.studies.head_to_head import _head_config
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {list(PROTOCOLS)}")
     if checkpoints < 1 or steps < checkpoints or steps % checkpoints:
         raise ValueError(f"steps ({steps}) must be a positive multiple of checkpoints ({checkpoints})")
-    policy = _head_config(base.policy, head, ())
+    policy = _head_config(base.policy, head, tuple(head_overrides))
     policy = dataclasses.replace(policy, finetune=dataclasses.replace(policy.finetune, mode=protocol))
     optim = dataclasses.replace(base.optim, steps=steps, lr=lr, ema_decay=ema_decay,
                                 warmup_steps=min(base.optim.warmup_steps, steps // 10),

@@ -110,6 +110,7 @@ def _artifact(spec: RunSpec, summary: dict[str, Any], evals: list[dict[str, Any]
     cpu = acct.get("train_cpu_seconds", 0.0) + acct.get("eval_cpu_seconds", 0.0)
     return {
         "schema": SCHEMA, "suite": spec.suite, "head": spec.head, "protocol": spec.protocol, "stage": spec.stage,
+        "base_head": spec.model_head, "head_overrides": {k: v for k, v in spec.head_overrides},
         "train_seed": spec.train_seed, "eval_seeds": list(spec.eval_seeds), "episodes_per_task": spec.episodes_per_task,
         "curve_episodes_per_task": spec.episodes_at(0) if spec.checkpoints > 1 else spec.episodes_per_task,
         "tasks": list(spec.tasks), "git_commit": spec.meta.get("git_commit", "unknown"), "config": spec.config,

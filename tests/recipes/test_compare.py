@@ -381,3 +381,30 @@ def test_curve_episodes_shorten_earlier_checkpoints_and_the_auc_uses_the_common_
     # the AUC sees the first 2 episodes of each seed at every checkpoint: 0.0, 0.5, 1.0
     assert cell.auc.value == pytest.approx(auc([10, 20, 30], [0.0, 0.5, 1.0]))
     assert cell.curve == pytest.approx([0.0, 0.5, 0.4])
+
+
+def test_head_variant_is_its_own_cell_trained_with_the_changed_config(tmp_path):
+    """--variants NAME:HEAD:fields: a cell tuned and trained like every head, its config changed, its rows
+    labelled by NAME; its artifact names the registered head and the changes; bad specs are refused."""
+    from recipes.compare.cli import main
+
+    fake = FakeTrainer()
+    argv = ["--suite", "reach2d", "--heads", "ebt", "--variants", "ebt_eqm:ebt:objective=eqm,infer_steps=4",
+            "--seeds", "0", "--out", str(tmp_path), "--steps", "20", "--checkpoints", "2", "--tune-steps", "4",
+            "--tune-lr", "1e-3", "--tune-ema", "0.9", "--protocols", "frozen", "--jobs", "1"]
+    assert main(argv, execute=fake) == 0
+    spec = RunSpec.from_dict(json.loads((tmp_path / "reach2d/frozen/final/ebt_eqm/lr0.001_ema0.9/seed0/spec.json")
+                                        .read_text()))
+    assert spec.head == "ebt_eqm" and spec.model_head == "ebt"
+    assert dict(spec.head_overrides) == {"objective": "eqm", "infer_steps": 4}
+    ebt_cfg = spec.config["policy"]["ebt"]
+    assert spec.config["policy"]["head"] == "ebt" and (ebt_cfg["objective"], ebt_cfg["infer_steps"]) == ("eqm", 4)
+    plain = json.loads((tmp_path / "reach2d/frozen/final/ebt/lr0.001_ema0.9/seed0/spec.json").read_text())
+    assert plain["config"]["policy"]["ebt"]["objective"] == "reference" and plain["base_head"] == ""
+    assert [v.label for v in spec.variants] == ["ebt_eqm", "ebt_eqm +warm"]
+    tuning = json.loads((tmp_path / "reach2d/frozen/tuning.json").read_text())
+    assert set(tuning["heads"]) == {"ebt", "ebt_eqm"}
+    for bad, msg in ((["ebt:ebt:objective=eqm"], "repeat a head"), (["x:nohead"], "NAME:HEAD"),
+                     (["x:ebt:objectiv=eqm"], "unknown ebt config field")):
+        with pytest.raises(SystemExit, match=msg):
+            main([*argv[:4], "--variants", *bad, *argv[6:]], execute=fake)
