@@ -217,8 +217,11 @@ def _run(cfg: TrainConfig, progress: bool, resume: str | None, deepspeed_config:
     result.eval_policy.save_pretrained(run_dir / "policy")
     timing["training"] = time.perf_counter() - t
 
+    from recipes.compare.artifacts import git_commit
+
     summary = {
         "run_dir": str(run_dir),
+        "git_commit": git_commit(),  # the code this run trained with ("-dirty": uncommitted changes)
         "data_source": cfg.data.source,
         "datasets": data.datasets,
         "train_seconds": result.seconds,

@@ -294,7 +294,7 @@ def point_row(desc: dict[str, Any], cfg: TrainConfig, summary: dict[str, Any]) -
         param_samples=float(summary["train_steps"]) * cfg.optim.batch_size * p_total,
         train_seconds=summary["train_seconds"], samples_per_s=summary["samples_per_s"],
         wall_seconds=(summary.get("timing_s") or {}).get("total"),
-        final_loss=summary["final_loss"], stop_reason=summary["stop_reason"],
+        final_loss=summary["final_loss"], stop_reason=summary["stop_reason"], git_commit=summary.get("git_commit"),
         success=(summary.get("success") or {}).get(trained),
         run_dir=cfg.run_dir,
     )
@@ -456,7 +456,10 @@ def embodiment_markdown(rows: list[dict[str, Any]], suites: list[str]) -> str:
 
 
 def write_results(sc: ScalingConfig, rows: list[dict[str, Any]], out_dir: Path) -> None:
-    config_io.save_json(out_dir / "results.json", {"config": config_io.to_dict(sc), "rows": rows})
+    from recipes.compare.artifacts import git_commit
+
+    config_io.save_json(out_dir / "results.json", {"config": config_io.to_dict(sc), "git_commit": git_commit(),
+                                                   "rows": rows})
     md = results_markdown(rows)
     if sc.suites:
         md += "\n" + embodiment_markdown(rows, list(sc.suites))

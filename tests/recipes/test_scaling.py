@@ -116,6 +116,7 @@ def test_sim_embodiment_sweep_end_to_end_and_resume(tmp_path, monkeypatch) -> No
     res = json.loads((out / "results.json").read_text())
     rows = res["rows"]
     assert [r["embodiments"] for r in rows] == [1, 2] and all("error" not in r for r in rows)
+    assert len(res["git_commit"]) >= 7 and all(r["git_commit"] for r in rows)  # what code made the numbers
     assert [sorted(r["success_per_suite"]) for r in rows] == [["reach2d"], ["reach2d", "reach2d_detour"]]
     for r in rows:
         assert r["steps"] == 3 and r["samples"] == 24 and r["train_seconds"] > 0 and r["wall_seconds"] > 0
