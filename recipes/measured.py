@@ -388,6 +388,40 @@ def format_train_throughput(a: Artifact) -> Bullet:
     return Bullet("Training throughput", f"{setting}: {rows}.", cmd)
 
 
+def format_scaling_embodiments(a: Artifact) -> Bullet:
+    """``python -m recipes.scaling --suites TARGET OTHER ...`` (results.json): per number of embodiments
+    in the training mixture, closed-loop success on each suite trained on (Wilson 95% interval) and the
+    training compute."""
+    suites = [str(x) for x in a.get("config.suites", list)]
+    rows = a.get("rows", list)
+    if not suites or not rows:
+        raise ArtifactError(f"{a.name}: field 'config.suites' / 'rows' is empty (not an embodiment sweep)")
+    points = []
+    for i, r in enumerate(rows):
+        per = []
+        for s in suites:
+            f = f"rows.{i}.success_per_suite.{s}"
+            if a.opt(f) is None:
+                continue
+            per.append(f"{s} **{a.num(f + '.success'):.2f}** [{a.num(f + '.ci_low'):.2f}, {a.num(f + '.ci_high'):.2f}] "
+                       f"({a.num(f + '.successes'):g}/{a.num(f + '.episodes'):g})")
+        points.append(f"{a.num(f'rows.{i}.embodiments'):g} ({', '.join(suites[:int(a.num(f'rows.{i}.embodiments'))])}): "
+                      + ", ".join(per) + f"; {_secs(a.num(f'rows.{i}.train_seconds'))} training")
+    c = "config."
+    setting = _join(f"target {suites[0]}, one policy per mixture of the first k suites, {a.num(c + 'steps'):g} steps "
+                    f"each, mixture `{a.text(c + 'base.data.mixture')}`, {a.num(c + 'eval_episodes_per_task'):g} "
+                    f"evaluation episodes per task, 1 training seed", _commit(a, "git_commit", "git_dirty"))
+    cmd = ("python -m recipes.scaling --base-recipe default --suites " + " ".join(suites) + " --embodiments "
+           + " ".join(str(int(k)) for k in a.get(c + "embodiments", list))
+           + " --heads " + " ".join(map(str, a.get(c + "heads", list)))
+           + " --backbones " + " ".join(map(str, a.get(c + "backbones", list)))
+           + f" --steps {int(a.num(c + 'steps'))} --base.data.mixture {a.text(c + 'base.data.mixture')}"
+           f" --eval-episodes-per-task {int(a.num(c + 'eval_episodes_per_task'))} --out OUT"
+           f" (then copy OUT/results.json to {a.name})")
+    return Bullet("Closed-loop scaling across embodiments", f"{setting}; success per suite by the number of "
+                  "embodiments trained on: " + "; ".join(points) + ".", cmd)
+
+
 #: artifact file name -> formatter; the section lists the present ones in this order
 FORMATTERS: dict[str, Formatter] = {
     "main_job_timing.json": format_main_job_timing,
@@ -398,6 +432,7 @@ FORMATTERS: dict[str, Formatter] = {
     "sim_eval_default.json": format_sim_eval,
     "convert_throughput.json": format_convert_throughput,
     "frozen_feature_cache.json": format_frozen_feature_cache,
+    "scaling_embodiments.json": format_scaling_embodiments,
     "zero_memory.json": format_zero_memory,
     "zero_memory_glibc_heap.json": format_zero_memory,
 }

@@ -120,3 +120,20 @@ def test_head_latency_and_train_throughput_formatters_state_the_numbers():
     assert b.command.endswith("--configs ebt_lora flow_lora --out r/train_throughput.json")
     with pytest.raises(measured.ArtifactError, match="train_throughput.json: field 'configs' is empty"):
         measured.format_train_throughput(measured.Artifact("r/train_throughput.json", {**tt, "configs": {}}))
+
+
+def test_scaling_embodiments_formatter_states_success_per_suite_and_mixture():
+    per = {"metaworld": {"success": 0.9, "ci_low": 0.75, "ci_high": 0.97, "successes": 27, "episodes": 30},
+           "reach2d": {"success": 0.5, "ci_low": 0.33, "ci_high": 0.67, "successes": 15, "episodes": 30}}
+    art = {"git_commit": "feedbee1234", "config": {"suites": ["metaworld", "reach2d"], "embodiments": [1, 2],
+                                                   "heads": ["128x2"], "backbones": ["recipe"], "steps": 600,
+                                                   "eval_episodes_per_task": 10, "base": {"data": {"mixture": "uniform"}}},
+           "rows": [{"embodiments": 1, "train_seconds": 400.0, "success_per_suite": {"metaworld": per["metaworld"]}},
+                    {"embodiments": 2, "train_seconds": 420.0, "success_per_suite": per}]}
+    b = measured.format_scaling_embodiments(measured.Artifact("r/scaling_embodiments.json", art))
+    for s in ("target metaworld", "mixture `uniform`", "commit `feedbee`", "1 (metaworld): metaworld **0.90** [0.75, 0.97] (27/30)",
+              "2 (metaworld, reach2d): metaworld **0.90**", "reach2d **0.50** [0.33, 0.67] (15/30)"):
+        assert s in b.text, s
+    assert "--suites metaworld reach2d --embodiments 1 2 --heads 128x2 --backbones recipe --steps 600" in b.command
+    with pytest.raises(measured.ArtifactError, match="scaling_embodiments.json: field 'config.suites'"):
+        measured.format_scaling_embodiments(measured.Artifact("r/scaling_embodiments.json", {**art, "rows": []}))
