@@ -252,8 +252,7 @@ def format_sim_eval(a: Artifact) -> Bullet:
     rows = [(k, label) for k, label in _SIM_VARIANTS if f"{k}_success" in a.data]
     if not rows:
         raise ArtifactError(f"{a.name}: field 'ebt_success' is missing")
-    succ = ", ".join(f"{label} " + (f"**{a.num(k + '_success'):.2f}**" if k == "ebt" else f"{a.num(k + '_success'):.2f}")
-                     + f" ({a.num(k + '_nfe'):g} nfe)" for k, label in rows)
+    succ = ", ".join(f"{label} **{a.num(k + '_success'):.2f}** ({a.num(k + '_nfe'):g} nfe)" for k, label in rows)
     ms = ", ".join(f"{label} {a.num(k + '_chunk_ms'):.1f}" for k, label in rows)
     if a.opt("chunk_ms_ratio") is not None:
         ms += f" (EBT / diffusion {a.num('chunk_ms_ratio'):.2f})"
