@@ -94,7 +94,7 @@ _run_info = run_info  # the shared helpers live in recipes.studies.protocol_poli
 __all__ = ["SIGNALS", "SCHEMA", "DEFAULT_STEPS", "DEFAULT_SHIFTS", "IN_DIST", "MEAN_SCORE", "LENGTH_SIGNAL",
            "parse_policies", "find_compare_policies", "policy_settings", "run_policy_episodes", "signals_of",
            "chunk_score", "episode_mean", "failure_estimate", "shift_estimate", "shift_onset", "analyse",
-           "render_markdown", "run_uncertainty", "main"]
+           "render_markdown", "run_uncertainty", "build_parser", "main"]
 
 SCHEMA = "vla_ebt.uncertainty/2"
 IN_DIST = "in-distribution"
@@ -484,9 +484,7 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
     return result
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import torch
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recipes.studies.uncertainty", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_policy_arguments(p, episodes=20, default_seed=30_000)
@@ -494,6 +492,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--shifts", nargs="*", default=list(DEFAULT_SHIFTS))
     p.add_argument("--samples", type=int, default=8, help="N extra samples per chunk for the spreads (0: none)")
     p.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import torch
+
+    p = build_parser()
     a = p.parse_args(argv)
     if a.samples == 1 or a.samples < 0:
         p.error("--samples must be 0 (no spreads) or >= 2")
