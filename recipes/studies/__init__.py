@@ -8,9 +8,13 @@
   intervals over training seeds x episodes: EBT's energy vs the N-sample spread of every stochastic head;
   and shift detection (held-out paraphrases, image noise, camera shift, displaced objects).
 - ``python -m recipes.studies.recovery``        success after injected failures (action bursts, displaced
-  objects, forced gripper opening), from behaviour cloning alone.
+  objects, forced gripper opening), from behaviour cloning alone, and the ratio perturbed / clean.
+- ``python -m recipes.studies.realtime``        success and smoothness at chunk boundaries per head x
+  execution strategy x inference delay.
 - ``python -m recipes.studies.language``        success on held-out paraphrases (and held-out tasks where
   the suite has them).
 
-Shared pieces live in :mod:`recipes.studies.common`.
+Uncertainty, recovery and realtime run the comparison protocol's policies (several training seeds per
+head, ``--policies LABEL=DIR,...`` or ``--compare OUT``) and pool the seeds with bootstrap intervals:
+:mod:`recipes.studies.protocol_policies`. Other shared pieces live in :mod:`recipes.studies.common`.
 """

@@ -17,10 +17,46 @@ from typing import Any, Sequence
 
 from eval.sim.rollout import EvalConfig, evaluate
 
-from .common import load_policy, write_study
-from .recovery import parse_policies, plot
+from .common import load_policy, pyplot, save_figure, write_study
 
-__all__ = ["run_language", "main"]
+__all__ = ["run_language", "parse_policies", "plot", "main"]
+
+
+def parse_policies(items: Sequence[str]) -> dict[str, str]:
+    """["name=DIR", ...] -> {name: DIR} (a bare DIR is named after its parent folder)."""
+    out = {}
+    for it in items:
+        name, eq, path = it.partition("=")
+        if not eq:
+            path, name = it, Path(it).resolve().parent.name
+        if name in out:
+            raise ValueError(f"duplicate policy name {name!r}")
+        out[name] = path
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str = "success by instruction split") -> Path:
+    """Success per condition (``perturbation`` column), one bar per policy, with its interval."""
+    import numpy as np
+
+    plt = pyplot()
+    pols = list(dict.fromkeys(r["policy"] for r in rows))
+    conds = list(dict.fromkeys(r["perturbation"] for r in rows))
+    w = 0.8 / max(1, len(pols))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(conds), 3.5))
+    for i, p in enumerate(pols):
+        rs = {r["perturbation"]: r for r in rows if r["policy"] == p}
+        x = np.arange(len(conds)) + i * w
+        y = [rs[c]["success"] if c in rs else np.nan for c in conds]
+        lo = [rs[c]["success"] - rs[c]["ci_low"] if c in rs else 0 for c in conds]
+        hi = [rs[c]["ci_high"] - rs[c]["success"] if c in rs else 0 for c in conds]
+        ax.bar(x, y, w, yerr=[lo, hi], capsize=2, label=p)
+    ax.set_xticks(np.arange(len(conds)) + w * (len(pols) - 1) / 2, conds, rotation=15, fontsize=7)
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
 
 
 def run_language(policies: dict[str, Any], suite: Any, tasks: Sequence[str], episodes_per_task: int,

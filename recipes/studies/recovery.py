@@ -1,111 +1,275 @@
-"""Study 4, recovery: inject failures mid-episode and measure how often each policy still succeeds,
-from behaviour cloning alone (no retry demonstrations).
+"""Study 4, recovery: inject failures mid-episode and measure how often each head still succeeds, from
+behaviour cloning alone (no retry demonstrations), pooled over training seeds (issue 13).
 
-    python -m recipes.studies.recovery --policies ebt=runs/reach2d_ebt/policy diffusion=runs/reach2d_diffusion/policy \\
-        --suite reach2d --episodes 30 --perturbations burst:start=4,length=6 displace:at=6,scale=0.3 \\
+    # the final policies of a comparison grid, on its final evaluation seeds, tasks and suite arguments
+    python -m recipes.studies.recovery --compare runs/compare --suite metaworld --protocol frozen \\
+        --heads ebt flow diffusion regression --episodes 20 --out runs/studies/recovery_mw
+    # policy folders, one per training seed (one folder = one seed)
+    python -m recipes.studies.recovery --policies ebt=DIR1,DIR2,DIR3 diffusion=DIR1,DIR2,DIR3 \\
+        --suite reach2d --episodes 30 --perturbations burst:start=4,length=6 displace:at=8 \\
         --out runs/studies/recovery
 
 Perturbations (:mod:`eval.sim.perturb`): ``burst`` (random actions for a few steps), ``displace``
-(the task object / target moves after partial progress), ``gripper_open`` (Meta-World: the gripper
-is forced open). Every policy sees the same seeded episodes and the same perturbation per episode.
-Rows: policy x perturbation with success (95% interval) and the recovery ratio = success under the
-perturbation / success without it. Writes ``recovery.{json,md,png}``.
+(the task object / target moves after partial progress; without ``scale`` by the suite's own default
+distance), ``gripper_open`` (Meta-World: the gripper is forced open). Defaults: a burst of 6 random
+actions from step 4 and a displacement at step 8 (a planning step of receding horizon 4), plus on
+Meta-World the gripper forced open for steps 30-39. Every policy of every head runs the same seeded
+episodes (``--eval-seeds`` x ``--episodes`` per task; with ``--compare`` by default the grid's final
+evaluation seeds) clean and under each perturbation, and the same episode gets the same perturbation
+under every policy (the perturbation RNG is seeded from the env seed). Every head plans under its
+first preset (``--preset LABEL=NAME`` for another) with warm start off, as in the comparison's
+evaluation.
+
+Per head: success clean and under each perturbation, pooled over training seeds (mean over seeds of
+each seed's success; env errors count as failures) with a 95% bootstrap interval over training seeds
+x episodes, and the **recovery ratio** = success under the perturbation / clean success with its
+interval: clean and perturbed ran the same episodes, so each bootstrap replicate draws the seeds and
+then the episodes within task once for both and takes the ratio of the two means
+(``recipes.studies.protocol_policies.ratio_estimate``; replicates with no clean success are left out
+and counted). Episodes are cached per policy and condition under ``OUT/episodes/`` (a rerun with the
+same settings reuses them; labels can run in separate processes sharing ``--out``). Writes
+``recovery.json`` (configuration, policies with their training seeds, eval seeds, git commit, rows),
+``recovery.md`` (generated from it) and ``recovery.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from eval.sim.perturb import PerturbedSuite, make_perturbation
-from eval.sim.rollout import EvalConfig, evaluate
+from recipes.compare.stats import BOOT_SEED, N_BOOT
 
-from .common import load_policy, write_study, pyplot, save_figure
+from .common import load_policy, predict_overrides, pyplot, save_figure
+from .protocol_policies import (add_policy_arguments, cached_episodes, compare_success, estimate_cell,
+                                policy_settings, ratio_estimate, resolve_policy_arguments, run_info, seed_tag, slug,
+                                success_estimate)
 
-__all__ = ["run_recovery", "parse_policies", "main"]
+__all__ = ["SCHEMA", "CLEAN", "DEFAULT_PERTURBATIONS", "default_perturbations", "run_condition", "analyse",
+           "run_recovery", "render_markdown", "plot", "build_parser", "main"]
 
-
-def parse_policies(items: Sequence[str]) -> dict[str, str]:
-    """["name=DIR", ...] -> {name: DIR} (a bare DIR is named after its parent folder)."""
-    out = {}
-    for it in items:
-        name, eq, path = it.partition("=")
-        if not eq:
-            path, name = it, Path(it).resolve().parent.name
-        if name in out:
-            raise ValueError(f"duplicate policy name {name!r}")
-        out[name] = path
-    return out
+SCHEMA = "vla_ebt.recovery/2"
+CLEAN = "none"
+DEFAULT_PERTURBATIONS = ("burst:start=4,length=6", "displace:at=8")
+#: extra default perturbations of a suite
+SUITE_PERTURBATIONS = {"metaworld": ("gripper_open:start=30,length=10",)}
 
 
-def run_recovery(policies: dict[str, Any], suite: Any, tasks: Sequence[str], episodes_per_task: int, seed: int,
-                 perturbations: Sequence[str]) -> list[dict[str, Any]]:
+def default_perturbations(suite: str) -> list[str]:
+    return [*DEFAULT_PERTURBATIONS, *SUITE_PERTURBATIONS.get(suite, ())]
+
+
+def run_condition(policy: Any, suite: Any, tasks: Sequence[str], eval_seeds: Sequence[int], episodes: int,
+                  condition: str, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One policy's episodes clean (``CLEAN``) or under one perturbation spec, warm start off, planned
+    with ``overrides``; one record per episode (task, eval seed, index, env seed, success, error, length)."""
+    from eval.sim.rollout import EvalConfig, evaluate
+    from recipes.compare.evaluation import warm_start
+
+    seeds = [int(s) for s in eval_seeds]
+    target = suite if condition == CLEAN else PerturbedSuite(suite, [make_perturbation(condition)], tag=condition)
+    cfg = EvalConfig(tasks=list(tasks), episodes_per_task=int(episodes), seed=seeds[0], seeds=seeds, num_workers=0)
+    with warm_start(policy, False), predict_overrides(policy, **(overrides or {})):
+        rep = evaluate(policy, target, cfg)
+    return [{"task": e.task, "eval_seed": int(e.base_seed if e.base_seed is not None else seeds[0]),
+             "index": int(e.index), "env_seed": int(e.seed), "success": bool(e.success), "error": e.error,
+             "length": int(e.length)} for e in rep.episodes]
+
+
+def analyse(labels: dict[str, dict[str, Any]], tasks: Sequence[str], perturbations: Sequence[str],
+            n_boot: int = N_BOOT) -> list[dict[str, Any]]:
+    """Rows per label: clean, then each perturbation (success with its interval; perturbed rows add the
+    recovery ratio with its interval). ``labels[label]`` = {"head", "seeds": [{condition: [record]}]}."""
     rows = []
-    for name, pol in policies.items():
-        ecfg = EvalConfig(tasks=list(tasks), episodes_per_task=episodes_per_task, seed=seed)
-        clean = evaluate(pol, suite, ecfg)
-        base = clean.success_rate
-        rows.append({"policy": name, "perturbation": "none", "success": base, "ci_low": clean.overall.ci_low,
-                     "ci_high": clean.overall.ci_high, "recovery": 1.0, "episodes": clean.overall.episodes})
-        for spec in perturbations:
-            rep = evaluate(pol, PerturbedSuite(suite, [make_perturbation(spec)], tag=spec), ecfg)
-            o = rep.overall
-            rows.append({"policy": name, "perturbation": spec, "success": o.success_rate, "ci_low": o.ci_low,
-                         "ci_high": o.ci_high, "recovery": o.success_rate / base if base > 0 else float("nan"),
-                         "episodes": o.episodes, "errors": sum(1 for e in rep.episodes if e.error)})
+    for label, info in labels.items():
+        clean = [s[CLEAN] for s in info["seeds"]]
+        for cond in (CLEAN, *perturbations):
+            eps = [s[cond] for s in info["seeds"]]
+            s = success_estimate(eps, tasks, n_boot)
+            row = {"label": label, "head": info["head"], "perturbation": cond, "success": s["value"],
+                   "ci_low": s["lo"], "ci_high": s["hi"], "per_seed": s["per_seed"], "seeds": s["n_seeds"],
+                   "episodes": s["episodes"], "errors": s["errors"],
+                   "per_task": {t: float(np.mean([np.mean([bool(e["success"]) and not e.get("error")
+                                                           for e in x if e["task"] == t]) for x in eps]))
+                                for t in tasks}}
+            if cond != CLEAN:
+                r = ratio_estimate(clean, eps, tasks, n_boot)
+                row.update({"recovery": r["value"], "recovery_lo": r["lo"], "recovery_hi": r["hi"],
+                            "recovery_undefined_replicates": r["undefined_replicates"]})
+            rows.append(row)
     return rows
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str = "success under injected failures") -> Path:
-    plt = pyplot()
-    import numpy as np
+def run_recovery(policies: dict[str, Sequence[str] | str], suite: Any, tasks: Sequence[str],
+                 eval_seeds: Sequence[int], episodes: int, out: str | Path, *,
+                 perturbations: Sequence[str] = DEFAULT_PERTURBATIONS, presets: dict[str, str] | None = None,
+                 n_boot: int = N_BOOT, meta: dict[str, Any] | None = None, load: Callable[[str], Any] = load_policy,
+                 log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Every policy's episodes clean and under each perturbation (cached under ``out/episodes``),
+    pooled per label; writes ``recovery.{json,md,png}`` and returns the JSON content.
+    ``policies``: {label: [policy dir per training seed]} (a single dir: one seed)."""
+    from vla_ebt.config_io import atomic_write_text, json_safe
 
-    pols = list(dict.fromkeys(r["policy"] for r in rows))
-    conds = list(dict.fromkeys(r["perturbation"] for r in rows))
-    w = 0.8 / max(1, len(pols))
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(conds), 3.5))
-    for i, p in enumerate(pols):
-        rs = {r["perturbation"]: r for r in rows if r["policy"] == p}
-        x = np.arange(len(conds)) + i * w
-        y = [rs[c]["success"] if c in rs else np.nan for c in conds]
-        lo = [rs[c]["success"] - rs[c]["ci_low"] if c in rs else 0 for c in conds]
-        hi = [rs[c]["ci_high"] - rs[c]["success"] if c in rs else 0 for c in conds]
-        ax.bar(x, y, w, yerr=[lo, hi], capsize=2, label=p)
-    ax.set_xticks(np.arange(len(conds)) + w * (len(pols) - 1) / 2, conds, rotation=15, fontsize=7)
-    ax.set_ylabel("success rate")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    from recipes.compare.artifacts import git_commit
+
+    out = Path(out)
+    policies = {k: [v] if isinstance(v, (str, Path)) else list(v) for k, v in policies.items()}
+    presets = presets or {}
+    unknown = sorted(set(presets) - set(policies))
+    if unknown:
+        raise ValueError(f"--preset for unknown label(s) {unknown}; labels: {sorted(policies)}")
+    if CLEAN in perturbations:
+        raise ValueError(f"{CLEAN!r} is the clean condition, always run; not a perturbation")
+    for spec in perturbations:
+        make_perturbation(spec)  # a bad spec fails now, not after hours of episodes
+    meta = dict(meta or {})
+    seeds = [int(s) for s in eval_seeds]
+    say = log or (lambda _msg: None)
+    labels: dict[str, dict[str, Any]] = {}
+    pol_meta: dict[str, dict[str, Any]] = {}
+    for label, dirs in policies.items():
+        seeds_info, per_seed, head, settings = [], [], None, None
+        for i, d in enumerate(dirs):
+            policy = load(str(d))
+            if head is None:
+                head = policy.cfg.head
+                settings = policy_settings(policy, presets.get(label), final_eval=False)
+            elif policy.cfg.head != head:
+                raise ValueError(f"label {label!r}: {d} has head {policy.cfg.head!r}, the first policy {head!r}")
+            info = run_info(d)
+            by_cond = {}
+            for cond in (CLEAN, *perturbations):
+                key = {"policy": str(Path(d).resolve()), "condition": cond, "suite": meta.get("suite"),
+                       "suite_args": meta.get("suite_args"), "tasks": list(tasks), "eval_seeds": seeds,
+                       "episodes": int(episodes), "overrides": settings["overrides"], "warm_start": False}
+                path = out / "episodes" / slug(label) / seed_tag(i, info) / f"{slug(cond)}.json"
+                eps, hit = cached_episodes(path, key, lambda: run_condition(
+                    policy, suite, tasks, seeds, episodes, cond, settings["overrides"]))
+                by_cond[cond] = eps
+                say(f"[recovery] {label} seed {info.get('train_seed')} {cond}: " + (
+                    f"{len(eps)} episodes (cached)" if hit else
+                    f"success {np.mean([e['success'] for e in eps]):.2f} over {len(eps)} episodes"))
+            per_seed.append(by_cond)
+            seeds_info.append({"dir": str(d), **{k: v for k, v in info.items() if k != "outcomes_by_preset"},
+                               "compare_outcomes": info.get("outcomes_by_preset")})
+            del policy
+        labels[label] = {"head": head, "seeds": per_seed}
+        pol_meta[label] = {"head": head, "preset": settings["preset"], "overrides": settings["overrides"],
+                           "seeds": [{k: v for k, v in s.items() if k != "compare_outcomes"} for s in seeds_info],
+                           "compare_success": compare_success(seeds_info, tasks, seeds, episodes, settings["preset"])}
+    result = {
+        "schema": SCHEMA,
+        "meta": {**meta, "tasks": list(tasks), "eval_seeds": seeds, "episodes_per_task": int(episodes),
+                 "perturbations": list(perturbations), "warm_start": False, "n_boot": int(n_boot),
+                 "boot_seed": BOOT_SEED, "level": 0.95, "git_commit": git_commit(),
+                 "episodes_cache": str(out / "episodes")},
+        "policies": pol_meta,
+        "rows": analyse(labels, tasks, perturbations, n_boot),
+    }
+    result = json.loads(json.dumps(json_safe(result)))  # what the file holds (NaN -> null)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "recovery.json", json.dumps(result, indent=2))
+    md = render_markdown(result)
+    atomic_write_text(out / "recovery.md", md)
+    if log:
+        log(md)
+    plot(result, out / "recovery.png")
+    return result
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """``recovery.md`` from the ``recovery.json`` content (nothing typed by hand)."""
+    m = result["meta"]
+    lines = ["# Recovery from injected failures", "",
+             f"Generated by `python -m recipes.studies.recovery` from `recovery.json` (git {m['git_commit']}).",
+             f"Suite {m.get('suite')} (args {m.get('suite_args') or 'none'}), tasks {', '.join(m['tasks'])}; eval seeds "
+             f"{m['eval_seeds']} x {m['episodes_per_task']} episode(s) per task, the same clean and perturbed for every "
+             f"policy; warm start off.",
+             f"Success: mean over training seeds [95% bootstrap interval over training seeds x episodes, {m['n_boot']} "
+             f"replicates]; env errors count as failures. Recovery = success under the perturbation / clean success, "
+             f"the ratio of the two pooled means, its interval from the same replicates drawing the same episodes for "
+             f"both.", "",
+             "| label | head | preset, knobs | training seeds | comparison's own success (same episodes) |",
+             "|---|---|---|---|---|"]
+    for label, p in result["policies"].items():
+        knobs = ", ".join(f"{k}={v}" for k, v in p["overrides"].items()) or "-"
+        cs = p.get("compare_success")
+        lines.append(f"| {label} | {p['head']} | {p['preset'] or '-'}: {knobs} | "
+                     f"{', '.join(str(s.get('train_seed')) for s in p['seeds'])} | {'-' if cs is None else f'{cs:.2f}'} |")
+    lines += ["", "| label | perturbation | success | per seed | recovery (perturbed / clean) | episodes (errors) |",
+              "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        per = ", ".join("-" if x is None else f"{x:.2f}" for x in r["per_seed"])
+        rec = "-" if r["perturbation"] == CLEAN else estimate_cell(
+            {"value": r.get("recovery"), "lo": r.get("recovery_lo"), "hi": r.get("recovery_hi")})
+        succ = estimate_cell({"value": r["success"], "lo": r["ci_low"], "hi": r["ci_high"]})
+        lines.append(f"| {r['label']} | {r['perturbation']} | {succ} | {per} | {rec} | {r['episodes']} ({r['errors']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Left: success per condition, one bar per label, with intervals; right: the recovery ratio per
+    perturbation with its interval (1 = no loss)."""
+    plt = pyplot()
+    rows = result["rows"]
+    labels = list(dict.fromkeys(r["label"] for r in rows)) or ["-"]
+    conds = list(dict.fromkeys(r["perturbation"] for r in rows)) or [CLEAN]
+    perts = [c for c in conds if c != CLEAN]
+    w = 0.8 / max(1, len(labels))
+    fig, axes = plt.subplots(1, 2, figsize=(2.5 + 1.6 * len(conds) + 1.4 * max(1, len(perts)), 3.8), squeeze=False)
+    for panel, (ax, cs, key, lo, hi, ylabel) in enumerate(
+            ((axes[0, 0], conds, "success", "ci_low", "ci_high", "success rate"),
+             (axes[0, 1], perts, "recovery", "recovery_lo", "recovery_hi", "recovery (perturbed / clean)"))):
+        for i, label in enumerate(labels):
+            rs = {r["perturbation"]: r for r in rows if r["label"] == label}
+            x = np.arange(len(cs)) + i * w
+
+            def val(c: str, k: str) -> float:
+                v = rs.get(c, {}).get(k)
+                return np.nan if v is None else float(v)
+
+            y = np.array([val(c, key) for c in cs])
+            err = np.stack([y - np.array([val(c, lo) for c in cs]), np.array([val(c, hi) for c in cs]) - y])
+            ax.bar(x, np.nan_to_num(y), w, yerr=np.clip(np.nan_to_num(err), 0, None), capsize=2, label=label)
+        ax.set_xticks(np.arange(len(cs)) + w * (len(labels) - 1) / 2, cs, rotation=15, fontsize=7)
+        ax.set_ylabel(ylabel)
+        if panel == 0:
+            ax.set_ylim(0, 1.05)
+            ax.legend(fontsize=7)
+        else:
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    fig.suptitle("success under injected failures (pooled over training seeds)", fontsize=9)
     return save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m recipes.studies.recovery", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_policy_arguments(p, episodes=30, default_seed=40_000)
+    p.add_argument("--perturbations", nargs="+", default=None,
+                   help=f"eval.sim.perturb specs (default: {' '.join(DEFAULT_PERTURBATIONS)}, plus on Meta-World "
+                        f"{' '.join(SUITE_PERTURBATIONS['metaworld'])})")
+    p.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
-    from eval.sim.suites import make_suite
-
-    p = argparse.ArgumentParser(prog="python -m recipes.studies.recovery", description=__doc__.split("\n\n")[0])
-    p.add_argument("--policies", nargs="+", required=True, help="name=DIR of save_pretrained policies")
-    p.add_argument("--suite", default="reach2d")
-    p.add_argument("--tasks", nargs="*", default=None)
-    p.add_argument("--episodes", type=int, default=30)
-    p.add_argument("--seed", type=int, default=40_000)
-    p.add_argument("--perturbations", nargs="+", default=["burst:start=4,length=6", "displace:at=6,scale=0.3"])
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
+    a = build_parser().parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    suite = make_suite(a.suite)
-    tasks = a.tasks or suite.task_names()
-    pols = {n: load_policy(d) for n, d in parse_policies(a.policies).items()}
-    rows = run_recovery(pols, suite, tasks, a.episodes, a.seed, a.perturbations)
-    out = Path(a.out)
-    write_study(out, "recovery", rows, ["policy", "perturbation", "success", "ci_low", "ci_high", "recovery", "episodes"],
-                meta={"suite": a.suite, "episodes_per_task": a.episodes, "seed": a.seed},
-                title="Recovery from injected failures")
-    plot(rows, out / "recovery.png")
-    return rows
+    inp = resolve_policy_arguments(a, default_seed=40_000)
+    suite = inp.make_suite()
+    meta = {**inp.meta(), "argv": sys.argv[1:] if argv is None else list(argv)}
+    perturbations = a.perturbations if a.perturbations is not None else default_perturbations(inp.suite)
+    return run_recovery(inp.policies, suite, inp.tasks or suite.task_names(), inp.eval_seeds, inp.episodes, a.out,
+                        perturbations=perturbations, presets=inp.presets, n_boot=a.n_boot, meta=meta)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -87,11 +86,15 @@ from recipes.compare.stats import BOOT_SEED, N_BOOT, bootstrap
 
 from .common import auroc, load_policy, predict_overrides, pyplot, save_figure
 from .episodes import run_study_episodes
+from .protocol_policies import (add_policy_arguments, cached_episodes, compare_success, find_compare_policies,
+                                parse_policies, policy_settings, resolve_policy_arguments, run_info, seed_tag, slug)
+
+_run_info = run_info  # the shared helpers live in recipes.studies.protocol_policies (one source of truth)
 
 __all__ = ["SIGNALS", "SCHEMA", "DEFAULT_STEPS", "DEFAULT_SHIFTS", "IN_DIST", "MEAN_SCORE", "LENGTH_SIGNAL",
            "parse_policies", "find_compare_policies", "policy_settings", "run_policy_episodes", "signals_of",
            "chunk_score", "episode_mean", "failure_estimate", "shift_estimate", "shift_onset", "analyse",
-           "render_markdown", "run_uncertainty", "main"]
+           "render_markdown", "run_uncertainty", "build_parser", "main"]
 
 SCHEMA = "vla_ebt.uncertainty/2"
 IN_DIST = "in-distribution"
@@ -107,119 +110,6 @@ SIGNALS = {
     "energy_spread": "std of the final energies of the N extra chains",
 }
 _ENERGY_SIGNALS = ("energy", "small_drop", "energy_spread")
-
-
-# ------------------------------------------------------------------------------------------ policies
-def parse_policies(items: Sequence[str]) -> dict[str, list[str]]:
-    """["LABEL=DIR1,DIR2", ...] -> {LABEL: [DIR1, DIR2]} (one label per head; the directories are the
-    policies of its training seeds). Duplicate labels and empty lists raise ValueError."""
-    out: dict[str, list[str]] = {}
-    for it in items:
-        label, eq, dirs = it.partition("=")
-        if not eq or not label.strip():
-            raise ValueError(f"--policies expects LABEL=DIR[,DIR...], got {it!r}")
-        label = label.strip()
-        if label in out:
-            raise ValueError(f"duplicate policy label {label!r}")
-        paths = [d for d in dirs.split(",") if d.strip()]
-        if not paths:
-            raise ValueError(f"--policies {label}: no directory given")
-        out[label] = paths
-    return out
-
-
-def _run_info(policy_dir: str | Path) -> dict[str, Any]:
-    """What the comparison artifacts say about a policy folder (a parent holding ``result.json`` or
-    ``spec.json`` within four levels: train seed, git commit, eval seeds, tasks, suite args); else
-    the training seed parsed from a ``seed<N>`` folder name."""
-    p = Path(policy_dir).resolve()
-    for parent in [p, *p.parents][:5]:
-        for name in ("result.json", "spec.json"):
-            f = parent / name
-            if f.is_file():
-                try:
-                    d = json.loads(f.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
-                if "train_seed" not in d:
-                    continue
-                cfg = d.get("config") or {}
-                return {"run_dir": str(parent), "train_seed": d.get("train_seed"),
-                        "train_git_commit": d.get("git_commit") or (d.get("meta") or {}).get("git_commit"),
-                        "eval_seeds": d.get("eval_seeds"), "tasks": d.get("tasks"), "steps": d.get("steps"),
-                        "suite_args": (cfg.get("data") or {}).get("suite_args"),
-                        "outcomes_by_preset": _outcomes_by_preset(d)}
-    m = re.search(r"seed(\d+)", str(p))
-    return {"train_seed": int(m.group(1)) if m else None}
-
-
-def _outcomes_by_preset(result: dict[str, Any]) -> dict[str, dict[str, list[int]]]:
-    """{preset: the comparison's own outcomes of that preset's warm-start-off row at the last checkpoint}."""
-    out = {}
-    for row in result.get("rows") or []:
-        if not row.get("warm_start") and row.get("curve") and row["curve"][-1].get("outcomes"):
-            out[str(row.get("preset", row.get("label")))] = row["curve"][-1]["outcomes"]
-    return out
-
-
-def find_compare_policies(out: str | Path, suite: str, protocol: str,
-                          heads: Sequence[str] | None = None) -> dict[str, list[str]]:
-    """{head: [policy dir of every finished final run, by training seed]} of a ``recipes.compare`` grid:
-    ``OUT/<suite>/<protocol>/final/<head>/<hparams>/seed<N>/checkpoints/step_<S>/policy`` with S the
-    run's last step. A head with finals under several hyperparameter folders uses the one
-    ``tuning.json`` chose. FileNotFoundError when nothing is finished."""
-    from vla_ebt.train_io import list_checkpoints
-
-    root = Path(out) / suite / protocol / "final"
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no final runs of suite {suite!r}, protocol {protocol!r} under {out}")
-    tuning_path = Path(out) / suite / protocol / "tuning.json"
-    tuning = json.loads(tuning_path.read_text()) if tuning_path.is_file() else {}
-    found: dict[str, list[str]] = {}
-    for head_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        head = head_dir.name
-        if heads and head not in heads:
-            continue
-        hp_dirs = sorted(d for d in head_dir.iterdir() if d.is_dir() and any(d.glob("seed*/done.json")))
-        if len(hp_dirs) > 1:
-            chosen = ((tuning.get("heads") or {}).get(head) or {}).get("chosen") or {}
-            key = chosen.get("run", "")
-            pick = [d for d in hp_dirs if d.name and f"/{d.name}/" in f"/{key}/"]
-            if len(pick) != 1:
-                raise ValueError(f"{head_dir}: finals under {[d.name for d in hp_dirs]} and tuning.json does not pick one")
-            hp_dirs = pick
-        runs = []
-        for hp in hp_dirs:
-            for seed_dir in hp.glob("seed*"):
-                if not (seed_dir / "done.json").is_file():
-                    continue
-                ckpts = list_checkpoints(seed_dir / "checkpoints")
-                if not ckpts or not (ckpts[-1] / "policy" / "config.json").is_file():
-                    continue
-                m = re.fullmatch(r"seed(\d+)", seed_dir.name)
-                runs.append((int(m.group(1)) if m else 0, str(ckpts[-1] / "policy")))
-        if runs:
-            found[head] = [d for _, d in sorted(runs)]
-    missing = sorted(set(heads or ()) - set(found))
-    if missing:
-        raise FileNotFoundError(f"{root}: no finished final runs of head(s) {missing}")
-    if not found:
-        raise FileNotFoundError(f"{root}: no finished final runs")
-    return found
-
-
-def policy_settings(policy: Any, preset: str | None = None) -> dict[str, Any]:
-    """The knob values the study plans with: the head's preset (``preset`` by name, default its first,
-    none when it declares none) plus ``final_eval=True`` when the head has that knob."""
-    caps = policy.head.capabilities
-    presets = dict(caps.presets)
-    if preset is not None and preset not in presets:
-        raise ValueError(f"head {policy.cfg.head!r} has no preset {preset!r}; known: {sorted(presets)}")
-    name = preset if preset is not None else (caps.presets[0][0] if caps.presets else None)
-    knobs = dict(presets.get(name, {})) if name is not None else {}
-    if "final_eval" in caps.knobs:
-        knobs["final_eval"] = True
-    return {"preset": name, "overrides": knobs}
 
 
 # ------------------------------------------------------------------------------------------ episodes
@@ -515,10 +405,6 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ driver
-def _slug(s: str) -> str:
-    return re.sub(r"[^0-9A-Za-z.=_+-]+", "_", s)
-
-
 def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[str], eval_seeds: Sequence[int],
                     episodes: int, out: str | Path, *, steps: Sequence[int] = DEFAULT_STEPS,
                     shifts: Sequence[str] = DEFAULT_SHIFTS, samples: int = 8, presets: dict[str, str] | None = None,
@@ -551,24 +437,19 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
                 settings = policy_settings(policy, presets.get(label))
             elif type(policy.head) is not type(first.head):  # every seed of one label: the same head class
                 raise ValueError(f"label {label!r}: {d} has head {policy.cfg.head!r}, the first policy {head!r}")
-            info = _run_info(d)
+            info = run_info(d)
             eps_by_cond = {}
             for cond in conditions:
                 key = {"policy": str(Path(d).resolve()), "condition": cond, "suite": meta.get("suite"),
                        "suite_args": meta.get("suite_args"), "tasks": list(tasks), "eval_seeds": [int(s) for s in eval_seeds],
                        "episodes": int(episodes), "samples": int(samples), "overrides": settings["overrides"],
                        "warm_start": False}
-                cache = out / "episodes" / _slug(label) / f"{i}_seed{info.get('train_seed')}" / f"{_slug(cond)}.json"
-                cached = json.loads(cache.read_text()) if cache.is_file() else None
-                if cached is not None and cached.get("key") == json_safe(key):
-                    eps_by_cond[cond] = cached["episodes"]
-                    log(f"[uncertainty] {label} {d} {cond}: {len(cached['episodes'])} episodes (cached)")
-                    continue
-                eps = run_policy_episodes(policy, suite, tasks, eval_seeds, episodes, cond, settings["overrides"], samples)
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(cache, json_safe({"key": key, "episodes": eps}))
+                cache = out / "episodes" / slug(label) / seed_tag(i, info) / f"{slug(cond)}.json"
+                eps, hit = cached_episodes(cache, key, lambda: run_policy_episodes(
+                    policy, suite, tasks, eval_seeds, episodes, cond, settings["overrides"], samples))
                 eps_by_cond[cond] = eps
-                log(f"[uncertainty] {label} {d} {cond}: success {_success(eps):.2f} over {len(eps)} episodes")
+                log(f"[uncertainty] {label} {d} {cond}: {len(eps)} episodes (cached)" if hit else
+                    f"[uncertainty] {label} {d} {cond}: success {_success(eps):.2f} over {len(eps)} episodes")
             seeds_info.append({"dir": str(d), **{k: v for k, v in info.items() if k != "outcomes_by_preset"},
                                "episodes": eps_by_cond, "compare_outcomes": info.get("outcomes_by_preset")})
             del policy
@@ -578,8 +459,8 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
                                             "warm_start": bool(caps.warm_start)},
                            "seeds": [{k: v for k, v in s.items() if k not in ("episodes", "compare_outcomes")}
                                      for s in seeds_info],
-                           "compare_success": _compare_success(seeds_info, tasks, eval_seeds, episodes,
-                                                               settings["preset"])}
+                           "compare_success": compare_success(seeds_info, tasks, eval_seeds, episodes,
+                                                              settings["preset"])}
     tables = analyse(labels, tasks, steps, shifts, n_boot)
     result = {
         "schema": SCHEMA,
@@ -603,51 +484,21 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
     return result
 
 
-def _compare_success(seeds_info: list[dict[str, Any]], tasks: Sequence[str], eval_seeds: Sequence[int],
-                     episodes: int, preset: str | None) -> float | None:
-    """The comparison's own success on the same episodes under the same preset, warm start off (its
-    outcomes are seed-major per task with its ``eval_seeds`` x its episodes), when every seed has them
-    and the study's seeds are the comparison's first ones; None otherwise."""
-    vals = []
-    for s in seeds_info:
-        oc, ce = (s.get("compare_outcomes") or {}).get(str(preset)), s.get("eval_seeds")
-        if not oc or not ce or list(ce[: len(eval_seeds)]) != [int(x) for x in eval_seeds]:
-            return None
-        per_seed = {t: len(oc.get(t, [])) // len(ce) for t in tasks}
-        if any(n < episodes for n in per_seed.values()):
-            return None
-        got = [oc[t][j * per_seed[t] + i] for t in tasks for j in range(len(eval_seeds)) for i in range(episodes)]
-        vals.append(float(np.mean(got)))
-    return float(np.mean(vals)) if vals else None
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m recipes.studies.uncertainty", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_policy_arguments(p, episodes=20, default_seed=30_000)
+    p.add_argument("--steps", type=int, nargs="+", default=list(DEFAULT_STEPS), help="env steps k of the step-k scores")
+    p.add_argument("--shifts", nargs="*", default=list(DEFAULT_SHIFTS))
+    p.add_argument("--samples", type=int, default=8, help="N extra samples per chunk for the spreads (0: none)")
+    p.add_argument("--out", required=True)
+    return p
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
-    from eval.sim.suites import make_suite, parse_suite_args
-
-    p = argparse.ArgumentParser(prog="python -m recipes.studies.uncertainty", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--policies", nargs="+", metavar="LABEL=DIR[,DIR...]",
-                     help="per label (one head), the policy folders of its training seeds")
-    src.add_argument("--compare", metavar="OUT", help="a recipes.compare --out folder: its finished final runs")
-    p.add_argument("--protocol", default="frozen", help="with --compare: the protocol (frozen / lora)")
-    p.add_argument("--heads", nargs="*", default=None, help="with --compare: only these heads (default: all found)")
-    p.add_argument("--suite", default="reach2d")
-    p.add_argument("--suite-arg", action="append", default=None, metavar="KEY=VALUE",
-                   help="suite argument (default with --compare: the grid's)")
-    p.add_argument("--tasks", nargs="*", default=None, help="default: the grid's (--compare), else all of the suite's")
-    p.add_argument("--episodes", type=int, default=20, help="episodes per task and eval seed")
-    p.add_argument("--eval-seeds", type=int, nargs="+", default=None,
-                   help="base seeds (default: the grid's final evaluation seeds with --compare, else 30000)")
-    p.add_argument("--steps", type=int, nargs="+", default=list(DEFAULT_STEPS), help="env steps k of the step-k scores")
-    p.add_argument("--shifts", nargs="*", default=list(DEFAULT_SHIFTS))
-    p.add_argument("--samples", type=int, default=8, help="N extra samples per chunk for the spreads (0: none)")
-    p.add_argument("--preset", action="append", default=[], metavar="LABEL=PRESET",
-                   help="plan with this preset of the head (default: its first, e.g. ddpm-100)")
-    p.add_argument("--n-boot", type=int, default=N_BOOT)
-    p.add_argument("--out", required=True)
+    p = build_parser()
     a = p.parse_args(argv)
     if a.samples == 1 or a.samples < 0:
         p.error("--samples must be 0 (no spreads) or >= 2")
@@ -655,22 +506,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.steps = [0, *a.steps]
     steps = sorted(set(a.steps))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    source: dict[str, Any] = {}
-    if a.compare:
-        policies = find_compare_policies(a.compare, a.suite, a.protocol, a.heads)
-        source = {"compare": str(a.compare), "protocol": a.protocol}
-        first = _run_info(next(iter(policies.values()))[0])
-    else:
-        policies = parse_policies(a.policies)
-        first = {}
-    suite_args = a.suite_arg if a.suite_arg is not None else (first.get("suite_args") or [])
-    suite = make_suite(a.suite, **parse_suite_args(suite_args))
-    tasks = a.tasks or first.get("tasks") or suite.task_names()
-    eval_seeds = a.eval_seeds or first.get("eval_seeds") or [30_000]
-    presets = dict(x.split("=", 1) for x in a.preset)
-    meta = {"suite": a.suite, "suite_args": list(suite_args), **source, "argv": sys.argv[1:] if argv is None else list(argv)}
-    return run_uncertainty(policies, suite, tasks, eval_seeds, a.episodes, a.out, steps=steps, shifts=a.shifts,
-                           samples=a.samples, presets=presets, n_boot=a.n_boot, meta=meta)
+    inp = resolve_policy_arguments(a, default_seed=30_000)
+    suite = inp.make_suite()
+    meta = {**inp.meta(), "argv": sys.argv[1:] if argv is None else list(argv)}
+    return run_uncertainty(inp.policies, suite, inp.tasks or suite.task_names(), inp.eval_seeds, inp.episodes, a.out,
+                           steps=steps, shifts=a.shifts, samples=a.samples, presets=inp.presets, n_boot=a.n_boot,
+                           meta=meta)
 
 
 if __name__ == "__main__":

@@ -171,16 +171,16 @@ def test_recovery_and_language_commands(saved_policies, tmp_path):
     from recipes.studies import language, recovery
 
     pols = [f"ebt={saved_policies['ebt']}", f"reg={saved_policies['regression']}"]
-    rows = recovery.main(["--policies", *pols, "--tasks", "reach_red", "--episodes", "2",
-                          "--perturbations", "burst:start=2,length=3", "--out", str(tmp_path)])
-    assert [(r["policy"], r["perturbation"]) for r in rows] == [
+    rows = recovery.main(["--policies", *pols, "--tasks", "reach_red", "--episodes", "2", "--n-boot", "50",
+                          "--perturbations", "burst:start=2,length=3", "--out", str(tmp_path)])["rows"]
+    assert [(r["label"], r["perturbation"]) for r in rows] == [
         ("ebt", "none"), ("ebt", "burst:start=2,length=3"), ("reg", "none"), ("reg", "burst:start=2,length=3")]
     assert all(r["episodes"] == 2 for r in rows) and (tmp_path / "recovery.png").exists()
     rows = language.main(["--policies", pols[0], "--tasks", "reach_red", "--episodes", "2", "--out", str(tmp_path)])
     assert [r["perturbation"] for r in rows] == ["train paraphrases", "held-out paraphrases"]
     assert (tmp_path / "language.md").exists()
     with pytest.raises(ValueError, match="duplicate"):
-        recovery.parse_policies(["a=x", "a=y"])
+        language.parse_policies(["a=x", "a=y"])
 
 
 def _tiny_reach2d_recipe(tmp_path):

@@ -237,6 +237,7 @@ def test_score_chunks_is_the_energy_of_the_normalized_chunk(ebt):
 
 @pytest.mark.slow
 def test_realtime_study_end_to_end_and_resumes(tmp_path, monkeypatch):
+    """The single-policy usage (one folder per label = one training seed), two heads."""
     from recipes.studies import realtime
 
     pols = {}
@@ -245,25 +246,26 @@ def test_realtime_study_end_to_end_and_resumes(tmp_path, monkeypatch):
         pols[head] = str(tmp_path / head)
     args = ["--policies", f"ebt={pols['ebt']}", f"reg={pols['regression']}", "--suite", "reach2d",
             "--suite-arg", "max_episode_steps=6", "--tasks", "reach_red", "--episodes", "1", "--delays", "0", "2",
-            "--strategies", "sync", "naive_async", "temporal_ensemble", "rtc", "energy_gate", "--out",
-            str(tmp_path / "out")]
+            "--strategies", "sync", "naive_async", "temporal_ensemble", "rtc", "energy_gate", "--seed", "30000",
+            "--n-boot", "50", "--out", str(tmp_path / "out")]
     res = realtime.main(args)
     saved = json.loads((tmp_path / "out" / "realtime.json").read_text())
-    assert set(saved) == {"meta", "rows", "skipped"}
-    assert {"policies", "suite", "tasks", "episodes_per_task", "delays", "strategies", "on_starve"} <= set(saved["meta"])
-    cells = {(r["policy"], r["strategy"], r["delay"]) for r in saved["rows"]}
-    assert cells == {(p, s, d) for p, ss in (("ebt", ("sync", "naive_async", "temporal_ensemble", "rtc", "energy_gate")),
-                                               ("reg", ("sync", "naive_async", "temporal_ensemble")))
-                     for s in ss for d in (0, 2)}
+    assert set(saved) == {"schema", "meta", "policies", "rows", "skipped"}
+    assert {"suite", "tasks", "eval_seeds", "episodes_per_task", "delays", "strategies", "on_starve", "git_commit",
+            "warm_start"} <= set(saved["meta"])
+    assert saved["meta"]["eval_seeds"] == [30000] and saved["meta"]["warm_start"] is False
+    cells = {(r["label"], r["strategy"], r["delay"]) for r in saved["rows"]}
+    assert cells == {(p, s, d) for p, ss in (("ebt", ("naive_async", "temporal_ensemble", "rtc", "energy_gate")),
+                                               ("reg", ("naive_async", "temporal_ensemble")))
+                     for s in ss for d in (0, 2)} | {("ebt", "sync", 0), ("reg", "sync", 0)}
     for r in saved["rows"]:
-        assert {"head", "success", "ci_low", "ci_high", "episodes", "max_switch_jump", "mean_sq_second_diff",
-                "stalls", "starved", "switches", "gate_rejections", "chunk_ms", "per_task"} <= set(r)
-        assert r["episodes"] == 1 and r["first_error"] is None
+        assert {"head", "success", "ci_low", "ci_high", "per_seed", "episodes", "max_switch_jump",
+                "mean_sq_second_diff", "mean_sq_second_diff_lo", "mean_sq_second_diff_hi", "stalls", "starved",
+                "switches", "gate_rejections", "chunk_ms", "per_task"} <= set(r)
+        assert r["episodes"] == 1 and r["seeds"] == 1 and r["first_error"] is None
     # EBT inpaints (rtc) and reports energy (energy_gate); the regression head does neither
-    assert {(s["policy"], s["strategy"]) for s in saved["skipped"]} == {("reg", "rtc"), ("reg", "energy_gate")}
+    assert {(s["label"], s["strategy"]) for s in saved["skipped"]} == {("reg", "rtc"), ("reg", "energy_gate")}
     assert all(s["reason"] for s in saved["skipped"])
-    sync2 = next(r for r in saved["rows"] if r["policy"] == "ebt" and r["strategy"] == "sync" and r["delay"] == 2)
-    assert sync2["stalls"] == 2 * sync2["switches"]
     md = (tmp_path / "out" / "realtime.md").read_text()
     assert "Skipped" in md and "energy_gate" in md and (tmp_path / "out" / "realtime.png").exists()
     # a rerun reuses every finished cell
