@@ -67,7 +67,13 @@ def module_costs(items: list, measured: dict[str, float]) -> dict[str, float]:
     return {m: max(s, measured.get(m, 0.0)) for m, s in est.items()}
 
 
+#: the module costs the last collection was ordered by (read by tests/test_suite_order.py)
+ORDERED_BY: dict[str, float] = {}
+
+
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
     costs = module_costs(items, _measured_module_seconds())
+    ORDERED_BY.clear()
+    ORDERED_BY.update(costs)
     order = {m: i for i, m in enumerate(dict.fromkeys(it.nodeid.split("::")[0] for it in items))}
     items.sort(key=lambda it: (-costs[it.nodeid.split("::")[0]], order[it.nodeid.split("::")[0]]))

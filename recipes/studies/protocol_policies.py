@@ -39,7 +39,7 @@ from recipes.compare.stats import N_BOOT, bootstrap
 
 __all__ = ["parse_policies", "run_info", "find_compare_policies", "policy_settings", "compare_success", "seed_tag",
            "slug", "cached_episodes", "add_policy_arguments", "StudyInputs", "resolve_policy_arguments",
-           "episode_arrays", "success_estimate", "mean_estimate", "ratio_estimate", "estimate_cell"]
+           "episode_arrays", "success_estimate", "mean_estimate", "ratio_estimate", "estimate_cell", "check_same_head"]
 
 
 # ------------------------------------------------------------------------------------------ policies
@@ -395,3 +395,10 @@ def estimate_cell(est: dict[str, Any], nd: int = 2) -> str:
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return f"{v:.{nd}f}"
     return f"{v:.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
+
+
+def check_same_head(label: str, first: Any, policy: Any, where: str | Path) -> None:
+    """ValueError when ``policy`` (loaded from ``where``) has another head class than ``first``, the first
+    seed of ``label``: the seeds pooled under one label must be one head."""
+    if type(policy.head) is not type(first.head):
+        raise ValueError(f"label {label!r}: {where} has head {policy.cfg.head!r}, the first policy {first.cfg.head!r}")

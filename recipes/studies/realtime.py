@@ -59,7 +59,7 @@ import numpy as np
 from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import fmt, load_policy, predict_overrides, pyplot, save_figure
-from .protocol_policies import (add_policy_arguments, cached_episodes, compare_success, estimate_cell, mean_estimate,
+from .protocol_policies import (add_policy_arguments, check_same_head, cached_episodes, compare_success, estimate_cell, mean_estimate,
                                 policy_settings, resolve_policy_arguments, run_info, seed_tag, slug,
                                 success_estimate)
 
@@ -185,7 +185,7 @@ def run_realtime(policies: dict[str, Sequence[str] | str], suite_name: str, out:
         for i, d in enumerate(dirs):
             policy = load(str(d))
             if head is None:
-                head, horizon = policy.cfg.head, int(policy.cfg.horizon)
+                first, head, horizon = policy, policy.cfg.head, int(policy.cfg.horizon)
                 settings = policy_settings(policy, presets.get(label), final_eval=False)
                 for strategy in strategies:
                     why = execution_problem(policy, EvalConfig(strategy=strategy))
@@ -197,8 +197,8 @@ def run_realtime(policies: dict[str, Sequence[str] | str], suite_name: str, out:
                         skipped.append({"label": label, "head": head, "strategy": None, "delay": dl,
                                         "reason": f"d = {dl} >= horizon {horizon}: every chunk after the first would "
                                                   f"arrive after its last step and be discarded"})
-            elif policy.cfg.head != head:
-                raise ValueError(f"label {label!r}: {d} has head {policy.cfg.head!r}, the first policy {head!r}")
+            else:
+                check_same_head(label, first, policy, d)
             info = run_info(d)
             for strategy in strategies:
                 if any(s["label"] == label and s["strategy"] == strategy for s in skipped):

@@ -47,7 +47,7 @@ from eval.sim.perturb import PerturbedSuite, make_perturbation
 from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import load_policy, predict_overrides, pyplot, save_figure
-from .protocol_policies import (add_policy_arguments, cached_episodes, compare_success, estimate_cell,
+from .protocol_policies import (add_policy_arguments, check_same_head, cached_episodes, compare_success, estimate_cell,
                                 policy_settings, ratio_estimate, resolve_policy_arguments, run_info, seed_tag, slug,
                                 success_estimate)
 
@@ -138,10 +138,10 @@ def run_recovery(policies: dict[str, Sequence[str] | str], suite: Any, tasks: Se
         for i, d in enumerate(dirs):
             policy = load(str(d))
             if head is None:
-                head = policy.cfg.head
+                first, head = policy, policy.cfg.head
                 settings = policy_settings(policy, presets.get(label), final_eval=False)
-            elif policy.cfg.head != head:
-                raise ValueError(f"label {label!r}: {d} has head {policy.cfg.head!r}, the first policy {head!r}")
+            else:
+                check_same_head(label, first, policy, d)
             info = run_info(d)
             by_cond = {}
             for cond in (CLEAN, *perturbations):

@@ -86,7 +86,7 @@ from recipes.compare.stats import BOOT_SEED, N_BOOT, bootstrap
 
 from .common import auroc, load_policy, predict_overrides, pyplot, save_figure
 from .episodes import run_study_episodes
-from .protocol_policies import (add_policy_arguments, cached_episodes, compare_success, find_compare_policies,
+from .protocol_policies import (add_policy_arguments, check_same_head, cached_episodes, compare_success, find_compare_policies,
                                 parse_policies, policy_settings, resolve_policy_arguments, run_info, seed_tag, slug)
 
 _run_info = run_info  # the shared helpers live in recipes.studies.protocol_policies (one source of truth)
@@ -435,8 +435,8 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
             if head is None:
                 first, head, caps = policy, policy.cfg.head, policy.head.capabilities
                 settings = policy_settings(policy, presets.get(label))
-            elif type(policy.head) is not type(first.head):  # every seed of one label: the same head class
-                raise ValueError(f"label {label!r}: {d} has head {policy.cfg.head!r}, the first policy {head!r}")
+            else:
+                check_same_head(label, first, policy, d)
             info = run_info(d)
             eps_by_cond = {}
             for cond in conditions:
