@@ -409,7 +409,8 @@ def format_scaling_embodiments(a: Artifact) -> Bullet:
     c = "config."
     setting = _join(f"target {suites[0]}, one policy per mixture of the first k suites, {a.num(c + 'steps'):g} steps "
                     f"each, mixture `{a.text(c + 'base.data.mixture')}`, {a.num(c + 'eval_episodes_per_task'):g} "
-                    f"evaluation episodes per task, 1 training seed", _commit(a, "git_commit", "git_dirty"))
+                    f"evaluation episodes per task, 1 training seed",
+                    f"results written at commit `{a.text('git_commit')[:7]}`" if a.opt("git_commit") else "")
     cmd = ("python -m recipes.scaling --base-recipe default --suites " + " ".join(suites) + " --embodiments "
            + " ".join(str(int(k)) for k in a.get(c + "embodiments", list))
            + " --heads " + " ".join(map(str, a.get(c + "heads", list)))

@@ -131,7 +131,7 @@ def test_scaling_embodiments_formatter_states_success_per_suite_and_mixture():
            "rows": [{"embodiments": 1, "train_seconds": 400.0, "success_per_suite": {"metaworld": per["metaworld"]}},
                     {"embodiments": 2, "train_seconds": 420.0, "success_per_suite": per}]}
     b = measured.format_scaling_embodiments(measured.Artifact("r/scaling_embodiments.json", art))
-    for s in ("target metaworld", "mixture `uniform`", "commit `feedbee`", "1 (metaworld): metaworld **0.90** [0.75, 0.97] (27/30)",
+    for s in ("target metaworld", "mixture `uniform`", "results written at commit `feedbee`", "1 (metaworld): metaworld **0.90** [0.75, 0.97] (27/30)",
               "2 (metaworld, reach2d): metaworld **0.90**", "reach2d **0.50** [0.33, 0.67] (15/30)"):
         assert s in b.text, s
     assert "--suites metaworld reach2d --embodiments 1 2 --heads 128x2 --backbones recipe --steps 600" in b.command
