@@ -408,3 +408,24 @@ def test_head_variant_is_its_own_cell_trained_with_the_changed_config(tmp_path):
                      (["x:ebt:objectiv=eqm"], "unknown ebt config field")):
         with pytest.raises(SystemExit, match=msg):
             main([*argv[:4], "--variants", *bad, *argv[6:]], execute=fake)
+
+
+def test_results_show_a_tuning_without_final_runs_as_no_comparison(tmp_path):
+    """A published tuning.json without final artifacts gets its tuning table and one README line saying
+    there is no comparison yet (never a table of heads)."""
+    from recipes import results
+
+    d = tmp_path / "res" / "metaworld" / "frozen"
+    d.mkdir(parents=True)
+    (d / "tuning.json").write_text(json.dumps({
+        "tune_steps": 7, "tune_seed": 0, "tune_eval_seeds": [20000], "tune_episodes": 3, "rule": "best",
+        "heads": {"ebt": {"candidates": [{"lr": 1e-3, "ema_decay": 0.99, "success": 0.5}],
+                          "chosen": {"lr": 1e-3, "ema_decay": 0.99, "tuned": True}}}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{results.BEGIN}\n{results.END}\n")
+    assert results.main(["--dir", str(tmp_path / "res"), "--readme", str(readme), "--no-plots"]) == 0
+    text = readme.read_text()
+    assert "metaworld, frozen backbone**: tuning finished" in text and "no comparison" in text and "| ebt" not in text
+    md = (d / "results.md").read_text()
+    assert "No final run has finished yet" in md and "| ebt | 0.001, 0.99: 0.50 | 0.001, 0.99 |" in md
+    assert results.main(["--dir", str(tmp_path / "res"), "--readme", str(readme), "--check"]) == 0
