@@ -90,6 +90,18 @@ def _tuning_only(results_dir: Path, groups: dict[tuple[str, str], list[Cell]]) -
     return [(s, p, t) for s, p, t in found if (s, p) not in groups]
 
 
+def _heads_without_finals(results_dir: Path, groups: dict[tuple[str, str], list[Cell]]) -> dict[tuple[str, str], list[str]]:
+    """{(suite, protocol): heads} tuned (in the published tuning.json) but without a final artifact."""
+    out = {}
+    for (s, p), cells in groups.items():
+        t = results_dir / s / p / "tuning.json"
+        if t.exists():
+            missing = [h for h in json.loads(t.read_text()).get("heads", {}) if h not in {c.head for c in cells}]
+            if missing:
+                out[(s, p)] = missing
+    return out
+
+
 def generate(results_dir: Path, focus: str) -> tuple[str, dict[Path, str], dict[tuple[str, str], list[Cell]]]:
     """(README section, {path: markdown} for every table file, cells) from the artifacts. A (suite,
     protocol) with a published tuning but no final run gets a results.md with the tuning table and one
@@ -102,6 +114,13 @@ def generate(results_dir: Path, focus: str) -> tuple[str, dict[Path, str], dict[
     files = {results_dir / s / p / "results.md": group_markdown(cells, focus, results_dir / s / p / "tuning.json")
              for (s, p), cells in groups.items()}
     body = section(groups, focus, source)
+    missing = _heads_without_finals(results_dir, groups)
+    for (s, p), heads in missing.items():
+        note = (f"**{group_title(s, p)}**: no final run has finished yet for {', '.join(heads)} (tuned: "
+                f"`{source}/{s}/{p}/results.md`); the lines above compare only the heads listed in the table.")
+        body = body.rstrip() + "\n\n* " + note + "\n"
+        path = results_dir / s / p / "results.md"
+        files[path] = files[path].rstrip() + "\n\n" + note + "\n"
     pending = _tuning_only(results_dir, groups)
     for s, p, t in pending:
         files[t.parent / "results.md"] = tuning_only_markdown(s, p, t)

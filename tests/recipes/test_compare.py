@@ -429,3 +429,25 @@ def test_results_show_a_tuning_without_final_runs_as_no_comparison(tmp_path):
     md = (d / "results.md").read_text()
     assert "No final run has finished yet" in md and "| ebt | 0.001, 0.99: 0.50 | 0.001, 0.99 |" in md
     assert results.main(["--dir", str(tmp_path / "res"), "--readme", str(readme), "--check"]) == 0
+
+
+def test_results_name_the_tuned_heads_whose_final_runs_are_missing(tmp_path):
+    from recipes import results
+    from vla_ebt.config_io import atomic_write_json
+
+    res = tmp_path / "res"
+    for seed in (0, 1):
+        a = fake_artifact("ebt", seed, {"ebt-2": 0.9})
+        atomic_write_json(res / a["suite"] / a["protocol"] / "ebt" / f"seed{seed}.json", a)
+    cand = [{"lr": 1e-3, "ema_decay": 0.99, "success": 0.5}]
+    chosen = {"lr": 1e-3, "ema_decay": 0.99, "tuned": True}
+    atomic_write_json(res / "reach2d" / "frozen" / "tuning.json", {
+        "tune_steps": 7, "tune_seed": 0, "tune_eval_seeds": [20000], "tune_episodes": 3, "rule": "best",
+        "heads": {h: {"candidates": cand, "chosen": chosen} for h in ("ebt", "diffusion", "regression")}})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{results.BEGIN}\n{results.END}\n")
+    assert results.main(["--dir", str(res), "--readme", str(readme), "--no-plots"]) == 0
+    text = readme.read_text()
+    assert "no final run has finished yet for diffusion, regression" in text and "| ebt-2 |" in text
+    assert "no final run has finished yet for diffusion, regression" in (res / "reach2d/frozen/results.md").read_text()
+    assert results.main(["--dir", str(res), "--readme", str(readme), "--check"]) == 0
