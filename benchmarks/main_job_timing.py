@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: benchmarks/ is a package of this checkout
     sys.path.insert(0, str(REPO))
 
-from benchmarks.provenance import LoadSampler, git_state, machine  # noqa: E402
+from benchmarks.provenance import LoadSampler, git_state, machine, split_passthrough  # noqa: E402
 
 
 def run_job(cache: Path, run_dir: Path, extra: list[str], log_path: Path) -> dict[str, Any]:
@@ -69,11 +69,7 @@ def run_job(cache: Path, run_dir: Path, extra: list[str], log_path: Path) -> dic
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+    argv, extra = split_passthrough(list(sys.argv[1:] if argv is None else argv))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="write the measurement here as JSON")
     p.add_argument("--runs", type=int, default=2, help="1: empty cache only; 2: then again with the cache")

@@ -86,3 +86,12 @@ def provenance(load: "LoadSampler | None" = None) -> dict[str, Any]:
     without one, the load average now."""
     return {"git": git_state(), "machine": machine(),
             "load_avg_1min": load.summary() if load is not None else {"now": os.getloadavg()[0]}}
+
+
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` split at the first ``--``: (the benchmark's own arguments, those passed through to the
+    measured command). Without ``--`` the second list is empty."""
+    if "--" not in argv:
+        return list(argv), []
+    i = argv.index("--")
+    return list(argv[:i]), list(argv[i + 1:])

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.provenance import LoadSampler, git_state, machine  # noqa: E402
+from benchmarks.provenance import LoadSampler, git_state, machine, split_passthrough  # noqa: E402
 from vla_ebt.config_io import atomic_write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,11 +108,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+    argv, extra = split_passthrough(list(sys.argv[1:] if argv is None else argv))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="write the measurement here as JSON (atomically)")
     p.add_argument("--only", choices=["full", "not_slow", "both"], default="both", help="which runs (default both)")

@@ -67,3 +67,11 @@ def test_measured_formatter_reads_the_new_file() -> None:
         assert s in b.text, s
     assert "full suite" not in b.text
     assert b.command == "python benchmarks/test_suite_timing.py --only not_slow --label quiet --out t.json -- -x"
+
+
+def test_split_passthrough_separates_at_the_first_double_dash() -> None:
+    from benchmarks.provenance import split_passthrough
+
+    assert split_passthrough(["--out", "x.json", "--", "-k", "a", "--", "b"]) == (["--out", "x.json"], ["-k", "a", "--", "b"])
+    assert split_passthrough(["--out", "x.json"]) == (["--out", "x.json"], [])
+    assert split_passthrough(["--"]) == ([], [])
