@@ -1,5 +1,6 @@
 """The studies' policies under the comparison protocol (docs/comparison_protocol.md), in one place for
-every study that runs several training seeds per head (uncertainty, realtime, recovery):
+every study that runs several training seeds per head (uncertainty, realtime, recovery,
+dynamic compute):
 
 * **Which policies.** ``--policies LABEL=DIR1,DIR2,...`` (one label per head, one folder per training
   seed; :func:`parse_policies`) or ``--compare OUT --suite S --protocol P [--heads ...]`` (the last

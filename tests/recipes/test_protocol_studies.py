@@ -1,6 +1,6 @@
 """The studies on the comparison protocol's policies (recipes/studies/protocol_policies.py): seed
 pooling and intervals on synthetic episode outcomes (a perturbed / clean ratio with a known answer),
-the one policy finder and command line shared by uncertainty, realtime and recovery, and the realtime
+the one policy finder and command line shared by uncertainty, realtime, recovery and dynamic compute, and the realtime
 and recovery studies end to end on reach2d with two tiny training seeds of one head (resumed)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from recipes.studies import protocol_policies as pp
-from recipes.studies import realtime, recovery, uncertainty
+from recipes.studies import dynamic_compute, realtime, recovery, uncertainty
 from tests.policy_fixtures import make_policy
 
 
@@ -86,9 +86,9 @@ def _grid(tmp_path, seeds=(0, 1), head="ebt", real=False, outcomes=None):
     return tmp_path / "grid", dirs
 
 
-def test_all_three_studies_find_policies_through_the_one_shared_module(tmp_path):
+def test_the_protocol_studies_find_policies_through_the_one_shared_module(tmp_path):
     grid, dirs = _grid(tmp_path)
-    for mod in (uncertainty, realtime, recovery):
+    for mod in (uncertainty, realtime, recovery, dynamic_compute):
         assert mod.resolve_policy_arguments is pp.resolve_policy_arguments
         assert getattr(mod, "find_compare_policies", pp.find_compare_policies) is pp.find_compare_policies
         assert getattr(mod, "parse_policies", pp.parse_policies) is pp.parse_policies

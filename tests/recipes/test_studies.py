@@ -150,23 +150,6 @@ def saved_policies(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_dynamic_compute_command(saved_policies, tmp_path):
-    from recipes.studies import dynamic_compute
-
-    rows = dynamic_compute.main(["--policy", str(saved_policies["ebt"]), "--suite", "reach2d", "--tasks", "reach_red",
-                                 "--episodes", "2", "--steps", "1", "4", "--min-grad", "0", "1e9", "--out", str(tmp_path)])
-    assert [(r["max_steps"], r["min_grad"]) for r in rows] == [(1, 0.0), (1, 1e9), (4, 0.0), (4, 1e9)]
-    by = {(r["max_steps"], r["min_grad"]): r for r in rows}
-    assert by[(4, 0.0)]["steps_used"] == 4.0 and by[(1, 0.0)]["steps_used"] == 1.0
-    assert by[(4, 1e9)]["steps_used"] < 4.0  # a huge threshold stops early
-    saved = json.loads((tmp_path / "dynamic_compute.json").read_text())
-    assert len(saved["rows"]) == 4 and (tmp_path / "dynamic_compute.md").exists() and (tmp_path / "dynamic_compute.png").exists()
-    with pytest.raises(ValueError, match="EBT"):
-        dynamic_compute.main(["--policy", str(saved_policies["regression"]), "--tasks", "reach_red", "--episodes", "1",
-                              "--out", str(tmp_path)])
-
-
-@pytest.mark.slow
 def test_recovery_and_language_commands(saved_policies, tmp_path):
     from recipes.studies import language, recovery
 
