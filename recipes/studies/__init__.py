@@ -2,7 +2,8 @@
 
 - ``python -m recipes.studies.head_to_head``   EBT vs diffusion (DDPM-100, DDIM-10) vs regression at
   equal gradient steps and equal training wall-clock, on unimodal and multimodal (detour) data.
-- ``python -m recipes.studies.dynamic_compute`` success and latency vs inference steps / stopping threshold.
+- ``python -m recipes.studies.dynamic_compute`` success, measured ms and forward-pass equivalents per chunk
+  vs inference steps (every head with a step knob) and under a per-chunk latency budget (EBT anytime).
 - ``python -m recipes.studies.uncertainty``     per-chunk signals read before the outcome (the first chunk,
   the chunk at step k among episodes still running) vs later failure, within-task AUROC with bootstrap
   intervals over training seeds x episodes: EBT's energy vs the N-sample spread of every stochastic head;
@@ -14,7 +15,7 @@
 - ``python -m recipes.studies.language``        success on held-out paraphrases (and held-out tasks where
   the suite has them).
 
-Uncertainty, recovery and realtime run the comparison protocol's policies (several training seeds per
+Uncertainty, recovery, realtime and dynamic compute run the comparison protocol's policies (several training seeds per
 head, ``--policies LABEL=DIR,...`` or ``--compare OUT``) and pool the seeds with bootstrap intervals:
 :mod:`recipes.studies.protocol_policies`. Other shared pieces live in :mod:`recipes.studies.common`.
 """
