@@ -17,7 +17,7 @@ never its name:
   sweep is DDIM; flow: ``flow-10``), else its first (EBT: ``ebt-2``); ``--preset LABEL=NAME`` picks
   another. Default ladders: 1 2 4 8 for a head that reports energy (its steps minimize an energy),
   1 2 5 10 20 for the others (sampler integration steps); ``--steps 1 2 4`` sets one ladder for all,
-  ``--steps ebt=1,2,4 flow=2,5,10`` one per label.
+  ``--steps ebt=1,2,4 flow=2,5,10`` one per label (labels of this run only, as ``--preset``).
 * ``budget=B ms`` for every head with the ``latency_budget_ms`` knob: ``predict_chunk(...,
   latency_budget_ms=B)`` on every chunk (the budget covers the whole call, encoding included; the
   head stops when its next evaluation would not fit and returns the lowest-energy chunk evaluated,

@@ -97,7 +97,13 @@ def test_study_pools_seeds_sweeps_steps_and_budgets_and_resumes(tmp_path, monkey
     kw = dict(tasks=["reach_red"], episodes=2, eval_seeds=[3], steps=["ebt=1,4", "2"], budgets_ms=[1e-3, 1e5],
               suite_kwargs={"max_episode_steps": 6}, n_boot=100, meta={"argv": ["test"]}, log=None)
     out = tmp_path / "out"
+    # one label alone first (as a separate process sharing --out would), then the joint run reuses its cell
+    dc.run_dynamic_compute({"reg": pols["reg"]}, "reach2d", out, **{**kw, "steps": ["2"]})  # ebt=... names no label here
+    calls = []
+    real_run = dc.run_setting
+    monkeypatch.setattr(dc, "run_setting", lambda *a, **k: calls.append(a[-1].name) or real_run(*a, **k))
     res = dc.run_dynamic_compute(pols, "reach2d", out, load=load, **kw)
+    assert sorted(calls) == sorted(["steps=1", "steps=4", "budget=0.001ms", "budget=100000ms"] * 2)  # ebt only
     assert inits and all(i is None for i in inits)  # warm start off in every cell
     saved = json.loads((out / "dynamic_compute.json").read_text())
     assert saved == res and saved["schema"] == dc.SCHEMA
