@@ -92,7 +92,7 @@ def _intro(title: str, data: dict[str, Any], link: str, what: str) -> str:
     eps = field(meta, "episodes_per_task", "meta", (int,))
     evs = field(meta, "eval_seeds", "meta", (list,))
     return (f"**{title}** ([{Path(link).name}]({link}); git {short}; {seeds} x {eps} episode(s) per task and eval "
-            f"seed {', '.join(map(str, evs))}): {what}")
+            f"seed, eval seeds {', '.join(map(str, evs))}): {what}")
 
 
 def _separated(a: tuple[float | None, float | None], b: tuple[float | None, float | None]) -> bool:
@@ -180,8 +180,8 @@ def recovery_summary(data: dict[str, Any], link: str) -> list[str]:
         perts += [cond] if cond not in perts else []
         ratios.setdefault(label, {})[cond] = _ci(r, w, ("recovery", "recovery_lo", "recovery_hi"),
                                                  undefined="n/a (no clean success)")
-    lines = [_intro("Recovery", data, link, "clean success and success under each injected failure / clean "
-                    "success (ratio of the pooled means) [95% CI]."), "",
+    lines = [_intro("Recovery", data, link, "clean success and, per injected failure, the recovery ratio (success "
+                    "under it / clean success, the ratio of the pooled means) [95% CI]."), "",
              "| head | clean success | " + " | ".join(perts) + " |", "|---|---|" + "---|" * len(perts)]
     for label in dict.fromkeys([*clean, *ratios]):
         lines.append(f"| {label} | {clean.get(label, '-')} | "
@@ -298,7 +298,7 @@ def render_study(path: str | Path, link: str, group: tuple[str, str] | None = No
 def study_lines(paths: list[Path], link_dir: str, group: tuple[str, str]) -> list[str]:
     """The block of one (suite, protocol): a lead line, then each study's summary; links point into
     ``link_dir`` (the studies folder as the including document reaches it)."""
-    lines = [f"Studies on these final policies (`python -m recipes.studies.<name> --compare ... --publish`):"]
+    lines = ["Studies published beside this comparison (`python -m recipes.studies.<name> ... --publish`):"]
     for p in paths:
         lines += ["", *render_study(p, f"{link_dir}/{p.stem}.md", group)]
     return lines
