@@ -16,5 +16,6 @@
 
 Uncertainty, recovery and realtime run the comparison protocol's policies (several training seeds per
 head, ``--policies LABEL=DIR,...`` or ``--compare OUT``) and pool the seeds with bootstrap intervals:
-:mod:`recipes.studies.protocol_policies`. Other shared pieces live in :mod:`recipes.studies.common`.
+:mod:`recipes.studies.protocol_policies` (also their ``--publish``: beside the comparison, summarised by
+``python -m recipes.results``). Other shared pieces live in :mod:`recipes.studies.common`.
 """
