@@ -7,5 +7,6 @@ tables, plots and the README's results section. Protocol: docs/comparison_protoc
 Modules: :mod:`.plan` (seeds, variants, run specs, configs), :mod:`.runner` (resumable parallel
 execution, tuning choice), :mod:`.worker` (one run: train, evaluate checkpoints, artifact),
 :mod:`.evaluation` (one policy under one variant, chunk costs), :mod:`.stats` (bootstrap, AUC,
-``separates``), :mod:`.artifacts` (schema, publishing), :mod:`.report` (cells, tables, sentences).
+``separates``), :mod:`.artifacts` (schema, publishing), :mod:`.report` (cells, tables, sentences),
+:mod:`.study_summaries` (the summaries of the protocol studies published beside a comparison).
 """

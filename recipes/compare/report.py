@@ -196,8 +196,10 @@ def verdicts(cells: Sequence[Cell], focus: str) -> list[str]:
     return out
 
 
-def section(groups: dict[tuple[str, str], list[Cell]], focus: str, source: str) -> str:
-    """The README's generated results section (without the markers)."""
+def section(groups: dict[tuple[str, str], list[Cell]], focus: str, source: str,
+            extras: dict[tuple[str, str], list[str]] | None = None) -> str:
+    """The README's generated results section (without the markers); ``extras[(suite, protocol)]``:
+    markdown lines placed after that group's sentences (the published studies' summaries)."""
     if not groups:
         return ("No comparison results yet: run `python -m recipes.compare ... --publish` "
                 "(docs/comparison_protocol.md).\n")
@@ -217,5 +219,7 @@ def section(groups: dict[tuple[str, str], list[Cell]], focus: str, source: str) 
                   f"{', '.join(map(str, c0.steps))}{note}):", "",
                   table(cells), ""]
         lines += [f"* {s}" for s in verdicts(cells, focus)]
+        extra = (extras or {}).get((suite, protocol))
+        lines += ["", *extra] if extra else []
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

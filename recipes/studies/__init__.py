@@ -17,5 +17,6 @@
 
 Uncertainty, recovery, realtime and dynamic compute run the comparison protocol's policies (several training seeds per
 head, ``--policies LABEL=DIR,...`` or ``--compare OUT``) and pool the seeds with bootstrap intervals:
-:mod:`recipes.studies.protocol_policies`. Other shared pieces live in :mod:`recipes.studies.common`.
+:mod:`recipes.studies.protocol_policies` (also their ``--publish``: beside the comparison, summarised by
+``python -m recipes.results``). Other shared pieces live in :mod:`recipes.studies.common`.
 """

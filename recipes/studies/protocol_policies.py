@@ -22,6 +22,11 @@ dynamic compute):
   :func:`ratio_estimate` (perturbed / clean success: both conditions ran the same episodes, so one
   replicate draws the same seeds and episodes for both, and takes the ratio of the two means).
   Env errors count as failures, as in the comparison's evaluation (and are reported).
+* **Publishing.** :func:`add_publish_arguments` / :func:`publish_destination` / :func:`publish_study`:
+  ``--publish`` copies the study's ``<name>.json/.md/.png`` (each file atomically, the json last) to
+  ``docs/results/compare/<suite>/<protocol>/studies/`` (with ``--compare``; with ``--policies`` an
+  explicit ``--publish-dir`` is required) and regenerates the results (``python -m recipes.results``),
+  which summarises each published study under its comparison (:mod:`recipes.compare.study_summaries`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from recipes.compare.stats import N_BOOT, bootstrap
 
 __all__ = ["parse_policies", "run_info", "find_compare_policies", "policy_settings", "compare_success", "seed_tag",
            "slug", "cached_episodes", "add_policy_arguments", "StudyInputs", "resolve_policy_arguments",
-           "episode_arrays", "success_estimate", "mean_estimate", "ratio_estimate", "estimate_cell", "check_same_head"]
+           "episode_arrays", "success_estimate", "mean_estimate", "ratio_estimate", "estimate_cell", "check_same_head",
+           "add_publish_arguments", "publish_destination", "publish_study", "STUDY_FILES"]
 
 
 # ------------------------------------------------------------------------------------------ policies
@@ -403,3 +409,76 @@ def check_same_head(label: str, first: Any, policy: Any, where: str | Path) -> N
     seed of ``label``: the seeds pooled under one label must be one head."""
     if type(policy.head) is not type(first.head):
         raise ValueError(f"label {label!r}: {where} has head {policy.cfg.head!r}, the first policy {first.cfg.head!r}")
+
+
+# ------------------------------------------------------------------------------------------ publish
+#: what a study writes into its --out and --publish copies (the json last: it is what gets rendered)
+STUDY_FILES = (".png", ".md", ".json")
+
+
+def add_publish_arguments(p: argparse.ArgumentParser) -> None:
+    """``--publish`` / ``--publish-dir`` of the protocol studies."""
+    p.add_argument("--publish", action="store_true",
+                   help="after writing, copy <study>.json/.md/.png to docs/results/compare/<suite>/<protocol>/studies/ "
+                        "(needs --compare; with --policies give --publish-dir) and regenerate the results "
+                        "(python -m recipes.results)")
+    p.add_argument("--publish-dir", default=None, metavar="DIR",
+                   help="publish into this folder instead (implies --publish; the results and README are "
+                        "regenerated only for the default docs/results/compare tree)")
+
+
+def publish_destination(a: argparse.Namespace, inp: StudyInputs) -> Path | None:
+    """Where ``--publish`` copies the study (None without it): ``--publish-dir``, else with ``--compare``
+    ``docs/results/compare/<suite>/<protocol>/studies``. ValueError for ``--publish`` with ``--policies``
+    and no ``--publish-dir`` (the policies name no comparison to publish beside). Call it before the
+    study runs, so a bad combination fails at once."""
+    if not (getattr(a, "publish", False) or getattr(a, "publish_dir", None)):
+        return None
+    if a.publish_dir:
+        return Path(a.publish_dir)
+    if not inp.source.get("compare"):
+        raise ValueError("--publish with --policies needs --publish-dir DIR: only --compare names the "
+                         "comparison (docs/results/compare/<suite>/<protocol>/studies/) a study belongs beside")
+    from recipes.compare.artifacts import DEFAULT_RESULTS_DIR
+    from recipes.compare.study_summaries import STUDIES_DIR
+
+    return DEFAULT_RESULTS_DIR / inp.suite / inp.source["protocol"] / STUDIES_DIR
+
+
+def _in_default_results(dest: Path) -> bool:
+    """True when ``dest`` is ``<default results dir>/<suite>/<protocol>/studies``."""
+    from recipes.compare.artifacts import DEFAULT_RESULTS_DIR
+    from recipes.compare.study_summaries import STUDIES_DIR
+
+    d = dest.resolve()
+    return d.name == STUDIES_DIR and len(d.parents) > 2 and d.parents[2] == DEFAULT_RESULTS_DIR.resolve()
+
+
+def publish_study(name: str, out: str | Path, dest: str | Path, *, regenerate: bool = True) -> list[Path]:
+    """Copy ``out/<name>{.png,.md,.json}`` to ``dest`` (each atomically, the json last) and, when
+    ``dest`` lies in the default results tree and ``regenerate``, run ``python -m recipes.results``
+    (tables, plots, README section). The json is rendered first (``render_study``), so a study the
+    results could not summarise is not published. Returns the written paths."""
+    from vla_ebt.config_io import atomic_write_bytes
+
+    from recipes.compare.study_summaries import STUDIES_DIR, render_study
+
+    out, dest = Path(out), Path(dest)
+    srcs = [out / f"{name}{ext}" for ext in STUDY_FILES]
+    missing = [str(s) for s in srcs if not s.is_file()]
+    if missing:
+        raise FileNotFoundError(f"publish {name}: missing {missing}")
+    group = (dest.parent.parent.name, dest.parent.name) if dest.name == STUDIES_DIR else None
+    render_study(out / f"{name}.json", f"{name}.md", group)  # its suite / protocol must be the folder's
+    written = []
+    for src in srcs:
+        atomic_write_bytes(dest / src.name, src.read_bytes())
+        written.append(dest / src.name)
+    print(f"[{name}] published {len(written)} file(s) to {dest}")
+    if regenerate and _in_default_results(dest):
+        from recipes import results
+
+        results.main([])
+    elif regenerate:
+        print(f"[{name}] {dest} is outside docs/results/compare/<suite>/<protocol>/studies: results not regenerated")
+    return written

@@ -39,8 +39,9 @@ Every finished (label, training seed, strategy, delay) cell is saved under ``OUT
 settings it ran with and reused by a rerun with the same settings (an interrupted study resumes;
 labels can run in separate processes sharing ``--out``, a last run with every label joins them).
 Writes ``realtime.json`` (configuration, policies with their training seeds, eval seeds, git commit,
-rows, skipped), ``realtime.md`` (generated from it) and ``realtime.png``. See docs/realtime.md,
-"Asynchronous execution".
+rows, skipped), ``realtime.md`` (generated from it) and ``realtime.png``; ``--publish`` copies them
+beside the comparison (``docs/results/compare/<suite>/<protocol>/studies/``) and regenerates the
+results, whose README section then summarises them. See docs/realtime.md, "Asynchronous execution".
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ import numpy as np
 from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import fmt, load_policy, predict_overrides, pyplot, save_figure
-from .protocol_policies import (add_policy_arguments, check_same_head, cached_episodes, compare_success, estimate_cell, mean_estimate,
-                                policy_settings, resolve_policy_arguments, run_info, seed_tag, slug,
-                                success_estimate)
+from .protocol_policies import (add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+                                compare_success, estimate_cell, mean_estimate, policy_settings, publish_destination,
+                                publish_study, resolve_policy_arguments, run_info, seed_tag, slug, success_estimate)
 
 __all__ = ["SCHEMA", "STRATEGIES", "DEFAULT_DELAYS", "SMOOTHNESS", "cell_name", "run_cell", "run_realtime",
            "pool_cell", "to_markdown", "plot", "build_parser", "main"]
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "heldout"], default="train")
     p.add_argument("--warm-start", action="store_true", help="warm start on in every cell (default off)")
     p.add_argument("--out", required=True)
+    add_publish_arguments(p)
     return p
 
 
@@ -370,12 +372,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = build_parser().parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     inp = resolve_policy_arguments(a, default_seed=30_000)
+    dest = publish_destination(a, inp)
     meta = {**inp.meta(), "argv": sys.argv[1:] if argv is None else list(argv)}
-    return run_realtime(inp.policies, inp.suite, a.out, tasks=inp.tasks or None, episodes=inp.episodes,
-                        eval_seeds=inp.eval_seeds, delays=a.delays, strategies=a.strategies, wall_clock=a.wall_clock,
-                        control_hz=a.control_hz, on_starve=a.on_starve, request_remaining=a.request_remaining,
-                        suite_kwargs=inp.suite_kwargs(), split=a.split, presets=inp.presets, warm_start=a.warm_start,
-                        n_boot=a.n_boot, meta=meta)
+    result = run_realtime(inp.policies, inp.suite, a.out, tasks=inp.tasks or None, episodes=inp.episodes,
+                          eval_seeds=inp.eval_seeds, delays=a.delays, strategies=a.strategies, wall_clock=a.wall_clock,
+                          control_hz=a.control_hz, on_starve=a.on_starve, request_remaining=a.request_remaining,
+                          suite_kwargs=inp.suite_kwargs(), split=a.split, presets=inp.presets, warm_start=a.warm_start,
+                          n_boot=a.n_boot, meta=meta)
+    if dest is not None:
+        publish_study("realtime", a.out, dest)
+    return result
 
 
 if __name__ == "__main__":

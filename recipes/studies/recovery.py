@@ -29,7 +29,8 @@ then the episodes within task once for both and takes the ratio of the two means
 and counted). Episodes are cached per policy and condition under ``OUT/episodes/`` (a rerun with the
 same settings reuses them; labels can run in separate processes sharing ``--out``). Writes
 ``recovery.json`` (configuration, policies with their training seeds, eval seeds, git commit, rows),
-``recovery.md`` (generated from it) and ``recovery.png``.
+``recovery.md`` (generated from it) and ``recovery.png``; ``--publish`` copies them beside the
+comparison (``docs/results/compare/<suite>/<protocol>/studies/``) and regenerates the results.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ from eval.sim.perturb import PerturbedSuite, make_perturbation
 from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import load_policy, predict_overrides, pyplot, save_figure
-from .protocol_policies import (add_policy_arguments, check_same_head, cached_episodes, compare_success, estimate_cell,
-                                policy_settings, ratio_estimate, resolve_policy_arguments, run_info, seed_tag, slug,
-                                success_estimate)
+from .protocol_policies import (add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+                                compare_success, estimate_cell, policy_settings, publish_destination, publish_study,
+                                ratio_estimate, resolve_policy_arguments, run_info, seed_tag, slug, success_estimate)
 
 __all__ = ["SCHEMA", "CLEAN", "DEFAULT_PERTURBATIONS", "default_perturbations", "run_condition", "analyse",
            "run_recovery", "render_markdown", "plot", "build_parser", "main"]
@@ -256,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"eval.sim.perturb specs (default: {' '.join(DEFAULT_PERTURBATIONS)}, plus on Meta-World "
                         f"{' '.join(SUITE_PERTURBATIONS['metaworld'])})")
     p.add_argument("--out", required=True)
+    add_publish_arguments(p)
     return p
 
 
@@ -265,11 +267,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = build_parser().parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     inp = resolve_policy_arguments(a, default_seed=40_000)
+    dest = publish_destination(a, inp)
     suite = inp.make_suite()
     meta = {**inp.meta(), "argv": sys.argv[1:] if argv is None else list(argv)}
     perturbations = a.perturbations if a.perturbations is not None else default_perturbations(inp.suite)
-    return run_recovery(inp.policies, suite, inp.tasks or suite.task_names(), inp.eval_seeds, inp.episodes, a.out,
-                        perturbations=perturbations, presets=inp.presets, n_boot=a.n_boot, meta=meta)
+    result = run_recovery(inp.policies, suite, inp.tasks or suite.task_names(), inp.eval_seeds, inp.episodes, a.out,
+                          perturbations=perturbations, presets=inp.presets, n_boot=a.n_boot, meta=meta)
+    if dest is not None:
+        publish_study("recovery", a.out, dest)
+    return result
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ seeds, the evaluation seeds and the git commit), ``uncertainty.md`` (generated f
 ``OUT/episodes/`` (a rerun with the same settings reuses them; delete the folder to start over), so
 labels can also run in separate processes with the same ``--out`` (e.g. ``--heads ebt flow`` in one,
 ``--heads diffusion`` in another); a last run with every label reuses their episodes and writes the
-joint tables.
+joint tables. ``--publish`` copies the three files beside the comparison
+(``docs/results/compare/<suite>/<protocol>/studies/``; publish from that last, joint run) and
+regenerates the results, whose README section then summarises them.
 """
 
 from __future__ import annotations
@@ -86,8 +88,9 @@ from recipes.compare.stats import BOOT_SEED, N_BOOT, bootstrap
 
 from .common import auroc, load_policy, predict_overrides, pyplot, save_figure
 from .episodes import run_study_episodes
-from .protocol_policies import (add_policy_arguments, check_same_head, cached_episodes, compare_success, find_compare_policies,
-                                parse_policies, policy_settings, resolve_policy_arguments, run_info, seed_tag, slug)
+from .protocol_policies import (add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+                                compare_success, find_compare_policies, parse_policies, policy_settings,
+                                publish_destination, publish_study, resolve_policy_arguments, run_info, seed_tag, slug)
 
 _run_info = run_info  # the shared helpers live in recipes.studies.protocol_policies (one source of truth)
 
@@ -492,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shifts", nargs="*", default=list(DEFAULT_SHIFTS))
     p.add_argument("--samples", type=int, default=8, help="N extra samples per chunk for the spreads (0: none)")
     p.add_argument("--out", required=True)
+    add_publish_arguments(p)
     return p
 
 
@@ -507,11 +511,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps = sorted(set(a.steps))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     inp = resolve_policy_arguments(a, default_seed=30_000)
+    dest = publish_destination(a, inp)
     suite = inp.make_suite()
     meta = {**inp.meta(), "argv": sys.argv[1:] if argv is None else list(argv)}
-    return run_uncertainty(inp.policies, suite, inp.tasks or suite.task_names(), inp.eval_seeds, inp.episodes, a.out,
-                           steps=steps, shifts=a.shifts, samples=a.samples, presets=inp.presets, n_boot=a.n_boot,
-                           meta=meta)
+    result = run_uncertainty(inp.policies, suite, inp.tasks or suite.task_names(), inp.eval_seeds, inp.episodes,
+                             a.out, steps=steps, shifts=a.shifts, samples=a.samples, presets=inp.presets,
+                             n_boot=a.n_boot, meta=meta)
+    if dest is not None:
+        publish_study("uncertainty", a.out, dest)
+    return result
 
 
 if __name__ == "__main__":

@@ -179,6 +179,13 @@ def test_realtime_pools_two_training_seeds_warm_start_off_and_resumes(tmp_path, 
     monkeypatch.setattr(realtime, "run_cell", lambda *a, **k: pytest.fail("a finished cell was run again"))
     again = realtime.run_realtime({"ebt": dirs}, "reach2d", out, **kw)
     assert again["rows"] == saved["rows"] and again["policies"] == saved["policies"]
+    # published (a folder outside the results tree: nothing regenerated), its summary renders
+    pub = tmp_path / "pub" / "reach2d" / "frozen" / "studies"
+    assert {p.name for p in pp.publish_study("realtime", out, pub)} == {"realtime.json", "realtime.md", "realtime.png"}
+    from recipes.compare.study_summaries import render_study
+
+    summary = "\n".join(render_study(pub / "realtime.json", "realtime.md", ("reach2d", "frozen")))
+    assert "| ebt: strategy | d = 0 | d = 2 |" in summary and "| rtc | " in summary and "ebt: " in summary
 
 
 def test_recovery_on_a_compare_grid_pools_two_training_seeds_and_resumes(tmp_path, monkeypatch):
@@ -204,5 +211,11 @@ def test_recovery_on_a_compare_grid_pools_two_training_seeds_and_resumes(tmp_pat
     assert "recovery (perturbed / clean)" in md and "| ebt | none |" in md and (tmp_path / "out" / "recovery.png").exists()
 
     monkeypatch.setattr(recovery, "run_condition", lambda *a, **k: pytest.fail("cached episodes were run again"))
-    again = recovery.main(args)
+    pub = tmp_path / "pub" / "reach2d" / "frozen" / "studies"
+    again = recovery.main([*args, "--publish-dir", str(pub)])  # the rerun publishes its files
     assert again["rows"] == saved["rows"]
+    assert json.loads((pub / "recovery.json").read_text()) == again and (pub / "recovery.png").exists()
+    from recipes.compare.study_summaries import render_study
+
+    summary = "\n".join(render_study(pub / "recovery.json", "recovery.md", ("reach2d", "frozen")))
+    assert "| head | clean success | burst:start=1,length=4 |" in summary and "| ebt | " in summary

@@ -204,6 +204,12 @@ def test_study_end_to_end_two_heads(tmp_path):
     again = unc.run_uncertainty(dirs, suite, ["reach_red", "reach_blue"], [0], 3, out, log=calls.append, **kw)
     assert sum("(cached)" in c for c in calls) == 3 * 3  # 3 policies x 3 conditions
     assert again["tables"] == res["tables"]
+    # the summary python -m recipes.results renders once it is published (recipes.compare.study_summaries)
+    from recipes.compare.study_summaries import render_study
+
+    summary = "\n".join(render_study(out / "uncertainty.json", "uncertainty.md", ("reach2d", "frozen")))
+    assert "| head | signal | first chunk | step 6 |" in summary and "| ebt | energy | " in summary
+    assert "| flow | energy |" not in summary and "displace:at=2,scale=0.3 @ step 2" in summary
 
 
 # --------------------------------------------------------------------------------- compare grid
