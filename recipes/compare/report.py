@@ -187,7 +187,7 @@ def verdicts(cells: Sequence[Cell], focus: str) -> list[str]:
         if base:
             v, d = _vs(w, base[0], "final")
             word = {"beats": "helps", "loses to": "hurts", "no separation": "makes no separable difference"}[v]
-            out.append(f"Warm start on {w.head}: {w.final.fmt()} vs {base[0].final.fmt()} off ({d:+.2f}): it {word}.")
+            out.append(f"Warm start on {base[0].label}: {w.final.fmt()} vs {base[0].final.fmt()} off ({d:+.2f}): it {word}.")
     cheap = sorted(cells, key=lambda c: (c.cost["forward_equiv"] if not math.isnan(c.cost["forward_equiv"]) else 1e9))
     out.append("Cost per chunk (forward-pass equivalents, head / policy ms at batch 1): " + "; ".join(
         f"{c.label} {_f(c.cost['forward_equiv'])}, {_f(c.cost['head_ms'])} / {_f(c.cost['policy_ms'])} ms"
