@@ -245,11 +245,35 @@ def uncertainty_summary(data: dict[str, Any], link: str) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------------------ dynamic compute
+def dynamic_compute_summary(data: dict[str, Any], link: str) -> list[str]:
+    """One table: per head and setting (steps k / budget ms / reference), success [CI], forward-pass
+    equivalents and measured ms per chunk, steps used and (budget rows) the share of chunks over budget."""
+    _schema(data, "vla_ebt.dynamic_compute/")
+    lines = [_intro("Dynamic compute", data, link, "success [95% CI] and cost per chunk vs inference steps and "
+                    "under a per-chunk latency budget (whole `predict_chunk` call), warm start off."), "",
+             "| head | setting | success | forward equiv. / chunk | chunk ms | steps used | over budget |",
+             "|---|---|---|---|---|---|---|"]
+
+    def plain(r: dict[str, Any], w: str, key: str, nd: int) -> str:
+        v = _num(r, key, w)
+        return "-" if v is None else f"{v:.{nd}f}"
+
+    for w, r in _items(data, "rows"):
+        kind = field(r, "kind", w, (str,))
+        over = plain(r, w, "over_budget", 2) if kind == "budget" else "-"
+        lines.append(f"| {field(r, 'label', w, (str,))} | {field(r, 'setting', w, (str,))} | {_ci(r, w, _SUCCESS)} | "
+                     f"{plain(r, w, 'forward_equiv', 1)} | {plain(r, w, 'chunk_ms', 1)} | {plain(r, w, 'steps_used', 2)} "
+                     f"| {over} |")
+    return lines
+
+
 #: study name (the json's stem) -> renderer(data, link to the study's .md) -> markdown lines
 RENDERERS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "realtime": realtime_summary,
     "recovery": recovery_summary,
     "uncertainty": uncertainty_summary,
+    "dynamic_compute": dynamic_compute_summary,
 }
 
 

@@ -62,9 +62,9 @@ from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import load_policy, predict_overrides, pyplot, save_figure
 from .episodes import run_study_episodes
-from .protocol_policies import (add_policy_arguments, check_same_head, cached_episodes, compare_success, estimate_cell,
-                                mean_estimate, policy_settings, resolve_policy_arguments, run_info, seed_tag, slug,
-                                success_estimate)
+from .protocol_policies import (add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+                                compare_success, estimate_cell, mean_estimate, policy_settings, publish_destination,
+                                publish_study, resolve_policy_arguments, run_info, seed_tag, slug, success_estimate)
 
 __all__ = ["SCHEMA", "STEP_KNOB", "BUDGET_KNOB", "DEFAULT_BUDGETS_MS", "Setting", "parse_steps", "sweep_preset",
            "plan_settings", "chunk_budget", "run_setting", "pool_setting", "run_dynamic_compute", "to_markdown", "plot",
@@ -440,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-steps", type=int, default=None,
                    help="most steps under a budget (default: the largest of the head's ladder)")
     p.add_argument("--out", required=True)
+    add_publish_arguments(p)
     return p
 
 
@@ -449,11 +450,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = build_parser().parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     inp = resolve_policy_arguments(a, default_seed=30_000)
+    dest = publish_destination(a, inp)
     meta = {**inp.meta(), "argv": sys.argv[1:] if argv is None else list(argv)}
-    return run_dynamic_compute(inp.policies, inp.suite, a.out, tasks=inp.tasks or None, episodes=inp.episodes,
-                               eval_seeds=inp.eval_seeds, steps=a.steps, budgets_ms=a.budgets_ms,
-                               budget_steps=a.budget_steps, suite_kwargs=inp.suite_kwargs(), presets=inp.presets,
-                               n_boot=a.n_boot, meta=meta)
+    result = run_dynamic_compute(inp.policies, inp.suite, a.out, tasks=inp.tasks or None, episodes=inp.episodes,
+                                 eval_seeds=inp.eval_seeds, steps=a.steps, budgets_ms=a.budgets_ms,
+                                 budget_steps=a.budget_steps, suite_kwargs=inp.suite_kwargs(), presets=inp.presets,
+                                 n_boot=a.n_boot, meta=meta)
+    if dest is not None:
+        publish_study("dynamic_compute", a.out, dest)
+    return result
 
 
 if __name__ == "__main__":

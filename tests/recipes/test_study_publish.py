@@ -79,6 +79,18 @@ def uncertainty_json():
             "tables": {"failure": failure, "shift": shift, "success": [], "no_rows": {}}}
 
 
+def dynamic_compute_json():
+    def row(label, setting, kind, success, fe, ms, steps, over=None):
+        return {"label": label, "setting": setting, "kind": kind, "success": success, "ci_low": success - 0.1,
+                "ci_high": min(success + 0.05, 1.0), "forward_equiv": fe, "chunk_ms": ms, "steps_used": steps,
+                "over_budget": over}
+    rows = [row("ebt", "steps=1", "steps", 0.6, 2.0, 8.0, 1.0), row("ebt", "steps=4", "steps", 0.9, 8.0, 21.5, 4.0),
+            row("ebt", "budget=10ms", "budget", 0.7, 4.0, 9.6, 1.5, 0.25),
+            row("regression", "preset=regression", "reference", 0.8, 1.0, 3.0, None)]
+    return {"schema": "vla_ebt.dynamic_compute/2", "meta": _meta(), "policies": _policies("ebt", "regression"),
+            "rows": rows}
+
+
 def _results_dir(tmp_path: Path, studies: dict | None = None) -> tuple[Path, Path]:
     """The fixture comparison (reach2d, frozen: ebt and regression) in a tmp folder with ``studies``
     ({name: json content}) published beside it, and a README with empty markers."""
@@ -125,6 +137,21 @@ def test_summaries_render_the_expected_cells_under_their_group(tmp_path):
     md = (res / "reach2d" / "frozen" / "results.md").read_text()
     assert "[uncertainty.md](studies/uncertainty.md)" in md and "| ebt | energy | 0.71 [0.61, 0.81] |" in md
     assert results.main([*argv[:4], "--check"]) == 0
+
+
+def test_dynamic_compute_summary_has_one_row_per_head_and_setting(tmp_path):
+    res, readme = _results_dir(tmp_path, {"dynamic_compute": dynamic_compute_json()})
+    assert results.main(["--dir", str(res), "--readme", str(readme), "--no-plots"]) == 0
+    text = readme.read_text()
+    assert "| head | setting | success | forward equiv. / chunk | chunk ms | steps used | over budget |" in text
+    assert "| ebt | steps=4 | 0.90 [0.80, 0.95] | 8.0 | 21.5 | 4.00 | - |" in text
+    assert "| ebt | budget=10ms | 0.70 [0.60, 0.75] | 4.0 | 9.6 | 1.50 | 0.25 |" in text  # over budget: budget rows only
+    assert "| regression | preset=regression | 0.80 [0.70, 0.85] | 1.0 | 3.0 | - | - |" in text
+    bad = dynamic_compute_json()
+    del bad["rows"][1]["forward_equiv"]
+    res2, readme2 = _results_dir(tmp_path / "bad", {"dynamic_compute": bad})
+    with pytest.raises(ValueError, match=r"dynamic_compute.json: field rows\[1\]\.forward_equiv: missing"):
+        results.main(["--dir", str(res2), "--readme", str(readme2), "--no-plots"])
 
 
 def test_check_fails_when_the_readme_block_is_stale(tmp_path, capsys):
@@ -177,12 +204,12 @@ def test_a_study_without_a_renderer_gets_a_link_and_one_in_a_group_without_a_tab
     d = res / "metaworld" / "lora" / ss.STUDIES_DIR
     d.mkdir(parents=True)
     (d / "recovery.json").write_text(json.dumps({**recovery_json(), "meta": _meta(suite="metaworld", protocol="lora")}))
-    (d / "dynamic_compute.json").write_text(json.dumps({"meta": {}}))
-    assert set(ss.RENDERERS) >= {"realtime", "recovery", "uncertainty"}
+    (d / "language_probe.json").write_text(json.dumps({"meta": {}}))
+    assert "language_probe" not in ss.RENDERERS
     assert results.main(["--dir", str(res), "--readme", str(readme), "--no-plots"]) == 0
     text = readme.read_text()
     assert "**metaworld, lora backbone** (no comparison table yet):" in text
-    assert "**dynamic_compute**: published ([dynamic_compute.md](compare/metaworld/lora/studies/dynamic_compute.md))" in text
+    assert "**language_probe**: published ([language_probe.md](compare/metaworld/lora/studies/language_probe.md))" in text
     assert "| ebt | 0.80 [0.70, 0.90] |" in (res / "metaworld" / "lora" / "results.md").read_text()
 
 
@@ -239,7 +266,7 @@ def test_publish_destination_needs_a_comparison_or_an_explicit_folder(tmp_path):
             == DEFAULT_RESULTS_DIR / "metaworld" / "frozen" / "studies")
 
 
-@pytest.mark.parametrize("study", ["realtime", "recovery", "uncertainty"])
+@pytest.mark.parametrize("study", ["realtime", "recovery", "uncertainty", "dynamic_compute"])
 def test_each_study_publishes_after_writing_and_refuses_policies_without_a_folder(tmp_path, monkeypatch, study):
     """The command line: --publish with --compare copies into the comparison's studies folder (here a
     tmp default tree) and regenerates; with --policies it fails before running anything."""
@@ -248,8 +275,10 @@ def test_each_study_publishes_after_writing_and_refuses_policies_without_a_folde
     import recipes.compare.artifacts as artifacts
 
     mod = importlib.import_module(f"recipes.studies.{study}")
-    run_name = {"realtime": "run_realtime", "recovery": "run_recovery", "uncertainty": "run_uncertainty"}[study]
-    data = {"realtime": realtime_json, "recovery": recovery_json, "uncertainty": uncertainty_json}[study]()
+    run_name = {"realtime": "run_realtime", "recovery": "run_recovery", "uncertainty": "run_uncertainty",
+                "dynamic_compute": "run_dynamic_compute"}[study]
+    data = {"realtime": realtime_json, "recovery": recovery_json, "uncertainty": uncertainty_json,
+            "dynamic_compute": dynamic_compute_json}[study]()
     out = tmp_path / "out"
 
     def fake_run(*a, **k):
