@@ -301,7 +301,7 @@ def run_dynamic_compute(policies: dict[str, Sequence[str] | str], suite_name: st
                        "tasks": task_list, "episodes": int(episodes), "eval_seeds": seeds, "setting": st.name,
                        "overrides": dict(st.overrides), "budget_ms": st.budget_ms, "warm_start": False}
                 path = out / "cells" / slug(label) / seed_tag(i, info) / f"{slug(st.name)}.json"
-                res, hit = cached_episodes(path, key, lambda: run_setting(policy, suite, task_list, episodes, seeds, st))
+                res, hit = cached_episodes(path, key, lambda p=policy, st=st: run_setting(p, suite, task_list, episodes, seeds, st))
                 per_setting[st.name].append(res["episodes"])
                 cpu[st.name] += float(res.get("cpu_s") or 0.0)
                 eps = res["episodes"]
