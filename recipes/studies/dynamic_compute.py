@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -62,7 +61,7 @@ from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import load_policy, predict_overrides, pyplot, save_figure
 from .episodes import run_study_episodes
-from .protocol_policies import (add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
                                 compare_success, estimate_cell, mean_estimate, policy_settings, publish_destination,
                                 publish_study, resolve_policy_arguments, run_info, seed_tag, slug, success_estimate)
 
@@ -253,7 +252,6 @@ def run_dynamic_compute(policies: dict[str, Sequence[str] | str], suite_name: st
     (:func:`parse_steps`). ValueError for a bad ``--steps`` / ``--budgets-ms`` / ``--preset`` before any
     episode runs."""
     from eval.sim.suites import make_suite
-    from vla_ebt.config_io import atomic_write_text, json_safe
 
     from recipes.compare.artifacts import git_commit
 
@@ -335,15 +333,7 @@ def run_dynamic_compute(policies: dict[str, Sequence[str] | str], suite_name: st
         "policies": pol_meta,
         "rows": rows,
     }
-    result = json.loads(json.dumps(json_safe(result)))  # what the file holds (NaN -> null)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "dynamic_compute.json", json.dumps(result, indent=2))
-    text = to_markdown(result)
-    atomic_write_text(out / "dynamic_compute.md", text)
-    if log:
-        log(text)
-    plot(result["rows"], out / "dynamic_compute.png")
-    return result
+    return write_study_outputs(out, "dynamic_compute", result, to_markdown, lambda r, path: plot(r["rows"], path), log)
 
 
 def _est(r: dict[str, Any], col: str, nd: int, lo: str | None = None, hi: str | None = None) -> str:

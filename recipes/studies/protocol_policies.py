@@ -46,7 +46,7 @@ from recipes.compare.stats import N_BOOT, bootstrap
 __all__ = ["parse_policies", "run_info", "find_compare_policies", "policy_settings", "compare_success", "seed_tag",
            "slug", "cached_episodes", "add_policy_arguments", "StudyInputs", "resolve_policy_arguments",
            "episode_arrays", "success_estimate", "mean_estimate", "ratio_estimate", "estimate_cell", "check_same_head",
-           "add_publish_arguments", "publish_destination", "publish_study", "STUDY_FILES"]
+           "add_publish_arguments", "publish_destination", "publish_study", "STUDY_FILES", "write_study_outputs"]
 
 
 # ------------------------------------------------------------------------------------------ policies
@@ -482,3 +482,23 @@ def publish_study(name: str, out: str | Path, dest: str | Path, *, regenerate: b
     elif regenerate:
         print(f"[{name}] {dest} is outside docs/results/compare/<suite>/<protocol>/studies: results not regenerated")
     return written
+
+
+def write_study_outputs(out: str | Path, name: str, result: dict[str, Any], render: Callable[[dict[str, Any]], str],
+                        plot: Callable[[dict[str, Any], Path], Any],
+                        log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Write a study's ``OUT/<name>.json`` (NaN saved as null), ``<name>.md`` (``render`` of what the json
+    holds) and ``<name>.png`` (``plot(result, path)``), each atomically; log the markdown. Returns the
+    result as the file holds it, so a fresh run and a reader of the file see the same values."""
+    from vla_ebt.config_io import atomic_write_text, json_safe
+
+    out = Path(out)
+    result = json.loads(json.dumps(json_safe(result)))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2))
+    text = render(result)
+    atomic_write_text(out / f"{name}.md", text)
+    if log:
+        log(text)
+    plot(result, out / f"{name}.png")
+    return result

@@ -47,7 +47,6 @@ results, whose README section then summarises them. See docs/realtime.md, "Async
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -60,7 +59,7 @@ import numpy as np
 from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import fmt, load_policy, predict_overrides, pyplot, save_figure
-from .protocol_policies import (add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
                                 compare_success, estimate_cell, mean_estimate, policy_settings, publish_destination,
                                 publish_study, resolve_policy_arguments, run_info, seed_tag, slug, success_estimate)
 
@@ -158,7 +157,6 @@ def run_realtime(policies: dict[str, Sequence[str] | str], suite_name: str, out:
     ``policies``: {label: [policy dir per training seed]} (a single dir: one seed)."""
     from eval.sim.rollout import EvalConfig, execution_problem
     from eval.sim.suites import make_suite
-    from vla_ebt.config_io import atomic_write_text, json_safe
 
     from recipes.compare.artifacts import git_commit
 
@@ -248,15 +246,7 @@ def run_realtime(policies: dict[str, Sequence[str] | str], suite_name: str, out:
         "rows": rows,
         "skipped": skipped,
     }
-    result = json.loads(json.dumps(json_safe(result)))  # what the file holds (NaN -> null)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "realtime.json", json.dumps(result, indent=2))
-    text = to_markdown(result)
-    atomic_write_text(out / "realtime.md", text)
-    if log:
-        log(text)
-    plot(result["rows"], out / "realtime.png")
-    return result
+    return write_study_outputs(out, "realtime", result, to_markdown, lambda r, path: plot(r["rows"], path), log)
 
 
 def _est(r: dict[str, Any], key: str, lo: str, hi: str, nd: int) -> str:

@@ -36,7 +36,6 @@ comparison (``docs/results/compare/<suite>/<protocol>/studies/``) and regenerate
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -48,7 +47,7 @@ from eval.sim.perturb import PerturbedSuite, make_perturbation
 from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import load_policy, predict_overrides, pyplot, save_figure
-from .protocol_policies import (add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
                                 compare_success, estimate_cell, policy_settings, publish_destination, publish_study,
                                 ratio_estimate, resolve_policy_arguments, run_info, seed_tag, slug, success_estimate)
 
@@ -115,7 +114,6 @@ def run_recovery(policies: dict[str, Sequence[str] | str], suite: Any, tasks: Se
     """Every policy's episodes clean and under each perturbation (cached under ``out/episodes``),
     pooled per label; writes ``recovery.{json,md,png}`` and returns the JSON content.
     ``policies``: {label: [policy dir per training seed]} (a single dir: one seed)."""
-    from vla_ebt.config_io import atomic_write_text, json_safe
 
     from recipes.compare.artifacts import git_commit
 
@@ -173,15 +171,7 @@ def run_recovery(policies: dict[str, Sequence[str] | str], suite: Any, tasks: Se
         "policies": pol_meta,
         "rows": analyse(labels, tasks, perturbations, n_boot),
     }
-    result = json.loads(json.dumps(json_safe(result)))  # what the file holds (NaN -> null)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "recovery.json", json.dumps(result, indent=2))
-    md = render_markdown(result)
-    atomic_write_text(out / "recovery.md", md)
-    if log:
-        log(md)
-    plot(result, out / "recovery.png")
-    return result
+    return write_study_outputs(out, "recovery", result, render_markdown, plot, log)
 
 
 def render_markdown(result: dict[str, Any]) -> str:

@@ -73,7 +73,6 @@ regenerates the results, whose README section then summarises them.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -88,7 +87,7 @@ from recipes.compare.stats import BOOT_SEED, N_BOOT, bootstrap
 
 from .common import auroc, load_policy, predict_overrides, pyplot, save_figure
 from .episodes import run_study_episodes
-from .protocol_policies import (add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
                                 compare_success, find_compare_policies, parse_policies, policy_settings,
                                 publish_destination, publish_study, resolve_policy_arguments, run_info, seed_tag, slug)
 
@@ -415,7 +414,6 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
                     load: Callable[[str], Any] = load_policy, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every policy's episodes (cached under ``out/episodes``), analyse, write
     ``uncertainty.{json,md,png}``; returns the JSON content."""
-    from vla_ebt.config_io import atomic_write_json, atomic_write_text, json_safe
 
     from recipes.compare.artifacts import git_commit
 
@@ -477,14 +475,7 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
         "policies": pol_meta,
         "tables": tables,
     }
-    result = json.loads(json.dumps(json_safe(result)))  # what the file holds (NaN -> null)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "uncertainty.json", result)
-    md = render_markdown(result)
-    atomic_write_text(out / "uncertainty.md", md)
-    plot(result, out / "uncertainty.png")
-    log(md)
-    return result
+    return write_study_outputs(out, "uncertainty", result, render_markdown, plot, log)
 
 
 def build_parser() -> argparse.ArgumentParser:
