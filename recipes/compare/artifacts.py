@@ -8,6 +8,8 @@ Required fields (:func:`validate_artifact`)::
     tasks, git_commit, config (the resolved TrainConfig), hparams {lr, ema_decay, ...}, steps,
     train_seconds, curve [{step, train_seconds, success {<task>: x, mean: y}}]   (the primary row),
     rows [{label, preset, overrides, warm_start, curve [... + outcomes {<task>: [0/1, ...]}], cost}],
+        (a suite that declares ``episode_attrs`` adds ``episode_info {<task>: {<attr>: [value, ...]}}``
+        to each row's curve entries, in the order of ``outcomes``)
     cost {nfe, eval_cost, forward_equiv, head_ms, policy_ms, train_samples_per_s}, cpu_seconds
 """
 

@@ -59,16 +59,24 @@ def evaluate_variant(policy: Any, suite: Any, tasks: Sequence[str], eval_seeds: 
 
     Returns {"success": {task: rate, "mean": mean over tasks}, "outcomes": {task: [0/1 per episode,
     seed-major]}, "errors", "cost": {"nfe", "forward_equiv", "eval_cost", "head_ms", "policy_ms"
-    (medians over chunks), "head_ms_mean", "policy_ms_mean", "chunks"}}.
+    (medians over chunks), "head_ms_mean", "policy_ms_mean", "chunks"}}; for a suite that declares
+    ``episode_attrs`` also "episode_info": {task: {attr: [value per episode, same order as outcomes]}}.
     """
     seeds = [int(s) for s in eval_seeds]
+    attrs = tuple(getattr(suite, "episode_attrs", ()))
     with warm_start(policy, variant.warm_start), predict_overrides(policy, **dict(variant.overrides)), \
             record_chunks(policy) as chunks:
-        res = run_study_episodes(policy, suite, list(tasks), int(episodes), seeds[0], seeds=seeds)
+        res = run_study_episodes(policy, suite, list(tasks), int(episodes), seeds[0], seeds=seeds, env_attrs=attrs)
     outcomes: dict[str, list[int]] = {t: [] for t in tasks}
-    for ep in sorted(res.episodes, key=lambda e: (seeds.index(int(e.base_seed if e.base_seed is not None else seeds[0])),
-                                                  e.index)):
+    info: dict[str, dict[str, list[Any]]] = {t: {a: [] for a in attrs} for t in tasks}
+    order = sorted(range(len(res.episodes)), key=lambda i: (
+        seeds.index(int(res.episodes[i].base_seed if res.episodes[i].base_seed is not None else seeds[0])),
+        res.episodes[i].index))
+    for i in order:
+        ep = res.episodes[i]
         outcomes[ep.task].append(int(bool(ep.success)))
+        for a in attrs:
+            info[ep.task][a].append(res.final[i].get(a))
     success = {t: sum(v) / len(v) if v else float("nan") for t, v in outcomes.items()}
     success["mean"] = sum(success[t] for t in tasks) / len(tasks)
     b1 = [c for c in chunks if c["batch"] == 1]
@@ -79,4 +87,7 @@ def evaluate_variant(policy: Any, suite: Any, tasks: Sequence[str], eval_seeds: 
             "head_ms_mean": sum(c["head_ms"] for c in b1) / len(b1) if b1 else float("nan"),
             "policy_ms_mean": sum(c["policy_ms"] for c in b1) / len(b1) if b1 else float("nan"),
             "chunks": len(b1)}
-    return {"success": success, "outcomes": outcomes, "errors": sum(1 for e in res.episodes if e.error), "cost": cost}
+    out = {"success": success, "outcomes": outcomes, "errors": sum(1 for e in res.episodes if e.error), "cost": cost}
+    if attrs:
+        out["episode_info"] = info
+    return out

@@ -12,7 +12,7 @@ import numpy as np
 
 from .stats import Estimate, auc_estimate, separates, success_estimate
 
-__all__ = ["Cell", "build_cells", "table", "verdicts", "section", "group_title"]
+__all__ = ["Cell", "build_cells", "table", "mode_table", "verdicts", "section", "group_title"]
 
 
 @dataclass
@@ -38,6 +38,9 @@ class Cell:
     episodes: int = 0  # per seed (tasks x eval seeds x episodes) at the final checkpoint
     curve_episodes: int = 0  # per seed at every checkpoint (the learning curve's AUC)
     load: tuple[float, int] | None = None  # highest 1-min load average seen after an evaluation, cores
+    # share of the last checkpoint's episodes that ended in each value of the suite's episode ``mode``
+    # (e.g. reach2d_detour: left / right / collision / none), when every seed's artifact recorded it
+    modes: dict[str, Estimate] | None = None
 
 
 def _nanmean(xs: Sequence[Any]) -> float:
@@ -104,6 +107,7 @@ def _cell(suite: str, protocol: str, head: str, label: str, runs: list[dict[str,
     curves = [np.array([np.concatenate([head_of(c["outcomes"][t], k) for t in tasks]) for c in row["curve"]], float)
               for row, k in zip(rows, n_seeds)]
     return Cell(
+        modes=_mode_shares([row["curve"][-1].get("episode_info") for row in rows], tasks, final_labels),
         suite=suite, protocol=protocol, head=head, label=label, warm_start=bool(rows[0]["warm_start"]),
         seeds=[r["train_seed"] for r in runs], steps=steps,
         final=success_estimate(final_outcomes, final_labels), auc=auc_estimate(curves, labels, steps),
@@ -119,6 +123,32 @@ def _cell(suite: str, protocol: str, head: str, label: str, runs: list[dict[str,
         load=max(((r["cost"]["load_avg_1min"], r["cost"].get("cpu_count") or 0) for r in runs
                   if r["cost"].get("load_avg_1min") is not None), default=None),
     )
+
+
+def _mode_shares(infos: list[dict[str, Any] | None], tasks: Sequence[str],
+                 labels: list[np.ndarray]) -> dict[str, Estimate] | None:
+    """{mode: share of the episodes with that final ``mode``, pooled over seeds with its interval} from
+    each seed's ``episode_info`` (same episode order as the outcomes); None unless every seed has it."""
+    if not infos or any(not i or any("mode" not in (i.get(t) or {}) for t in tasks) for i in infos):
+        return None
+    vals = [np.array([str(m) for t in tasks for m in i[t]["mode"]], dtype=object) for i in infos]
+    if any(v.shape[0] != lab.shape[0] for v, lab in zip(vals, labels)):
+        return None  # recorded on other episodes than the outcomes
+    names = sorted({m for v in vals for m in v})
+    return {m: success_estimate([(v == m).astype(float) for v in vals], labels) for m in names}
+
+
+def mode_table(cells: Sequence[Cell]) -> str:
+    """Markdown: per cell, the share of final-checkpoint episodes in each mode with its interval ("" when
+    no cell recorded modes)."""
+    with_modes = [c for c in cells if c.modes]
+    if not with_modes:
+        return ""
+    names = sorted({m for c in with_modes for m in c.modes})
+    lines = ["| head / row | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for c in with_modes:
+        lines.append(f"| {c.label} | " + " | ".join(c.modes[m].fmt() if m in c.modes else "0.00" for m in names) + " |")
+    return "\n".join(lines)
 
 
 def _f(x: float, nd: int = 1) -> str:
@@ -218,6 +248,10 @@ def section(groups: dict[tuple[str, str], list[Cell]], focus: str, source: str,
                   f"episodes at the last checkpoint{curve_n}, {c0.steps[-1]} steps, checkpoints at "
                   f"{', '.join(map(str, c0.steps))}{note}):", "",
                   table(cells), ""]
+        modes = mode_table(cells)
+        if modes:
+            lines += ["Share of the last checkpoint's episodes ending in each mode (the suite's `mode` of an "
+                      "episode), with 95% intervals:", "", modes, ""]
         lines += [f"* {s}" for s in verdicts(cells, focus)]
         extra = (extras or {}).get((suite, protocol))
         lines += ["", *extra] if extra else []

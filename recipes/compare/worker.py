@@ -100,7 +100,9 @@ def _artifact(spec: RunSpec, summary: dict[str, Any], evals: list[dict[str, Any]
     for v in spec.variants:
         curve = [{"step": e["step"], "train_seconds": secs.get(e["step"], float("nan")),
                   "success": e["rows"][v.label]["success"], "outcomes": e["rows"][v.label]["outcomes"],
-                  "errors": e["rows"][v.label]["errors"]} for e in evals]
+                  "errors": e["rows"][v.label]["errors"],
+                  **({"episode_info": e["rows"][v.label]["episode_info"]} if "episode_info" in e["rows"][v.label] else {})}
+                 for e in evals]
         rows.append({"label": v.label, "preset": v.preset, "overrides": dict(v.overrides), "warm_start": v.warm_start,
                      "curve": curve, "cost": evals[-1]["rows"][v.label]["cost"]})
     primary = rows[0]

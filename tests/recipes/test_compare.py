@@ -451,3 +451,49 @@ def test_results_name_the_tuned_heads_whose_final_runs_are_missing(tmp_path):
     assert "no final run has finished yet for diffusion, regression" in text and "| ebt-2 |" in text
     assert "no final run has finished yet for diffusion, regression" in (res / "reach2d/frozen/results.md").read_text()
     assert results.main(["--dir", str(res), "--readme", str(readme), "--check"]) == 0
+
+
+def test_evaluation_records_the_suites_episode_modes_in_outcome_order():
+    """A suite declaring ``episode_attrs`` (reach2d_detour: mode, lateral, collided) gets them recorded per
+    episode beside the outcomes, in the same order; a suite without them gets no ``episode_info``."""
+    from eval.sim.suites import make_suite
+    from eval.sim.suites.reach2d_detour import MODES
+    from recipes.compare.evaluation import evaluate_variant
+    from tests.policy_fixtures import make_policy
+
+    policy = make_policy("regression")
+    detour = make_suite("reach2d_detour", max_episode_steps=12)
+    assert detour.episode_attrs == ("mode", "lateral", "collided")
+    res = evaluate_variant(policy, detour, ["reach_red", "reach_blue"], [3, 4], 2, Variant("regression", "regression"))
+    for t in ("reach_red", "reach_blue"):
+        info = res["episode_info"][t]
+        assert set(info) == {"mode", "lateral", "collided"}
+        assert len(info["mode"]) == len(res["outcomes"][t]) == 4 and set(info["mode"]) <= set(MODES)
+        for ok, mode, hit in zip(res["outcomes"][t], info["mode"], info["collided"]):
+            assert (mode == "collision") == bool(hit)  # the env's own bookkeeping, per episode
+            assert not (ok and hit)  # a collision is never a success
+    plain = evaluate_variant(policy, make_suite("reach2d", max_episode_steps=4), ["reach_red"], [3], 1,
+                             Variant("regression", "regression"))
+    assert "episode_info" not in plain
+
+
+def test_report_pools_mode_shares_over_seeds_when_every_seed_recorded_them():
+    from recipes.compare.report import build_cells, mode_table
+
+    arts = [fake_artifact("ebt", s, {"ebt-2": 0.5}) for s in (0, 1)]
+    plain = build_cells(arts)[("reach2d", "frozen")][0]
+    assert plain.modes is None and mode_table([plain]) == ""
+    seq = {0: ["left"] * 6 + ["right"] * 2 + ["collision"] * 2, 1: ["left"] * 2 + ["right"] * 4 + ["none"] * 4}
+    for a in arts:
+        for c in a["rows"][0]["curve"]:
+            c["episode_info"] = {t: {"mode": list(seq[a["train_seed"]])} for t in a["tasks"]}
+    cell = build_cells(arts)[("reach2d", "frozen")][0]
+    assert set(cell.modes) == {"left", "right", "collision", "none"}
+    assert cell.modes["left"].value == pytest.approx(0.4)  # mean over seeds of 0.6 and 0.2
+    assert cell.modes["none"].value == pytest.approx(0.2)
+    assert sum(e.value for e in cell.modes.values()) == pytest.approx(1.0)
+    assert cell.modes["left"].lo <= 0.4 <= cell.modes["left"].hi
+    md = mode_table([cell])
+    assert md.splitlines()[0] == "| head / row | collision | left | none | right |" and "| ebt-2 | 0.10" in md
+    arts[1]["rows"][0]["curve"][-1].pop("episode_info")  # one seed without: no pooled shares
+    assert build_cells(arts)[("reach2d", "frozen")][0].modes is None

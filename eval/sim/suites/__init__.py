@@ -49,9 +49,13 @@ class Suite(abc.ABC):
         image_size:        S of ``obs["image"]`` (uint8, (3, S, S)).
         num_views:         cameras per observation (``obs["image"]`` is one view when 1).
         max_episode_steps: the env truncates after this many steps.
+        episode_attrs:     attributes of ``env.unwrapped`` an evaluation records after each episode
+                           (e.g. the detour suite's ``mode``: which demonstrated mode it followed);
+                           empty for suites with nothing beyond success.
     """
 
     name: str = ""
+    episode_attrs: tuple[str, ...] = ()
     action_dim: int
     state_dim: int
     image_size: int

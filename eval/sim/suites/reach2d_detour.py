@@ -144,8 +144,9 @@ class Reach2DDetourSuite(Reach2DSuite):
     """reach2d tasks with an obstacle and a bimodal (left/right detour) expert."""
 
     name = "reach2d_detour"
-    #: final ``info`` keys worth keeping per episode (mode-commitment studies)
-    episode_info_keys = ("mode", "lateral", "collision")
+    #: env attributes an evaluation records per episode: the mode followed (``MODES``), the signed
+    #: lateral offset at the obstacle's cross-line, and whether it hit the obstacle
+    episode_attrs = ("mode", "lateral", "collided")
 
     def __init__(self, image_size: int = 64, max_episode_steps: int = 60, left_share: float = 0.5) -> None:
         super().__init__(image_size=image_size, max_episode_steps=max_episode_steps)
