@@ -267,14 +267,16 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
         # the shuffled order depends on the loader's generator state: replay and drop consumed batches
         return itertools.islice(forever(), start, None)
 
-    prepare = None
+    prepare: Callable[[Any], None] | None = None
     if pc.finetune.mode == "frozen" and dc.feature_cache:
         keys = [k for *_, k in built]
         demo_key = keys[0] if not mixture else hashlib.sha256("+".join(keys).encode()).hexdigest()[:16]
         path = None if dc.demo_cache == "off" else feature_cache_path(dc, pc, demo_key)
 
-        def prepare(policy: Any) -> None:
+        def install(policy: Any) -> None:
             install_feature_cache(policy, dataset, path)
+
+        prepare = install
 
     primary = next(s for s in sim_suites if s.name == dc.suite)
     return TrainData(normalizer, make_batches, len(dataset), [s.name for s in sim_suites], suite=primary.suite,

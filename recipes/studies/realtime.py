@@ -211,8 +211,8 @@ def run_realtime(policies: dict[str, Sequence[str] | str], suite_name: str, out:
                            "request_remaining": request_remaining, "overrides": settings["overrides"],
                            "warm_start": bool(warm_start)}
                     path = out / "cells" / slug(label) / seed_tag(i, info) / f"{cell_name(strategy, dl)}.json"
-                    res, hit = cached_episodes(path, key, lambda: run_cell(
-                        policy, suite, task_list, episodes, seeds, strategy, dl, control_hz=control_hz,
+                    res, hit = cached_episodes(path, key, lambda p=policy: run_cell(
+                        p, suite, task_list, episodes, seeds, strategy, dl, control_hz=control_hz,
                         on_starve=on_starve, request_remaining=request_remaining, split=split,
                         overrides=settings["overrides"], warm_start=warm_start))
                     per_cell.setdefault((label, strategy, dl), []).append(res["episodes"])

@@ -148,8 +148,8 @@ def run_recovery(policies: dict[str, Sequence[str] | str], suite: Any, tasks: Se
                        "suite_args": meta.get("suite_args"), "tasks": list(tasks), "eval_seeds": seeds,
                        "episodes": int(episodes), "overrides": settings["overrides"], "warm_start": False}
                 path = out / "episodes" / slug(label) / seed_tag(i, info) / f"{slug(cond)}.json"
-                eps, hit = cached_episodes(path, key, lambda: run_condition(
-                    policy, suite, tasks, seeds, episodes, cond, settings["overrides"]))
+                eps, hit = cached_episodes(path, key, lambda p=policy: run_condition(
+                    p, suite, tasks, seeds, episodes, cond, settings["overrides"]))
                 by_cond[cond] = eps
                 say(f"[recovery] {label} seed {info.get('train_seed')} {cond}: " + (
                     f"{len(eps)} episodes (cached)" if hit else

@@ -446,8 +446,8 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
                        "episodes": int(episodes), "samples": int(samples), "overrides": settings["overrides"],
                        "warm_start": False}
                 cache = out / "episodes" / slug(label) / seed_tag(i, info) / f"{slug(cond)}.json"
-                eps, hit = cached_episodes(cache, key, lambda: run_policy_episodes(
-                    policy, suite, tasks, eval_seeds, episodes, cond, settings["overrides"], samples))
+                eps, hit = cached_episodes(cache, key, lambda p=policy: run_policy_episodes(
+                    p, suite, tasks, eval_seeds, episodes, cond, settings["overrides"], samples))
                 eps_by_cond[cond] = eps
                 log(f"[uncertainty] {label} {d} {cond}: {len(eps)} episodes (cached)" if hit else
                     f"[uncertainty] {label} {d} {cond}: success {_success(eps):.2f} over {len(eps)} episodes")

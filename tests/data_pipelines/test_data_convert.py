@@ -16,7 +16,7 @@ from data_pipelines import convert as conv
 from data_pipelines.rlds import DataError
 from vla_ebt.data.shard_format import iter_shard
 from data_pipelines.shards import ShardWriter
-from tests.data_pipelines.test_data_fixture import LAYOUTS, TFDS_NAMES, make_episode, write_rlds
+from tests.data_pipelines.test_data_fixture import LAYOUTS, make_episode, write_rlds
 from vla_ebt.data.oxe_configs import apply_gripper, get_config, known_datasets
 from vla_ebt.normalize import load_stats
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vla_ebt.heads import Context, DiffusionConfig, DiffusionHead, TrunkConfig
+from vla_ebt.heads import Context, DiffusionConfig, DiffusionHead
 from vla_ebt.heads.factory import build_head, head_config_for
 
 from tests.baseline_tasks import B, D, H, MODE, SEED, TRUNK, W, bimodal_batch, goal_batch, train  # noqa: F401

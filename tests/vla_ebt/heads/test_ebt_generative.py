@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.synthetic_tasks import goal_reach_batch, train_head
-from vla_ebt.heads import Context, EBTConfig, EBTHead, TrunkConfig
+from vla_ebt.heads import EBTConfig, EBTHead, TrunkConfig
 from vla_ebt.heads.ebt_objectives import GENERATIVE_OBJECTIVES, energy_field, eqm_c, field_scale
 
 H, D, W = 8, 4, 64

@@ -17,7 +17,6 @@ from vla_ebt.heads import (
     EBTHead,
     RegressionConfig,
     RegressionHead,
-    TrunkConfig,
     build_head,
     head_config_for,
 )
