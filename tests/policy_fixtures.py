@@ -59,3 +59,15 @@ def make_batch(b: int = 4, seed: int = 0) -> dict:
         "action": torch.rand(b, H, D, generator=g) * 2 - 1,
         "action_mask": torch.ones(b, H, dtype=torch.bool),
     }
+
+
+def save_seed_policy(path, head: str = "ebt", seed: int = 0) -> str:
+    """The fixture policy of ``head`` standing in for training seed ``seed`` (seed 0: as built; others:
+    head weights moved by 0.05 x N(0, 1) drawn from ``seed``), saved to ``path``; returns ``str(path)``."""
+    p = make_policy(head)
+    if seed:
+        torch.manual_seed(seed)
+        for prm in p.head.parameters():
+            prm.data.add_(0.05 * torch.randn_like(prm))
+    p.save_pretrained(path)
+    return str(path)

@@ -11,7 +11,7 @@ import pytest
 
 from recipes.studies import dynamic_compute as dc
 from recipes.studies import protocol_policies as pp
-from tests.policy_fixtures import make_policy
+from tests.policy_fixtures import make_policy, save_seed_policy
 
 
 def test_steps_spec_and_its_errors_name_the_flag(tmp_path):
@@ -67,19 +67,7 @@ def test_pooling_scales_network_evaluations_by_eval_cost():
 
 
 def _seed_policies(tmp_path, head, n):
-    import torch
-
-    dirs = []
-    for s in range(n):
-        p = make_policy(head)
-        if s:
-            torch.manual_seed(s)
-            for prm in p.head.parameters():
-                prm.data.add_(0.05 * torch.randn_like(prm))
-        d = tmp_path / "pol" / head / f"seed{s}"
-        p.save_pretrained(d)
-        dirs.append(str(d))
-    return dirs
+    return [save_seed_policy(tmp_path / "pol" / head / f"seed{s}", head, s) for s in range(n)]
 
 
 def test_study_pools_seeds_sweeps_steps_and_budgets_and_resumes(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 
 from recipes.studies import protocol_policies as pp
 from recipes.studies import dynamic_compute, realtime, recovery, uncertainty
-from tests.policy_fixtures import make_policy
+from tests.policy_fixtures import make_policy, save_seed_policy
 
 
 def _eps(outcomes, tasks=None, **extra):
@@ -60,19 +60,12 @@ def test_success_and_metric_means_pool_training_seeds():
 # ------------------------------------------------------------------------------- the shared finder
 def _grid(tmp_path, seeds=(0, 1), head="ebt", real=False, outcomes=None):
     """A comparison grid with finished final runs of ``head`` (real tiny policies with ``real``)."""
-    import torch
-
     dirs = []
     for s in seeds:
         seed_dir = tmp_path / "grid" / "reach2d" / "frozen" / "final" / head / "lr0.001_ema0.99" / f"seed{s}"
         pol = seed_dir / "checkpoints" / "step_00000004" / "policy"
         if real:
-            p = make_policy(head)
-            if s:
-                torch.manual_seed(s)
-                for prm in p.head.parameters():
-                    prm.data.add_(0.05 * torch.randn_like(prm))
-            p.save_pretrained(pol)
+            save_seed_policy(pol, head, s)
         else:
             pol.mkdir(parents=True)
             (pol / "config.json").write_text("{}")
@@ -118,19 +111,7 @@ def test_the_protocol_studies_find_policies_through_the_one_shared_module(tmp_pa
 
 # ------------------------------------------------------------------------------------ end to end
 def _seed_policies(tmp_path, head="ebt", n=2):
-    import torch
-
-    dirs = []
-    for s in range(n):
-        p = make_policy(head)
-        if s:
-            torch.manual_seed(s)
-            for prm in p.head.parameters():
-                prm.data.add_(0.05 * torch.randn_like(prm))
-        d = tmp_path / "pol" / head / f"seed{s}"
-        p.save_pretrained(d)
-        dirs.append(str(d))
-    return dirs
+    return [save_seed_policy(tmp_path / "pol" / head / f"seed{s}", head, s) for s in range(n)]
 
 
 def test_realtime_pools_two_training_seeds_warm_start_off_and_resumes(tmp_path, monkeypatch):

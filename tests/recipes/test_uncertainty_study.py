@@ -13,7 +13,7 @@ import pytest
 from eval.sim.perturb import PerturbedSuite
 from eval.sim.suites import make_suite
 from recipes.studies import uncertainty as unc
-from tests.policy_fixtures import make_policy
+from tests.policy_fixtures import make_policy, save_seed_policy
 
 
 # ------------------------------------------------------------------------------- synthetic episodes
@@ -155,16 +155,7 @@ def test_study_end_to_end_two_heads(tmp_path):
     for head, n in (("ebt", 2), ("flow", 1)):
         dirs[head] = []
         for s in range(n):
-            p = make_policy(head)
-            if s:
-                import torch
-
-                torch.manual_seed(s)
-                for prm in p.head.parameters():
-                    prm.data.add_(0.05 * torch.randn_like(prm))
-            d = tmp_path / "pol" / head / f"seed{s}"
-            p.save_pretrained(d)
-            dirs[head].append(str(d))
+            dirs[head].append(save_seed_policy(tmp_path / "pol" / head / f"seed{s}", head, s))
     suite = PerturbedSuite(make_suite("reach2d", max_episode_steps=10), [_SucceedEarly], tag="mixed")
     kw = dict(steps=[0, 6], shifts=["noise:sigma=40", "displace:at=2,scale=0.3"], samples=3, n_boot=100,
               meta={"suite": "reach2d", "suite_args": ["max_episode_steps=10"]})
