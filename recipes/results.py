@@ -56,6 +56,7 @@ def group_markdown(cells: list[Cell], focus: str, tuning: Path) -> str:
     if modes:
         lines += ["Share of the last checkpoint's episodes ending in each mode, with 95% intervals:", "", modes, ""]
     lines += [f"* {s}" for s in verdicts(cells, focus)]
+    lines += [f"* {cpu_hours_line(cells, tuning)}"]
     lines += _tuning_lines(tuning)
     return "\n".join(lines) + "\n"
 
@@ -108,6 +109,26 @@ def _heads_without_finals(results_dir: Path, groups: dict[tuple[str, str], list[
     return out
 
 
+def cpu_hours_line(cells: list[Cell], tuning: Path) -> str:
+    """One sentence: CPU-hours per head (its final runs' ``cpu_seconds``, training + evaluation, one thread
+    each, plus its tuning runs' where ``tuning.json`` recorded them) and the group's total."""
+    cands = json.loads(tuning.read_text()).get("heads", {}) if tuning.exists() else {}
+    parts, total, untimed = [], 0.0, False
+    for head in dict.fromkeys(c.head for c in cells):
+        finals = next(c.cpu_seconds for c in cells if c.head == head) / 3600
+        tune = [c.get("cpu_seconds") for c in (cands.get(head) or {}).get("candidates", [])]
+        if tune and all(t is not None for t in tune):
+            tune_h = sum(tune) / 3600
+            parts.append(f"{head} {finals + tune_h:.2f} ({finals:.2f} final runs + {tune_h:.2f} tuning)")
+            total += finals + tune_h
+        else:
+            untimed |= bool(tune)
+            parts.append(f"{head} {finals:.2f} (final runs)")
+            total += finals
+    note = "; tuning runs not timed in this tuning.json" if untimed else ""
+    return (f"CPU-hours (single-thread runs, training + evaluation): {'; '.join(parts)}; total {total:.2f}{note}.")
+
+
 def _with_block(text: str, lines: list[str]) -> str:
     return text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
 
@@ -141,9 +162,11 @@ def generate(results_dir: Path, focus: str) -> tuple[str, dict[Path, str], dict[
         source = results_dir.name
     files = {results_dir / s / p / "results.md": group_markdown(cells, focus, results_dir / s / p / "tuning.json")
              for (s, p), cells in groups.items()}
-    studies = {g: study_lines(paths, f"{source}/{g[0]}/{g[1]}/{STUDIES_DIR}", g)
-               for g, paths in find_studies(results_dir).items() if g in groups}
-    body = section(groups, focus, source, studies)
+    found = find_studies(results_dir)
+    extras = {g: [f"* {cpu_hours_line(cells, results_dir / g[0] / g[1] / 'tuning.json')}"]
+              + (["", *study_lines(found[g], f"{source}/{g[0]}/{g[1]}/{STUDIES_DIR}", g)] if g in found else [])
+              for g, cells in groups.items()}
+    body = section(groups, focus, source, extras)
     missing = _heads_without_finals(results_dir, groups)
     for (s, p), heads in missing.items():
         note = (f"**{group_title(s, p)}**: no final run has finished yet for {', '.join(heads)} (tuned: "

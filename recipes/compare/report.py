@@ -254,6 +254,6 @@ def section(groups: dict[tuple[str, str], list[Cell]], focus: str, source: str,
                       "episode), with 95% intervals:", "", modes, ""]
         lines += [f"* {s}" for s in verdicts(cells, focus)]
         extra = (extras or {}).get((suite, protocol))
-        lines += ["", *extra] if extra else []
+        lines += list(extra or [])
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -124,7 +124,8 @@ def select_hparams(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         if r is not None:
             row.update(used_ema_decay=r["hparams"].get("used_ema_decay"), success=r["curve"][-1]["success"]["mean"],
                        per_task={k: v for k, v in r["curve"][-1]["success"].items() if k != "mean"},
-                       final_loss=r.get("final_loss"), train_seconds=r.get("train_seconds"))
+                       final_loss=r.get("final_loss"), train_seconds=r.get("train_seconds"),
+                       cpu_seconds=r.get("cpu_seconds"))
         rows.append(row)
     complete = all(o.result is not None for o in outcomes) and bool(outcomes)
     chosen = None

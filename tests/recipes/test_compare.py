@@ -497,3 +497,19 @@ def test_report_pools_mode_shares_over_seeds_when_every_seed_recorded_them():
     assert md.splitlines()[0] == "| head / row | collision | left | none | right |" and "| ebt-2 | 0.10" in md
     arts[1]["rows"][0]["curve"][-1].pop("episode_info")  # one seed without: no pooled shares
     assert build_cells(arts)[("reach2d", "frozen")][0].modes is None
+
+
+def test_cpu_hours_line_adds_tuning_only_where_every_candidate_was_timed(tmp_path):
+    from recipes.compare.report import build_cells
+    from recipes.results import cpu_hours_line
+
+    cells = build_cells([fake_artifact("ebt", s, {"ebt-2": 0.5}, warm={"ebt-2": 0.5}) for s in (0, 1)]
+                        + [fake_artifact("regression", 0, {"regression": 0.3})])[("reach2d", "frozen")]
+    tuning = tmp_path / "tuning.json"
+    assert cpu_hours_line(cells, tuning) == ("CPU-hours (single-thread runs, training + evaluation): ebt 0.02 "
+                                             "(final runs); regression 0.01 (final runs); total 0.04.")
+    tuning.write_text(json.dumps({"heads": {"ebt": {"candidates": [{"cpu_seconds": 3600.0}, {"cpu_seconds": 1800.0}]},
+                                            "regression": {"candidates": [{"cpu_seconds": 36.0}, {}]}}}))
+    line = cpu_hours_line(cells, tuning)  # 2 ebt runs x 42 s (the +warm row shares them), 1 regression run
+    assert "ebt 1.52 (0.02 final runs + 1.50 tuning)" in line and "regression 0.01 (final runs)" in line
+    assert "total 1.54" in line and "tuning runs not timed" in line  # 1.5 + 84 s + 42 s
