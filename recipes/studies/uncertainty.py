@@ -258,12 +258,14 @@ def shift_estimate(in_dist: Sequence[Sequence[dict[str, Any]]], shifted: Sequenc
 
 
 def shift_onset(spec: str) -> int:
-    """The env step from which a condition differs from in-distribution (0 unless the perturbation
-    starts later: ``displace`` ``at``, ``burst`` / ``gripper_open`` ``start``)."""
+    """The first env step whose observation differs from in-distribution: 0 unless the perturbation
+    starts later (``displace`` ``at``, ``burst`` / ``gripper_open`` ``start`` = k). Those act inside
+    the env step k (the object moves / the action is replaced during it), so the observation of step k
+    that a chunk planned at k sees is still unchanged: the onset is k + 1."""
     name, _, args = spec.partition(":")
     kw = dict(part.split("=", 1) for part in filter(None, args.split(",")) if "=" in part)
     key = {"displace": "at", "burst": "start", "gripper_open": "start"}.get(name)
-    return int(float(kw.get(key, 0))) if key else 0
+    return int(float(kw.get(key, 0))) + 1 if key else 0
 
 
 def _success(eps: Sequence[dict[str, Any]]) -> float:

@@ -81,7 +81,20 @@ def test_shift_estimate_and_onset():
     assert est["value"] == 1.0 and est["lo"] == 1.0 and est["positives"] == 8 and est["episodes"] == 16
     assert unc.shift_estimate(shifted, base, "energy", 0, ["a", "b"], n_boot=20)["value"] == 0.0
     assert unc.shift_onset("noise:sigma=25") == 0 and unc.shift_onset("heldout") == 0
-    assert unc.shift_onset("displace:at=6,scale=0.3") == 6 and unc.shift_onset("burst:start=10,length=8") == 10
+    # acting inside env step k: the observation of step k + 1 is the first that differs
+    assert unc.shift_onset("displace:at=6,scale=0.3") == 7 and unc.shift_onset("burst:start=10,length=8") == 11
+    # what the onset says, in the env: the observation of step `at` is unchanged, the next one differs
+    from eval.sim.perturb import make_perturbation
+
+    suite = make_suite("reach2d", max_episode_steps=10)
+    plain = suite.make_env("reach_red", seed=5)
+    moved = PerturbedSuite(suite, [make_perturbation("displace:at=2,scale=0.3")], tag="d").make_env("reach_red", seed=5)
+    obs = [plain.reset()[0]], [moved.reset()[0]]
+    for _ in range(3):
+        for o, env in zip(obs, (plain, moved)):
+            o.append(env.step(np.zeros(2, np.float32))[0])
+    same = [np.array_equal(a["image"], b["image"]) for a, b in zip(*obs)]
+    assert same == [True, True, True, False]  # steps 0-2 identical; the obs of step 3 = onset 2 + 1 differs
 
 
 def test_signal_rows_by_head_capabilities():
@@ -183,7 +196,7 @@ def test_study_end_to_end_two_heads(tmp_path):
     assert len(length) == 2 and all(r["value"] == 1.0 and r["score"] == unc.MEAN_SCORE for r in length)
     shift = saved["tables"]["shift"]
     assert {(r["shift"], r["step"]) for r in shift} == {("noise:sigma=40", 0), ("displace:at=2,scale=0.3", 0),
-                                                        ("displace:at=2,scale=0.3", 2)}
+                                                        ("displace:at=2,scale=0.3", 3)}
     disp0 = [r for r in shift if r["shift"].startswith("displace") and r["step"] == 0]
     assert all(r["value"] == 0.5 for r in disp0)  # before the onset both conditions see the same inputs
     md = (out / "uncertainty.md").read_text()
@@ -200,7 +213,7 @@ def test_study_end_to_end_two_heads(tmp_path):
 
     summary = "\n".join(render_study(out / "uncertainty.json", "uncertainty.md", ("reach2d", "frozen")))
     assert "| head | signal | first chunk | step 6 |" in summary and "| ebt | energy | " in summary
-    assert "| flow | energy |" not in summary and "displace:at=2,scale=0.3 @ step 2" in summary
+    assert "| flow | energy |" not in summary and "displace:at=2,scale=0.3 @ step 3" in summary
 
 
 # --------------------------------------------------------------------------------- compare grid
