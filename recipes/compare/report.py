@@ -138,17 +138,19 @@ def _mode_shares(infos: list[dict[str, Any] | None], tasks: Sequence[str],
     return {m: success_estimate([(v == m).astype(float) for v in vals], labels) for m in names}
 
 
-def mode_table(cells: Sequence[Cell]) -> str:
-    """Markdown: per cell, the share of final-checkpoint episodes in each mode with its interval ("" when
-    no cell recorded modes)."""
+def mode_table(cells: Sequence[Cell]) -> list[str]:
+    """Markdown lines: a caption and, per cell, the share of final-checkpoint episodes in each mode with
+    its interval, then a blank line ([] when no cell recorded modes)."""
     with_modes = [c for c in cells if c.modes]
     if not with_modes:
-        return ""
+        return []
     names = sorted({m for c in with_modes for m in c.modes})
-    lines = ["| head / row | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = ["Share of the last checkpoint's episodes ending in each mode (the suite's `mode` of an episode), "
+             "with 95% intervals:", "",
+             "| head / row | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for c in with_modes:
         lines.append(f"| {c.label} | " + " | ".join(c.modes[m].fmt() if m in c.modes else "0.00" for m in names) + " |")
-    return "\n".join(lines)
+    return lines + [""]
 
 
 def _f(x: float, nd: int = 1) -> str:
@@ -248,10 +250,7 @@ def section(groups: dict[tuple[str, str], list[Cell]], focus: str, source: str,
                   f"episodes at the last checkpoint{curve_n}, {c0.steps[-1]} steps, checkpoints at "
                   f"{', '.join(map(str, c0.steps))}{note}):", "",
                   table(cells), ""]
-        modes = mode_table(cells)
-        if modes:
-            lines += ["Share of the last checkpoint's episodes ending in each mode (the suite's `mode` of an "
-                      "episode), with 95% intervals:", "", modes, ""]
+        lines += mode_table(cells)
         lines += [f"* {s}" for s in verdicts(cells, focus)]
         extra = (extras or {}).get((suite, protocol))
         lines += list(extra or [])
