@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,8 +173,9 @@ def prefetch_sim_demos(dc: DataConfig, env_workers: int = 0) -> None:
 def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world: int, rank: int,
              env_workers: int = 0) -> TrainData:
     """Expert demonstrations from ``dc.suite`` (collected in memory, in ``env_workers`` env worker
-    processes when > 0: same episodes), chunked per step, shuffled by a seeded DataLoader (a
-    DistributedSampler per rank when world > 1).
+    processes when > 0: same episodes), chunked per step, shuffled per epoch from (seed, epoch) with a
+    disjoint share per rank when world > 1 (:mod:`vla_ebt.data.epoch_batches`: a resumed run skips the
+    consumed batches without loading them).
 
     A sim mixture (``dc.suites``): the demonstrations of every suite (:func:`sim_suite_configs`; each
     through the demo cache under its own key), one normalizer with each suite's statistics under its
@@ -184,9 +184,8 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
     sampled by ``dc.weights`` / ``dc.mixture`` (:func:`vla_ebt.data.stream.mixture_weights`, as shard
     mixtures are): "size" is a plain shuffle of all chunks; otherwise a
     :class:`~vla_ebt.data.episodes.MixtureSampler` (with replacement)."""
-    from torch.utils.data import DataLoader, DistributedSampler
-
     from vla_ebt.data.episodes import ChunkDataset, MixtureDataset, MixtureSampler, collate, dataset_stats
+    from vla_ebt.data.epoch_batches import EpochShuffleSampler, epoch_batches
     from vla_ebt.data.stream import mixture_weights
 
     members = sim_suite_configs(dc)
@@ -239,33 +238,16 @@ def sim_data(dc: DataConfig, pc: PolicyConfig, batch_size: int, seed: int, world
             f"{s.name} #{s.embodiment} ({s.train_samples} chunks, {p:.2f})" for s, p in zip(sim_suites, probs)))
         if weights == "size":
             probs = None  # proportional to size: every chunk equally likely, a plain shuffle
-    # Both loaders get their own generator: without one, every new iterator draws its base seed from
-    # the global RNG, which a resumed run restores before replaying consumed batches (different draws).
-    gen = torch.Generator().manual_seed(seed + rank)
+    # Every epoch's order is a function of (seed, rank, epoch): a resumed run starts at its batch
+    # without loading the consumed ones, and nothing draws from the global RNG it restores.
     if probs is not None:  # weighted: drawn with replacement, one epoch = len(dataset) draws per rank
         sampler = MixtureSampler(dataset.sample_weights(probs), len(dataset) // world, seed=seed, rank=rank, world=world)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
-                            num_workers=dc.num_workers, generator=gen)
-    elif world > 1:  # each rank reads its own shard; batch_size is per rank
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
-                            num_workers=dc.num_workers, generator=gen)
-    else:
-        sampler = None
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-                            num_workers=dc.num_workers, generator=torch.Generator().manual_seed(seed))
-
-    def forever() -> Iterator[Mapping[str, Any]]:
-        epoch = 0
-        while True:
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            yield from loader
-            epoch += 1
+    else:  # a shuffle per epoch; with several ranks each reads its own share; batch_size is per rank
+        sampler = EpochShuffleSampler(len(dataset), seed=seed, rank=rank, world=world)
 
     def make_batches(start: int) -> Iterator[Mapping[str, Any]]:
-        # the shuffled order depends on the loader's generator state: replay and drop consumed batches
-        return itertools.islice(forever(), start, None)
+        return epoch_batches(dataset, sampler, batch_size=batch_size, collate_fn=collate,
+                             num_workers=dc.num_workers, start=start, seed=seed + rank)
 
     prepare: Callable[[Any], None] | None = None
     if pc.finetune.mode == "frozen" and dc.feature_cache:

@@ -1,5 +1,5 @@
 """recipes.data: a resumed process (data built anew) starting at step N gets the batches an
-uninterrupted run sees from step N, and replaying the consumed batches leaves the global RNG (which
+uninterrupted run sees from step N, and skipping the consumed batches leaves the global RNG (which
 the resumed run restores from its checkpoint) untouched, for one process and for a rank of a
 2-process run."""
 
@@ -28,6 +28,6 @@ def test_resumed_batches_continue_the_run_without_touching_the_global_rng(tmp_pa
     torch.manual_seed(123)
     before = torch.get_rng_state()
     resumed = list(itertools.islice(again.make_batches(start), 3))
-    assert torch.equal(torch.get_rng_state(), before), "replaying consumed batches drew from the global RNG"
+    assert torch.equal(torch.get_rng_state(), before), "skipping consumed batches drew from the global RNG"
     for a, b in zip(full[start:], resumed):
         assert torch.equal(a["action"], b["action"]) and torch.equal(a["state"], b["state"])
