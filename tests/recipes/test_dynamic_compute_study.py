@@ -117,6 +117,11 @@ def test_study_pools_seeds_sweeps_steps_and_budgets_and_resumes(tmp_path, monkey
     assert by["reg", "preset=regression"]["nfe"] == 1.0 and by["reg", "preset=regression"]["steps_used"] is not None
     md = (out / "dynamic_compute.md").read_text()
     assert "| ebt | steps=4 |" in md and "| reg | preset=regression |" in md and (out / "dynamic_compute.png").exists()
+    # the study's own output renders as the results' summary (the schema the writer and reader share)
+    from recipes.compare.study_summaries import render_study
+
+    summary = "\n".join(render_study(out / "dynamic_compute.json", "dynamic_compute.md", ("reach2d", "frozen")))
+    assert "| ebt | steps=4 | " in summary and "| reg | preset=regression | " in summary
 
     monkeypatch.setattr(dc, "run_setting", lambda *a, **k: pytest.fail("a finished cell was run again"))
     again = dc.run_dynamic_compute(pols, "reach2d", out, **kw)

@@ -2,7 +2,9 @@
 recipes/studies/protocol_policies.py) and their generated summaries in the results
 (recipes/compare/study_summaries.py, ``python -m recipes.results``): synthetic study json files in a
 results folder -> the expected cells, ``--check`` on a stale section, malformed json naming its file
-and field, the copy and the regeneration."""
+and field, the copy and the regeneration. The json here is written by hand so that every rendered
+cell has a known value; that the studies' own output renders is tested where each study runs end to
+end (test_protocol_studies, test_uncertainty_study, test_dynamic_compute_study)."""
 
 from __future__ import annotations
 
