@@ -127,6 +127,27 @@ def cpu_hours_line(cells: list[Cell], tuning: Path) -> str:
     return (f"CPU-hours (single-thread runs, training + evaluation): {'; '.join(parts)}; total {total:.2f}{note}.")
 
 
+def larger_set_line(cells: list[Cell]) -> str | None:
+    """One sentence: what this grid would cost on the suite's full default task set (e.g. all of
+    Meta-World MT10) at the same steps per run, from its final runs' measured CPU split (training
+    unchanged, evaluation scaled by tasks). None when the grid already covers that set, or when an
+    artifact did not split its CPU seconds."""
+    from eval.sim.suites import make_suite
+
+    firsts = [next(c for c in cells if c.head == h) for h in dict.fromkeys(c.head for c in cells)]
+    if not firsts or any(c.eval_cpu_seconds is None or not c.tasks for c in firsts):
+        return None
+    n_all, n = len(make_suite(firsts[0].suite).task_names()), len(firsts[0].tasks)
+    if n_all <= n:
+        return None
+    evals = sum(c.eval_cpu_seconds for c in firsts) / 3600
+    train = sum(c.cpu_seconds for c in firsts) / 3600 - evals
+    return (f"On all {n_all} tasks of the suite's default set (this grid: {n}), the same final runs would take "
+            f"about {train + evals * n_all / n:.1f} CPU-hours: training {train:.2f} at the same steps per run plus "
+            f"evaluation {evals:.2f} x {n_all}/{n} = {evals * n_all / n:.2f} (tuning extra; a lower bound, since "
+            f"more tasks at the same steps give each task fewer updates).")
+
+
 def _with_block(text: str, lines: list[str]) -> str:
     return text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
 
@@ -162,6 +183,7 @@ def generate(results_dir: Path, focus: str) -> tuple[str, dict[Path, str], dict[
              for (s, p), cells in groups.items()}
     found = find_studies(results_dir)
     extras = {g: [f"* {cpu_hours_line(cells, results_dir / g[0] / g[1] / 'tuning.json')}"]
+              + ([f"* {line}"] if (line := larger_set_line(cells)) else [])
               + (["", *study_lines(found[g], f"{source}/{g[0]}/{g[1]}/{STUDIES_DIR}", g)] if g in found else [])
               for g, cells in groups.items()}
     body = section(groups, focus, source, extras)

@@ -34,6 +34,8 @@ class Cell:
     train_samples_per_s: float
     train_seconds: float
     cpu_seconds: float  # summed over the seeds' runs
+    eval_cpu_seconds: float | None = None  # the evaluation part of cpu_seconds (None: not split in an artifact)
+    tasks: tuple[str, ...] = ()
     hparams: list[tuple[float, float]] = field(default_factory=list)
     episodes: int = 0  # per seed (tasks x eval seeds x episodes) at the final checkpoint
     curve_episodes: int = 0  # per seed at every checkpoint (the learning curve's AUC)
@@ -118,6 +120,9 @@ def _cell(suite: str, protocol: str, head: str, label: str, runs: list[dict[str,
         train_samples_per_s=_nanmean([r["cost"].get("train_samples_per_s") for r in runs]),
         train_seconds=_nanmean([r["train_seconds"] for r in runs]),
         cpu_seconds=float(sum(r["cpu_seconds"] or 0.0 for r in runs)),
+        eval_cpu_seconds=(float(sum(r["eval_cpu_seconds"] for r in runs))
+                          if all(r.get("eval_cpu_seconds") is not None for r in runs) else None),
+        tasks=tuple(tasks),
         hparams=sorted({(r["hparams"]["lr"], r["hparams"]["ema_decay"]) for r in runs}),
         episodes=int(final_outcomes[0].shape[0]), curve_episodes=int(curves[0].shape[1]),
         load=max(((r["cost"]["load_avg_1min"], r["cost"].get("cpu_count") or 0) for r in runs

@@ -513,3 +513,28 @@ def test_cpu_hours_line_adds_tuning_only_where_every_candidate_was_timed(tmp_pat
     line = cpu_hours_line(cells, tuning)  # 2 ebt runs x 42 s (the +warm row shares them), 1 regression run
     assert "ebt 1.52 (0.02 final runs + 1.50 tuning)" in line and "regression 0.01 (final runs)" in line
     assert "total 1.54" in line and "tuning runs not timed" in line  # 1.5 + 84 s + 42 s
+
+
+def test_larger_set_line_scales_evaluation_by_tasks_and_keeps_training():
+    from recipes.compare.report import build_cells
+    from recipes.results import larger_set_line
+
+    def art(head, seed, suite):
+        a = fake_artifact(head, seed, {head: 0.5}, suite=suite)
+        a.update(cpu_seconds=3600.0, eval_cpu_seconds=1800.0)
+        return a
+
+    cells = build_cells([art("ebt", s, "metaworld") for s in (0, 1)] + [art("flow", 0, "metaworld")])
+    line = larger_set_line(cells[("metaworld", "frozen")])
+    # 3 runs: training 3 x 0.5 h = 1.5, evaluation 1.5 h on the fixture's 2 tasks -> x 10/2 = 7.5 on MT10
+    assert "all 10 tasks" in line and "(this grid: 2)" in line
+    assert "training 1.50" in line and "evaluation 1.50 x 10/2 = 7.50" in line and "about 9.0 CPU-hours" in line
+    # the grid already covers the suite's tasks (reach2d: 3), or an artifact did not split its CPU: no line
+    full = art("ebt", 0, "reach2d")
+    full["tasks"] = ["reach_red", "reach_green", "reach_blue"]
+    for row in full["rows"]:
+        for c in row["curve"]:
+            c["outcomes"]["reach_green"] = list(c["outcomes"]["reach_red"])
+    assert larger_set_line(build_cells([full])[("reach2d", "frozen")]) is None
+    plain = build_cells([fake_artifact("ebt", 0, {"ebt": 0.5}, suite="metaworld")])[("metaworld", "frozen")]
+    assert larger_set_line(plain) is None
