@@ -235,9 +235,16 @@ def format_policy_latency(a: Artifact) -> Bullet:
         met = "met" if a.get(f"goals.{g}.met", bool) else "**not met**"
         goals.append(f"`{g}` **{a.num(f'goals.{g}.value'):.2f}** (goal <= {a.num(f'goals.{g}.target'):g}: {met})")
     cmd = _cmd("policy_latency.py", a.name, "--repeats", int(a.num(c + "repeats")), "--warmup", int(a.num(c + "warmup")),
-               "--threads", int(a.num("threads")), *(("--device", a.text("device")) if a.text("device") != "cpu" else ()))
+               "--threads", int(a.num("threads")), *(("--device", a.text("device")) if a.text("device") != "cpu" else ()),
+               *(("--image-size", int(a.num(c + "image_size"))) if a.num(c + "image_size") != 96 else ()))
+    if a.opt("load_avg_1min") is not None:
+        setting += f", load {a.num('load_avg_1min'):.1f} on the machine"
+    floor = ""
+    if a.opt("encode_ms_for_policy_goal") is not None:
+        floor = (f" The whole-policy ratio would meet its goal with an observation encoding of "
+                 f"{a.num('encode_ms_for_policy_goal'):.0f} ms at these head times.")
     return Bullet("Policy latency", f"{setting}: head ms {head}; whole policy ms {pol}; observation encoding "
-                  f"{a.num('encode_ms'):.1f} ms. " + ", ".join(goals) + ".", cmd)
+                  f"{a.num('encode_ms'):.1f} ms. " + ", ".join(goals) + "." + floor, cmd)
 
 
 _SIM_VARIANTS = (("ebt", "EBT"), ("diffusion", "diffusion"), ("diffusion_ddim", "diffusion DDIM"))
@@ -427,6 +434,7 @@ FORMATTERS: dict[str, Formatter] = {
     "main_job_timing.json": format_main_job_timing,
     "test_suite_timing.json": format_test_suite_timing,
     "policy_latency.json": format_policy_latency,
+    "policy_latency_224px.json": format_policy_latency,
     "head_latency.json": format_head_latency,
     "train_throughput.json": format_train_throughput,
     "sim_eval_default.json": format_sim_eval,

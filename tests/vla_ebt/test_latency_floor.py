@@ -177,3 +177,8 @@ def test_policy_latency_benchmark_writes_every_heads_row_and_the_goals(tmp_path)
     assert r["ebt2_head_over_ddim10"] == pytest.approx(r["ebt_2_head_ms"] / r["ddim_10_head_ms"])
     assert r["ebt2_policy_over_regression"] == pytest.approx(r["ebt_2_policy_ms"] / r["regression_policy_ms"])
     assert r["encode_ms"] > 0 and r["encode_uncached_text_ms"] > 0
+    # with that much encoding time added to both policies, the whole-policy ratio sits at its goal (or below)
+    extra = r["encode_ms_for_policy_goal"] - r["encode_ms"]
+    assert extra >= 0
+    ratio = (r["ebt_2_policy_ms"] + extra) / (r["regression_policy_ms"] + extra)
+    assert ratio == pytest.approx(1.25) if extra > 0 else ratio <= 1.25
