@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from vla_ebt.heads import available_heads
 
@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-eval-seeds", nargs="+", type=int, default=[20_000], help="tuning evaluation base seeds")
     p.add_argument("--tune-episodes", type=int, default=None, help="tuning episodes per task (default: --episodes)")
     p.add_argument("--no-warm-rows", action="store_true", help="skip the warm-start-on rows")
+    p.add_argument("--final-presets", nargs="+", default=[], metavar="HEAD=PRESET[,PRESET...]",
+                   help="evaluate the final runs of HEAD (a head or a --variants name) under only these of its "
+                        "presets, e.g. diffusion=ddim-10 (its tuning still uses its first preset)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel single-thread runs")
     p.add_argument("--demo-cache", default=None, help="demo / feature cache root (default: the recipe's)")
     p.add_argument("--publish", action="store_true", help="copy finished artifacts to docs/results/compare and "
@@ -106,7 +109,8 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--variants: name(s) {clash} repeat a head or another variant; give each its own NAME")
     out = Path(a.out).resolve()
     commit = git_commit()
-    plan: dict[str, Any] = {"tune": [], "cells": [], "bases": {}, "seed_plans": {}, "commit": commit}
+    plan: dict[str, Any] = {"tune": [], "cells": [], "bases": {}, "seed_plans": {}, "commit": commit,
+                            "final_presets": final_presets(a.final_presets, cells_heads)}
     for suite in a.suite:
         base = _base_recipe(suite, a, heads)
         steps = a.steps or base.optim.steps
@@ -147,9 +151,33 @@ def _variant(spec: str) -> HeadVariant:
         raise ValueError(str(e).replace("--variant ", "--variants ")) from None
 
 
-def _rows(hv: HeadVariant, warm_rows: bool = True) -> list[Variant]:
-    """The evaluation rows of a cell: the head's presets, labelled by the variant's name."""
-    return head_variants(hv.head, warm_rows=warm_rows, name=hv.name)
+def _rows(hv: HeadVariant, warm_rows: bool = True, presets: Sequence[str] | None = None) -> list[Variant]:
+    """The evaluation rows of a cell: the head's presets (only ``presets`` when given), labelled by the
+    variant's name."""
+    return head_variants(hv.head, warm_rows=warm_rows, name=hv.name, presets=presets)
+
+
+def final_presets(specs: Sequence[str], cells_heads: Sequence[HeadVariant]) -> dict[str, tuple[str, ...]]:
+    """``--final-presets HEAD=P1,P2 ...`` -> {cell name: presets}; ValueError naming the flag for an
+    unknown cell name or a preset its head does not declare."""
+    from recipes.studies.head_to_head import eval_variants
+
+    by_name = {hv.name: hv for hv in cells_heads}
+    out: dict[str, tuple[str, ...]] = {}
+    for item in specs:
+        name, sep, rest = item.partition("=")
+        presets = tuple(p for p in rest.split(",") if p)
+        if not sep or not presets:
+            raise ValueError(f"--final-presets {item!r}: expected HEAD=PRESET[,PRESET...]")
+        if name not in by_name:
+            raise ValueError(f"--final-presets {item!r}: {name!r} is not a head of this run ({list(by_name)})")
+        known = [label for label, _ in eval_variants(by_name[name].head)]
+        bad = [p for p in presets if p not in known]
+        if bad:
+            raise ValueError(f"--final-presets {item!r}: head {by_name[name].head!r} has no preset(s) {bad}; "
+                             f"its presets: {known}")
+        out[name] = presets
+    return out
 
 
 def _variant_fields(hv: HeadVariant) -> dict[str, Any]:
@@ -172,7 +200,8 @@ def final_specs(plan: dict[str, Any], cell: dict[str, Any], hp: dict[str, Any], 
     for s in a.seeds:
         spec = RunSpec(suite, cell["protocol"], head, "final", hp["lr"], hp["ema_decay"], s, cell["steps"],
                        a.checkpoints, seeds.eval_seeds, seeds.episodes, seeds.tasks,
-                       tuple(_rows(hv, warm_rows=not a.no_warm_rows)), str(Path(a.out).resolve()),
+                       tuple(_rows(hv, warm_rows=not a.no_warm_rows, presets=plan["final_presets"].get(hv.name))),
+                       str(Path(a.out).resolve()),
                        meta={"git_commit": plan["commit"], "jobs": a.jobs, "hparams": {"tuned": hp["tuned"]}},
                        curve_episodes=a.curve_episodes, **_variant_fields(hv))
         cfg = train_config(base, suite=suite, head=hv.head, protocol=cell["protocol"], lr=hp["lr"],
@@ -221,7 +250,7 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
     if a.dry_run:
         for c in plan["cells"]:
             print(f"  {c['suite']}/{c['protocol']}/{c['head']}: {len(c['tune'])} x {c['tune_steps']} tuning steps, "
-                  f"{len(a.seeds)} x {c['steps']} final steps, rows {[v.label for v in _rows(c['variant'], not a.no_warm_rows)]}")
+                  f"{len(a.seeds)} x {c['steps']} final steps, rows {[v.label for v in _rows(c['variant'], not a.no_warm_rows, plan['final_presets'].get(c['head']))]}")
         return 0
     if execute is None:
         _prepare(plan, a)

@@ -83,15 +83,17 @@ class Variant:
     warm_start: bool = False
 
 
-def head_variants(head: str, warm_rows: bool = True, name: str | None = None) -> list[Variant]:
+def head_variants(head: str, warm_rows: bool = True, name: str | None = None,
+                  presets: Sequence[str] | None = None) -> list[Variant]:
     """Every preset of ``head`` (``capabilities.presets``; else one row named after the head) with warm
     start off, then, for heads declaring ``capabilities.warm_start``, the same presets with it on and the
     head's ``capabilities.warm_overrides`` applied. ``name`` (a head trained with changed config
     fields, e.g. ``ebt_eqm``) labels the rows: ``name`` for a preset that keeps the configured
-    inference, ``"name preset"`` otherwise."""
+    inference, ``"name preset"`` otherwise. ``presets``: only these of the head's presets (in its order)."""
     from recipes.studies.head_to_head import eval_variants
 
-    base = [(label, tuple(sorted(ov.items()))) for label, ov in eval_variants(head)]
+    base = [(label, tuple(sorted(ov.items()))) for label, ov in eval_variants(head)
+            if presets is None or label in presets]
     if name is not None and name != head:
         base = [(name if not ov else f"{name} {label}", ov) for label, ov in base]
     rows = [Variant(label, label, ov, False) for label, ov in base]

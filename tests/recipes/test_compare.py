@@ -538,3 +538,25 @@ def test_larger_set_line_scales_evaluation_by_tasks_and_keeps_training():
     assert larger_set_line(build_cells([full])[("reach2d", "frozen")]) is None
     plain = build_cells([fake_artifact("ebt", 0, {"ebt": 0.5}, suite="metaworld")])[("metaworld", "frozen")]
     assert larger_set_line(plain) is None
+
+
+def test_final_presets_restrict_a_heads_final_rows_but_not_its_tuning(tmp_path):
+    """--final-presets diffusion=ddim-10: the final runs evaluate DDIM-10 (and its warm row) only; the
+    tuning runs keep the head's first preset (DDPM-100); bad specs name the flag, head and presets."""
+    from recipes.compare.cli import main
+
+    fake = FakeTrainer()
+    argv = ["--suite", "reach2d", "--heads", "diffusion", "--seeds", "0", "--out", str(tmp_path), "--steps", "20",
+            "--checkpoints", "2", "--tune-steps", "4", "--tune-lr", "1e-3", "--tune-ema", "0.9", "--protocols",
+            "frozen", "--jobs", "1"]
+    assert main([*argv, "--final-presets", "diffusion=ddim-10"], execute=fake) == 0
+    final = RunSpec.from_dict(json.loads((tmp_path / "reach2d/frozen/final/diffusion/lr0.001_ema0.9/seed0/spec.json")
+                                         .read_text()))
+    tune = RunSpec.from_dict(json.loads((tmp_path / "reach2d/frozen/tune/diffusion/lr0.001_ema0.9/seed0/spec.json")
+                                        .read_text()))
+    assert [v.label for v in final.variants] == ["ddim-10", "ddim-10 +warm"]
+    assert [v.label for v in tune.variants] == ["ddpm-100"]
+    for bad, msg in (("diffusion=ddim-5", r"has no preset\(s\) \['ddim-5'\]; its presets: \['ddpm-100', 'ddim-10'\]"),
+                     ("flow=flow-10", "'flow' is not a head of this run"), ("diffusion", "expected HEAD=PRESET")):
+        with pytest.raises(SystemExit, match=msg):
+            main([*argv, "--final-presets", bad], execute=fake)
