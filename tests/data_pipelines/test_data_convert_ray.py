@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until_started(head: subprocess.Popen, timeout: float = 240.0) -> str:
+    """The head's output up to its "Ray runtime started" line (it writes the auth token before that).
+    A client started earlier can find no token yet (seen on a loaded machine). Fails with the output
+    if the head exits or does not start in time."""
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in head.stdout] + [lines.put(None)], daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            pytest.fail("ray start --head exited before it started:\n" + "".join(seen[-40:]))
+        seen.append(line)
+        if "Ray runtime started" in line:
+            return "".join(seen)
+    pytest.fail(f"ray start --head did not start within {timeout:.0f} s:\n" + "".join(seen[-40:]))
+
+
 @pytest.mark.slow
 def test_ray_cli_on_a_cluster_started_with_ray_start(tmp_path):
     """`ray start --head` on loopback in a subprocess (its own temp dir and ports; stopped by
@@ -146,6 +171,7 @@ def test_ray_cli_on_a_cluster_started_with_ray_start(tmp_path):
          "--disable-usage-stats", "--temp-dir", ray_tmp],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
+        _wait_until_started(head)
         r = subprocess.run([sys.executable, "-m", "data_pipelines.convert", "--src", str(src), "--dataset", "jaco_play",
                             "--out", str(tmp_path / "ray"), "--image-size", "16", "--no-progress", "--engine", "ray",
                             "--address", f"127.0.0.1:{port}"], cwd=ROOT, env={**env, "RAY_AUTH_MODE": "token"},
