@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--final-presets", nargs="+", default=[], metavar="HEAD=PRESET[,PRESET...]",
                    help="evaluate the final runs of HEAD (a head or a --variants name) under only these of its "
                         "presets, e.g. diffusion=ddim-10 (its tuning still uses its first preset)")
+    p.add_argument("--tuning-from", nargs="+", default=[], metavar="TUNING.json",
+                   help="reuse the choices of a stored tuning.json (e.g. a published one) for the cells it covers "
+                        "instead of re-running their tuning; its budget, grid and tuning seeds must match this run's")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel single-thread runs")
     p.add_argument("--demo-cache", default=None, help="demo / feature cache root (default: the recipe's)")
     p.add_argument("--publish", action="store_true", help="copy finished artifacts to docs/results/compare and "
@@ -111,6 +114,7 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
     commit = git_commit()
     plan: dict[str, Any] = {"tune": [], "cells": [], "bases": {}, "seed_plans": {}, "commit": commit,
                             "final_presets": final_presets(a.final_presets, cells_heads)}
+    reused = stored_tunings(a.tuning_from)
     for suite in a.suite:
         base = _base_recipe(suite, a, heads)
         steps = a.steps or base.optim.steps
@@ -129,6 +133,11 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
                 cell = {"suite": suite, "protocol": protocol, "head": head, "steps": steps, "tune_steps": tune_steps,
                         "tune": [], "variant": hv}
                 grid = [(lr, ema) for lr in a.tune_lr for ema in a.tune_ema] if tune_steps > 0 else []
+                stored = reused.get((suite, protocol, head))
+                if stored is not None and grid:
+                    check_reusable(stored, suite=suite, protocol=protocol, steps=steps, tune_steps=tune_steps, a=a)
+                    cell["reused"] = stored
+                    grid = []
                 for lr, ema in grid:
                     spec = RunSpec(suite, protocol, head, "tune", lr, ema, a.tune_seed, tune_steps, 1,
                                    seeds.tune_eval_seeds, seeds.tune_episodes, tasks, tuple(_rows(hv)[:1]),
@@ -142,6 +151,44 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
                     plan["tune"].append(spec)
                 plan["cells"].append(cell)
     return plan
+
+
+def stored_tunings(paths: Sequence[str]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """``--tuning-from`` files -> {(suite, protocol, head): {"file": path, "tuning": the file's dict,
+    "entry": its head entry}}; ValueError naming the file for an unreadable file, a missing field or a
+    head entry without a complete choice."""
+    import json
+
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for path in paths:
+        try:
+            t = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--tuning-from {path}: cannot read a tuning.json ({e})") from None
+        missing = [k for k in ("suite", "protocol", "heads", "steps", "tune_steps", "grid") if k not in t]
+        if missing:
+            raise ValueError(f"--tuning-from {path}: missing field(s) {missing} of a tuning.json")
+        for head, entry in t["heads"].items():
+            chosen = entry.get("chosen") or {}
+            if not entry.get("complete") or "lr" not in chosen or "ema_decay" not in chosen:
+                raise ValueError(f"--tuning-from {path}: heads.{head} has no complete choice (lr, ema_decay)")
+            out[(t["suite"], t["protocol"], head)] = {"file": str(path), "tuning": t, "entry": entry}
+    return out
+
+
+def check_reusable(stored: dict[str, Any], *, suite: str, protocol: str, steps: int, tune_steps: int,
+                   a: argparse.Namespace) -> None:
+    """ValueError naming the file and field where a stored tuning was made under other settings than
+    this run's (final / tuning budget, lr x EMA grid, tuning seed, evaluation seeds or episodes)."""
+    t, f = stored["tuning"], stored["file"]
+    want = {"steps": steps, "tune_steps": tune_steps,
+            "grid": {"lr": list(a.tune_lr), "ema_decay": list(a.tune_ema)},
+            "tune_seed": a.tune_seed, "tune_eval_seeds": list(a.tune_eval_seeds),
+            "tune_episodes": a.tune_episodes or a.episodes}
+    for field, value in want.items():
+        if field in t and t[field] != value:
+            raise ValueError(f"--tuning-from {f}: {suite}/{protocol} field {field!r} is {t[field]!r}, this run "
+                             f"has {value!r}; tune again or pass the same settings")
 
 
 def _variant(spec: str) -> HeadVariant:
@@ -249,7 +296,9 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
           f"({len(plan['cells'])} suite x protocol x head cells x {len(a.seeds)} seeds) -> {a.out}")
     if a.dry_run:
         for c in plan["cells"]:
-            print(f"  {c['suite']}/{c['protocol']}/{c['head']}: {len(c['tune'])} x {c['tune_steps']} tuning steps, "
+            tuning = (f"tuning reused from {c['reused']['file']}" if "reused" in c
+                      else f"{len(c['tune'])} x {c['tune_steps']} tuning steps")
+            print(f"  {c['suite']}/{c['protocol']}/{c['head']}: {tuning}, "
                   f"{len(a.seeds)} x {c['steps']} final steps, rows {[v.label for v in _rows(c['variant'], not a.no_warm_rows, plan['final_presets'].get(c['head']))]}")
         return 0
     if execute is None:
@@ -258,10 +307,15 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
     tuned = {s.key: o for s, o in zip(plan["tune"], run_specs(plan["tune"], execute, a.jobs))}
     finals, failed, tunings = [], [o for o in tuned.values() if o.status == "failed"], {}
     for c in plan["cells"]:
-        sel = (select_hparams([tuned[s.key] for s in c["tune"]]) if c["tune"] else
-               {"candidates": [], "complete": True, "chosen": None})
+        if "reused" in c:  # --tuning-from: the stored choice, with where it came from
+            sel = {**c["reused"]["entry"], "reused_from": c["reused"]["file"]}
+        else:
+            sel = (select_hparams([tuned[s.key] for s in c["tune"]]) if c["tune"] else
+                   {"candidates": [], "complete": True, "chosen": None})
         base = plan["bases"][c["suite"]]
-        if not c["tune"]:  # --tune-steps 0: the recipe's settings for every head
+        if "reused" in c:
+            hp = {**sel["chosen"], "tuned": True}
+        elif not c["tune"]:  # --tune-steps 0: the recipe's settings for every head
             hp = {"lr": base.optim.lr, "ema_decay": base.optim.ema_decay, "tuned": False}
         else:
             hp = {**sel["chosen"], "tuned": True} if sel["chosen"] else None

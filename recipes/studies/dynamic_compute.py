@@ -130,10 +130,11 @@ def parse_steps(items: Sequence[str] | None) -> tuple[list[int] | None, dict[str
 
 def sweep_preset(policy: Any, preset: str | None = None) -> tuple[str | None, dict[str, Any]]:
     """(preset name, its knobs without ``num_steps``): the base of a head's step sweep. ``preset``
-    given: that one; else, for a head with the step knob, its preset with the fewest steps among those
-    setting it (diffusion: DDIM-10), else its first (``policy_settings``)."""
+    given: that one; else, for a head whose first preset sets the step knob, its preset with the fewest
+    steps among those setting it (diffusion: DDIM-10), else its first (``policy_settings``; EBT: its
+    configured steps)."""
     caps = policy.head.capabilities
-    if preset is None and STEP_KNOB in caps.knobs:
+    if preset is None and STEP_KNOB in caps.knobs and caps.presets and STEP_KNOB in caps.presets[0][1]:
         stepped = [(n, k) for n, k in caps.presets if STEP_KNOB in k]
         if stepped:
             preset = min(stepped, key=lambda p: int(p[1][STEP_KNOB]))[0]

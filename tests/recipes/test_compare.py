@@ -401,7 +401,7 @@ def test_head_variant_is_its_own_cell_trained_with_the_changed_config(tmp_path):
     assert spec.config["policy"]["head"] == "ebt" and (ebt_cfg["objective"], ebt_cfg["infer_steps"]) == ("eqm", 4)
     plain = json.loads((tmp_path / "reach2d/frozen/final/ebt/lr0.001_ema0.9/seed0/spec.json").read_text())
     assert plain["config"]["policy"]["ebt"]["objective"] == "reference" and plain["base_head"] == ""
-    assert [v.label for v in spec.variants] == ["ebt_eqm", "ebt_eqm +warm"]
+    assert [v.label for v in spec.variants] == ["ebt_eqm", "ebt_eqm ebt-4", "ebt_eqm +warm", "ebt_eqm ebt-4 +warm"]
     tuning = json.loads((tmp_path / "reach2d/frozen/tuning.json").read_text())
     assert set(tuning["heads"]) == {"ebt", "ebt_eqm"}
     for bad, msg in ((["ebt:ebt:objective=eqm"], "repeat a head"), (["x:nohead"], "NAME:HEAD"),
@@ -560,3 +560,42 @@ def test_final_presets_restrict_a_heads_final_rows_but_not_its_tuning(tmp_path):
                      ("flow=flow-10", "'flow' is not a head of this run"), ("diffusion", "expected HEAD=PRESET")):
         with pytest.raises(SystemExit, match=msg):
             main([*argv, "--final-presets", bad], execute=fake)
+
+
+def test_tuning_from_a_stored_tuning_skips_its_cells_tuning_and_records_the_source(tmp_path):
+    """--tuning-from FILE: the cells FILE covers run no tuning and train their finals with its choice; the
+    new tuning.json keeps the stored entry and names FILE; a cell it does not cover is tuned; a stored
+    tuning made under another budget or grid, or a file without a complete choice, is refused by name."""
+    from recipes.compare.cli import main
+
+    argv = ["--suite", "reach2d", "--seeds", "0", "--steps", "20", "--checkpoints", "2", "--tune-steps", "4",
+            "--tune-lr", "1e-3", "3e-4", "--tune-ema", "0.9", "--protocols", "frozen", "--jobs", "1"]
+    first = FakeTrainer()
+    assert main([*argv, "--heads", "ebt", "regression", "--out", str(tmp_path / "a")], execute=first) == 0
+    stored_path = tmp_path / "a/reach2d/frozen/tuning.json"
+    stored = json.loads(stored_path.read_text())
+    stored["heads"]["ebt"]["chosen"] = {**stored["heads"]["ebt"]["chosen"], "lr": 0.0003}  # not the fake's pick
+    stored_path.write_text(json.dumps(stored))
+
+    fake = FakeTrainer()
+    out = tmp_path / "b"
+    assert main([*argv, "--heads", "ebt", "flow", "--out", str(out), "--tuning-from", str(stored_path)],
+                execute=fake) == 0
+    tuned_heads = {k.split("/")[3] for k in fake.calls if "/tune/" in k}
+    assert tuned_heads == {"flow"}  # ebt reused, flow not in the file
+    assert (out / "reach2d/frozen/final/ebt/lr0.0003_ema0.9/seed0/spec.json").exists()
+    tuning = json.loads((out / "reach2d/frozen/tuning.json").read_text())
+    assert tuning["heads"]["ebt"]["reused_from"] == str(stored_path)
+    assert tuning["heads"]["ebt"]["candidates"] == stored["heads"]["ebt"]["candidates"]
+    assert "reused_from" not in tuning["heads"]["flow"]
+
+    for extra, msg in ((["--tune-steps", "5"], r"field 'tune_steps' is 4, this run has 5"),
+                       (["--tune-lr", "1e-3"], r"field 'grid'")):
+        with pytest.raises(SystemExit, match=msg):
+            main([*argv, "--heads", "ebt", "--out", str(out), "--tuning-from", str(stored_path), *extra], execute=fake)
+    stored["heads"]["ebt"]["complete"] = False
+    stored_path.write_text(json.dumps(stored))
+    with pytest.raises(SystemExit, match=r"heads.ebt has no complete choice"):
+        main([*argv, "--heads", "ebt", "--out", str(out), "--tuning-from", str(stored_path)], execute=fake)
+    with pytest.raises(SystemExit, match=r"cannot read a tuning.json"):
+        main([*argv, "--heads", "ebt", "--out", str(out), "--tuning-from", str(tmp_path / "none.json")], execute=fake)

@@ -119,7 +119,8 @@ class EBTHead(ActionHead):
         inpainting=True,
         reports_energy=True,
         second_order_loss=True,
-        presets=(("ebt-2", {}),),
+        # the configured steps (infer_steps, 2 by default), then twice the paper's 2 steps (issue 14's 2 and 4)
+        presets=(("ebt-2", {}), ("ebt-4", {"num_steps": 4})),
     )
 
     def __init__(self, cfg: EBTConfig) -> None:
