@@ -23,7 +23,10 @@ Goals (issue 15), as ratios of this run: ``ebt2_head_over_ddim10`` <= 0.5, ``ebt
 <= 0.5, ``ebt2_policy_over_regression`` <= 1.25; ``goals`` lists each with its value and whether it
 was met. ``encode_ms_for_policy_goal``: the observation-encoding ms at which the last ratio would reach
 its goal with this run's head times (a costlier backbone adds the same ms to both policies);
-``--image-size`` sets the backbone's cost. docs/realtime.md has the committed numbers (docs/results/policy_latency.json).
+``--image-size`` sets the backbone's cost. ``--cuda-graphs`` (GPU) adds every head captured as one CUDA
+graph (``VLAPolicy.capture_cuda_graph``): ``<m>_head_graph_ms``, ``<m>_policy_graph_ms`` (the observation
+still encoded eagerly), ``<m>_head_graph_speedup`` and the goals' ratios as ``<key>_graph``; a head whose
+call cannot be captured is listed in ``cuda_graph_capture`` with the error. docs/realtime.md has the committed numbers (docs/results/policy_latency.json).
 
     python benchmarks/policy_latency.py --out policy_latency.json
 """
@@ -52,13 +55,14 @@ from vla_ebt.normalize import DatasetStats, FeatureStats, Normalizer  # noqa: E4
 from vla_ebt import policy as policy_module  # noqa: E402
 from vla_ebt.policy import ExecutionConfig, FinetuneConfig, PolicyConfig, VLAPolicy  # noqa: E402
 
-#: method -> (head, knobs): every registered head's presets
+#: method -> (head, knobs): every registered head's presets (in this order: the scheduler-driven
+#: diffusion heads, whose CUDA-graph capture is likeliest to fail, last)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ebt_2": ("ebt", {"num_steps": 2}),
     "flow_10": ("flow", {"num_steps": 10}),
+    "regression": ("regression", {}),
     "ddim_10": ("diffusion", {"sampler": "ddim", "num_steps": 10}),
     "ddpm_100": ("diffusion", {"sampler": "ddpm", "num_steps": 100}),
-    "regression": ("regression", {}),
 }
 GOALS = {"ebt2_head_over_ddim10": 0.5, "ebt2_head_over_flow10": 0.5, "ebt2_policy_over_regression": 1.25}
 
@@ -74,7 +78,7 @@ def _normalizer(action_dim: int, state_dim: int) -> Normalizer:
 def build_policies(args: argparse.Namespace) -> dict[str, VLAPolicy]:
     """One policy per head kind, all on the first one's context encoder (identical weights)."""
     cfg = PolicyConfig(
-        backbone=BackboneConfig(image_size=args.image_size),
+        backbone=BackboneConfig(image_size=args.image_size, **({"model": args.backbone} if args.backbone else {})),
         finetune=FinetuneConfig(mode="frozen"),
         trunk=TrunkConfig(width=args.width, depth=args.depth, num_heads=args.heads),
         horizon=args.horizon,
@@ -158,6 +162,21 @@ def run(args: argparse.Namespace) -> dict:
         fns[f"{m}_head"] = head_fn(m)
     fns["encode"] = encode_fn(True)
     fns["encode_uncached_text"] = encode_fn(False)
+    captures: dict[str, str] = {}
+    if args.cuda_graphs:  # every method's head captured once (heads.cuda_graph), head alone and whole policy
+        if device.type != "cuda":
+            raise SystemExit("--cuda-graphs needs --device cuda")
+        graph_policies = build_policies(args)  # separate policies: the eager rows stay eager
+        for m, (kind, knobs) in METHODS.items():
+            try:
+                graph_policies[kind].capture_cuda_graph(obs, **knobs)
+            except Exception as e:  # noqa: BLE001 - a head whose call cannot be captured is reported, not fatal
+                captures[m] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                continue
+            captures[m] = "captured"
+            graphed = graph_policies[kind]._graphed[policy_module._knob_key(knobs)]
+            fns[f"{m}_head_graph"] = (lambda g=graphed: g(ctx))
+            fns[f"{m}_policy_graph"] = (lambda pol=graph_policies[kind], k=knobs: pol.predict_chunk(obs, **k))
     if not args.skip_reference:
         for m in METHODS:
             fns[f"{m}_head_nokv"] = head_fn(m, kv_cache=False)
@@ -185,6 +204,16 @@ def run(args: argparse.Namespace) -> dict:
         result["ebt2_head_over_ddim10_cpu"] = result["ebt_2_head_cpu_ms"] / result["ddim_10_head_cpu_ms"]
         result["ebt2_head_over_flow10_cpu"] = result["ebt_2_head_cpu_ms"] / result["flow_10_head_cpu_ms"]
         result["ebt2_policy_over_regression_cpu"] = result["ebt_2_policy_cpu_ms"] / result["regression_policy_cpu_ms"]
+    if captures:
+        result["cuda_graph_capture"] = captures
+        pairs = {"ebt2_head_over_ddim10": ("ebt_2_head", "ddim_10_head"), "ebt2_head_over_flow10": ("ebt_2_head", "flow_10_head"),
+                 "ebt2_policy_over_regression": ("ebt_2_policy", "regression_policy")}
+        for key, (num, den) in pairs.items():
+            if f"{num}_graph_ms" in result and f"{den}_graph_ms" in result:
+                result[f"{key}_graph"] = result[f"{num}_graph_ms"] / result[f"{den}_graph_ms"]
+        for m in METHODS:
+            if f"{m}_head_graph_ms" in result:
+                result[f"{m}_head_graph_speedup"] = result[f"{m}_head_ms"] / result[f"{m}_head_graph_ms"]
     result["goals"] = {k: {"value": result[k], "target": t, "met": result[k] <= t} for k, t in GOALS.items()}
     # a costlier backbone adds the same encoding ms to both whole-policy times: the encoding time at
     # which EBT-2 / regression reaches its goal with this run's head times
@@ -195,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
         result["load_avg_1min"] = os.getloadavg()[0]
     result["methods"] = {m: {"head": h, "knobs": k} for m, (h, k) in METHODS.items()}
     result["config"] = {
-        "backbone": "composite efficientnet_lite0+all-MiniLM-L6-v2 (frozen)",
+        "backbone": f"composite {args.backbone or BackboneConfig().model} (frozen)",
         "image_size": args.image_size,
         "context_tokens": int(ctx.tokens.shape[1]),
         "width": args.width,
@@ -232,6 +261,17 @@ def print_table(r: dict) -> None:
              if "ebt_2_final_eval_head_ms" in r else ""))
     print(f"encoding time at which ebt2_policy_over_regression would meet its goal: "
           f"{r['encode_ms_for_policy_goal']:.1f} ms (this backbone: {r['encode_ms']:.1f} ms)")
+    if "cuda_graph_capture" in r:
+        print("CUDA graphs (whole head call captured once, replayed per chunk):")
+        for m, status in r["cuda_graph_capture"].items():
+            if status == "captured":
+                print(f"  {m:<12} head {r[f'{m}_head_graph_ms']:.3f} ms ({r[f'{m}_head_graph_speedup']:.1f}x eager), "
+                      f"policy {r[f'{m}_policy_graph_ms']:.3f} ms")
+            else:
+                print(f"  {m:<12} not captured: {status}")
+        for k in GOALS:
+            if k + "_graph" in r:
+                print(f"  {k}_graph = {r[k + '_graph']:.3f}")
     for k, g in r["goals"].items():
         extra = f" (process CPU: {r[k + '_cpu']:.3f})" if k + "_cpu" in r else ""
         print(f"{k} = {g['value']:.3f} (goal <= {g['target']}: {'met' if g['met'] else 'NOT met'}){extra}")
@@ -249,13 +289,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--action-dim", type=int, default=7)
     p.add_argument("--state-dim", type=int, default=8)
     p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--backbone", default=None, help="BackboneConfig.model (default: the embedded composite); e.g. "
+                   "efficientnet_lite0+DIR for a text encoder of the same architecture from a local folder")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time every head captured as a CUDA graph (needs --device cuda): <m>_head_graph_ms, "
+                        "<m>_policy_graph_ms, the goals' ratios as <key>_graph")
     p.add_argument("--skip-reference", action="store_true",
                    help="skip the reference rows (no KV cache, EBT final evaluation)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     result = run(args)
+    from benchmarks.provenance import git_state, machine
+
+    result["git"], result["machine"] = git_state(), machine()
     print_table(result)
     if args.out:
         atomic_write_json(args.out, result)

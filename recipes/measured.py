@@ -218,6 +218,9 @@ def format_test_suite_timing(a: Artifact) -> Bullet:
     return Bullet("Tests", f"{_join(label, _machine(a))}: " + "; ".join(texts) + ".", cmd)
 
 
+_DEFAULT_BACKBONE = "efficientnet_lite0+all-MiniLM-L6-v2"
+
+
 def format_policy_latency(a: Artifact) -> Bullet:
     """``benchmarks/policy_latency.py``: settings, head and whole-policy ms per method, encoding ms,
     the goal ratios with their targets and whether they were met."""
@@ -234,17 +237,39 @@ def format_policy_latency(a: Artifact) -> Bullet:
     for g in a.get("goals", dict):
         met = "met" if a.get(f"goals.{g}.met", bool) else "**not met**"
         goals.append(f"`{g}` **{a.num(f'goals.{g}.value'):.2f}** (goal <= {a.num(f'goals.{g}.target'):g}: {met})")
+    gpu = a.text("device") != "cpu"
+    backbone = a.text(c + "backbone").removeprefix("composite ").removesuffix(" (frozen)")
     cmd = _cmd("policy_latency.py", a.name, "--repeats", int(a.num(c + "repeats")), "--warmup", int(a.num(c + "warmup")),
-               "--threads", int(a.num("threads")), *(("--device", a.text("device")) if a.text("device") != "cpu" else ()),
+               "--threads", int(a.num("threads")), *(("--device", "cuda") if gpu else ()),
+               *(("--cuda-graphs",) if a.opt("cuda_graph_capture") else ()),
+               *(("--skip-reference",) if f"{methods[0]}_head_nokv_ms" not in a.data else ()),
+               *(("--backbone", backbone) if backbone != _DEFAULT_BACKBONE else ()),
                *(("--image-size", int(a.num(c + "image_size"))) if a.num(c + "image_size") != 96 else ()))
+    if gpu:  # benchmarks/gpu_latency.sh runs it there, with a random-init text encoder of the same architecture
+        setting += (f"; run on the GPU machine by `benchmarks/gpu_latency.sh` (after `benchmarks/gpu_latency_prep.sh` "
+                    f"here), whose text encoder ({backbone.split('+', 1)[-1]}) has all-MiniLM-L6-v2's architecture "
+                    f"and random weights (the hub is out of reach there; latency does not depend on the values)")
     if a.opt("load_avg_1min") is not None:
         setting += f", load {a.num('load_avg_1min'):.1f} on the machine"
     floor = ""
     if a.opt("encode_ms_for_policy_goal") is not None:
         floor = (f" The whole-policy ratio would meet its goal with an observation encoding of "
                  f"{a.num('encode_ms_for_policy_goal'):.0f} ms at these head times.")
+    graphs = ""
+    if a.opt("cuda_graph_capture"):
+        cap = a.get("cuda_graph_capture", dict)
+        done = [m for m in methods if cap.get(m) == "captured"]
+        graphs = (" **CUDA graphs** (each head's whole call captured once and replayed): head ms "
+                  + ", ".join(f"{name[m]} {a.num(f'{m}_head_graph_ms'):.2f} ({a.num(f'{m}_head_graph_speedup'):.1f}x "
+                              f"faster than eager)" for m in done)
+                  + "; whole policy ms " + ", ".join(f"{name[m]} {a.num(f'{m}_policy_graph_ms'):.1f}" for m in done)
+                  + "; " + ", ".join(f"`{g}_graph` **{a.num(g + '_graph'):.2f}** (goal <= {a.num(f'goals.{g}.target'):g}: "
+                                     + ("met" if a.num(g + "_graph") <= a.num(f"goals.{g}.target") else "**not met**") + ")"
+                                     for g in a.get("goals", dict) if a.opt(g + "_graph") is not None)
+                  + ("." if len(done) == len(methods) else
+                     "; not captured: " + ", ".join(f"{name[m]} ({cap.get(m, 'not tried')})" for m in methods if m not in done) + "."))
     return Bullet("Policy latency", f"{setting}: head ms {head}; whole policy ms {pol}; observation encoding "
-                  f"{a.num('encode_ms'):.1f} ms. " + ", ".join(goals) + "." + floor, cmd)
+                  f"{a.num('encode_ms'):.1f} ms. " + ", ".join(goals) + "." + floor + graphs, cmd)
 
 
 _SIM_VARIANTS = (("ebt", "EBT"), ("diffusion", "diffusion"), ("diffusion_ddim", "diffusion DDIM"))
@@ -435,6 +460,7 @@ FORMATTERS: dict[str, Formatter] = {
     "test_suite_timing.json": format_test_suite_timing,
     "policy_latency.json": format_policy_latency,
     "policy_latency_224px.json": format_policy_latency,
+    "policy_latency_cuda.json": format_policy_latency,
     "head_latency.json": format_head_latency,
     "train_throughput.json": format_train_throughput,
     "sim_eval_default.json": format_sim_eval,

@@ -145,6 +145,10 @@ class PolicyOutput:
     grad_norm: Tensor | None = None
 
 
+def _knob_key(knobs: Mapping[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in knobs.items()))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -207,6 +211,7 @@ class VLAPolicy(nn.Module):
             horizon=cfg.horizon,
             embodiments=tuple(normalizer.names),
         )
+        self._graphed: dict[tuple, Any] = {}  # knobs -> GraphedPredict (capture_cuda_graph)
         self.reset()
 
     @property
@@ -219,6 +224,35 @@ class VLAPolicy(nn.Module):
         dev = self.device
         state = self.normalizer.normalize_state(obs["state"].to(dev), obs["embodiment"].to(dev))
         return self.encoder(obs["images"].to(dev), obs["instruction"], state, obs["embodiment"].to(dev))
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def capture_cuda_graph(self, obs: Mapping[str, Any], **head_overrides: Any) -> None:
+        """Capture the head's chunk for these knobs as a CUDA graph (``heads.cuda_graph``), on ``obs``'s
+        batch size and context length. Later ``predict_chunk`` calls with the same knobs and no prefix,
+        soft target, warm start or latency budget replay it (the observation is encoded eagerly as
+        before). ValueError on a CPU policy or an ungraphable knob; ``train(True)`` or
+        :meth:`release_cuda_graphs` drops every capture (the graphs point at the current weights'
+        memory: in-place updates are seen, a move to another device is not)."""
+        from .heads.cuda_graph import GraphedPredict
+
+        o = validate_observation(obs, self.spec)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                ctx = self.encode(o)
+            self._graphed[_knob_key(head_overrides)] = GraphedPredict(self.head, ctx, **head_overrides)
+        finally:
+            if was_training:
+                self.train()
+
+    def release_cuda_graphs(self) -> None:
+        self._graphed.clear()
+
+    def train(self, mode: bool = True) -> "VLAPolicy":
+        if mode:
+            self._graphed.clear()
+        return super().train(mode)
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
@@ -345,7 +379,15 @@ class VLAPolicy(nn.Module):
         t1 = time.perf_counter()
         if latency_budget_ms is not None:
             head_overrides = {**head_overrides, "latency_budget_ms": max(0.0, budget - (t1 - t0) * 1e3)}
-        pred = self.head.predict(ctx, init=warm_start, prefix=norm_prefix, guidance=guidance, **head_overrides)
+        graphed = None
+        if self._graphed and warm_start is None and norm_prefix is None and guidance is None and latency_budget_ms is None:
+            graphed = self._graphed.get(_knob_key(head_overrides))
+            if graphed is not None and not graphed.fits(ctx):
+                graphed = None
+        if graphed is not None:
+            pred = graphed(ctx)
+        else:
+            pred = self.head.predict(ctx, init=warm_start, prefix=norm_prefix, guidance=guidance, **head_overrides)
         _sync(dev)
         t2 = time.perf_counter()
         actions = self.normalizer.unnormalize_action(pred.actions, emb)

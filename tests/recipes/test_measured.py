@@ -137,3 +137,26 @@ def test_scaling_embodiments_formatter_states_success_per_suite_and_mixture():
     assert "--suites metaworld reach2d --embodiments 1 2 --heads 128x2 --backbones recipe --steps 600" in b.command
     with pytest.raises(measured.ArtifactError, match="scaling_embodiments.json: field 'config.suites'"):
         measured.format_scaling_embodiments(measured.Artifact("r/scaling_embodiments.json", {**art, "rows": []}))
+
+
+def test_policy_latency_formatter_states_cuda_graph_rows_and_failed_captures():
+    """A GPU artifact with --cuda-graphs: the graph ms, speed-ups and goal ratios are stated, a head whose
+    capture failed is named with its error, and the command carries the flags that made it."""
+    import json
+
+    data = json.loads((measured.DEFAULT_DIR / "policy_latency_cuda.json").read_text())
+    data["cuda_graph_capture"]["ddpm_100"] = "RuntimeError: capture failed"
+    for k in ("ddpm_100_head_graph_ms", "ddpm_100_policy_graph_ms", "ddpm_100_head_graph_speedup"):
+        data.pop(k)
+    data["ebt_2_head_graph_ms"], data["ebt_2_head_graph_speedup"] = 4.0, 12.5
+    data["ebt2_policy_over_regression_graph"] = 1.2
+    b = measured.format_policy_latency(measured.Artifact("r/policy_latency_cuda.json", data))
+    assert "ebt-2 4.00 (12.5x faster than eager)" in b.text
+    assert "`ebt2_policy_over_regression_graph` **1.20** (goal <= 1.25: met)" in b.text
+    assert "not captured: ddpm-100 (RuntimeError: capture failed)" in b.text
+    assert "random weights" in b.text
+    for flag in ("--device cuda", "--cuda-graphs", "--skip-reference", "--backbone efficientnet_lite0+/tmp/minilm"):
+        assert flag in b.command, flag
+    cpu = json.loads((measured.DEFAULT_DIR / "policy_latency.json").read_text())
+    b = measured.format_policy_latency(measured.Artifact("r/policy_latency.json", cpu))
+    assert "CUDA graphs" not in b.text and "--device" not in b.command and "--backbone" not in b.command

@@ -91,6 +91,7 @@ class DiffusionHead(ActionHead):
         warm_start_steps(1, cfg.warm_noise)  # validates the range
         self.cfg = cfg
         self.horizon, self.action_dim = cfg.horizon, cfg.action_dim
+        self._ts_cache: dict[tuple, Tensor] = {}  # (timesteps, device) -> (K,) long (_timesteps_on)
         w = cfg.trunk.width
         self.trunk = ActionTrunk(cfg.trunk, cfg.horizon, cfg.action_dim, out_dim=cfg.action_dim)
         self.time_mlp = nn.Sequential(nn.Linear(w, 4 * w), nn.SiLU(), nn.Linear(4 * w, w))
@@ -173,6 +174,14 @@ class DiffusionHead(ActionHead):
         eps = (x - sa * x0) / s1
         return eps if kind == "epsilon" else sa * eps - s1 * x0
 
+    def _timesteps_on(self, ts: list[int], device: torch.device) -> Tensor:
+        """The schedule's integer timesteps as a (K,) long tensor on ``device``, copied to it once per
+        schedule (a later call, a CUDA-graph capture included, makes no host-to-device copy)."""
+        key = (tuple(ts), str(device))
+        if key not in self._ts_cache:
+            self._ts_cache[key] = torch.tensor(ts, device=device)
+        return self._ts_cache[key]
+
     @torch.no_grad()
     def sample(
         self,
@@ -227,7 +236,7 @@ class DiffusionHead(ActionHead):
         # The context's keys / values once per chunk; per step only the timestep token is projected.
         # All timestep tokens for the schedule are embedded in one batched call.
         tc = self.trunk.encode_context(tokens, cmask)
-        temb = self.time_tokens(torch.tensor(ts, device=device)).to(dtype)  # (K, W)
+        temb = self.time_tokens(self._timesteps_on(ts, device)).to(dtype)  # (K, W)
         beta = DEFAULT_MAX_GUIDANCE_WEIGHT if max_guidance_weight is None else float(max_guidance_weight)
         if inpaint is not None:
             inpaint = inpaint.to(device, dtype)

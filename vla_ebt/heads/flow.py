@@ -181,7 +181,9 @@ class FlowHead(ActionHead):
         tc = self.trunk.encode_context(tokens, cmask)
         dt = (1.0 - t0) / n
         taus = [t0 + i * dt for i in range(n)]
-        temb = self.time_tokens(torch.tensor(taus, device=device)).to(dtype)  # (n, W), one call
+        # the same float64 values as ``taus``, made on the device (no host copy: CUDA-graph capturable)
+        tau_t = (t0 + dt * torch.arange(n, dtype=torch.float64, device=device)).float()
+        temb = self.time_tokens(tau_t).to(dtype)  # (n, W), one call
         beta = DEFAULT_MAX_GUIDANCE_WEIGHT if max_guidance_weight is None else float(max_guidance_weight)
         if inpaint is not None:
             inpaint = inpaint.to(device, dtype)

@@ -82,6 +82,14 @@ def context_kv_cache(enabled: bool) -> Iterator[None]:
         _CACHE_ENABLED = prev
 
 
+def _all_valid(mask: Tensor) -> bool:
+    """Whether every entry of a bool mask is True. While a CUDA graph is being captured the host may
+    not read device values, so it answers False there: the masked path gives the same result."""
+    if mask.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    return bool(mask.all())
+
+
 def _mask_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """(B, M) bool -> (B, 1, 1, M) additive attention bias: 0 where valid, -inf where masked."""
     bias = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], dtype=dtype, device=mask.device)
@@ -156,7 +164,7 @@ class Attention(nn.Module):
             if kv_in is not None and kv_in.shape[1]:
                 k_new, v_new = self.project_kv(kv_in)
                 k, v = torch.cat([k_new, k], dim=2), torch.cat([v_new, v], dim=2)
-                if bias is not None or (kv_mask is not None and not bool(kv_mask.all())):
+                if bias is not None or (kv_mask is not None and not _all_valid(kv_mask)):
                     new_mask = kv_mask if kv_mask is not None else torch.ones(kv_in.shape[:2], dtype=torch.bool,
                                                                               device=q.device)
                     old = bias if bias is not None else q.new_zeros(b, 1, 1, k.shape[2] - kv_in.shape[1])
@@ -229,7 +237,7 @@ class ActionTrunk(nn.Module):
         if not _CACHE_ENABLED:
             return TrunkContext(tokens, mask, None, None)
         kv = [blk.cross_attn.project_kv(tokens) for blk in self.blocks]
-        bias = None if bool(mask.all()) else _mask_bias(mask, tokens.dtype)
+        bias = None if _all_valid(mask) else _mask_bias(mask, tokens.dtype)
         return TrunkContext(tokens, mask, kv, bias)
 
     def forward(
