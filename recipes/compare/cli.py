@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
     finals, failed, tunings = [], [o for o in tuned.values() if o.status == "failed"], {}
     for c in plan["cells"]:
         if "reused" in c:  # --tuning-from: the stored choice, with where it came from
-            sel = {**c["reused"]["entry"], "reused_from": c["reused"]["file"]}
+            sel = {**c["reused"]["entry"], "reused_from": c["reused"]["file"], "reused_at_commit": plan["commit"]}
         else:
             sel = (select_hparams([tuned[s.key] for s in c["tune"]]) if c["tune"] else
                    {"candidates": [], "complete": True, "chosen": None})

@@ -586,6 +586,7 @@ def test_tuning_from_a_stored_tuning_skips_its_cells_tuning_and_records_the_sour
     assert (out / "reach2d/frozen/final/ebt/lr0.0003_ema0.9/seed0/spec.json").exists()
     tuning = json.loads((out / "reach2d/frozen/tuning.json").read_text())
     assert tuning["heads"]["ebt"]["reused_from"] == str(stored_path)
+    assert tuning["heads"]["ebt"]["reused_at_commit"]
     assert tuning["heads"]["ebt"]["candidates"] == stored["heads"]["ebt"]["candidates"]
     assert "reused_from" not in tuning["heads"]["flow"]
 
