@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--final-presets", nargs="+", default=[], metavar="HEAD=PRESET[,PRESET...]",
                    help="evaluate the final runs of HEAD (a head or a --variants name) under only these of its "
                         "presets, e.g. diffusion=ddim-10 (its tuning still uses its first preset)")
+    p.add_argument("--tune-presets", nargs="+", default=[], metavar="HEAD=PRESET",
+                   help="tune HEAD by this preset instead of its first, e.g. diffusion=ddim-10 with "
+                        "--final-presets diffusion=ddim-10, so that it is chosen by the rows it is scored by")
     p.add_argument("--tuning-from", nargs="+", default=[], metavar="TUNING.json",
                    help="reuse the choices of a stored tuning.json (e.g. a published one) for the cells it covers "
                         "instead of re-running their tuning; its budget, grid and tuning seeds must match this run's")
@@ -113,7 +116,8 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
     out = Path(a.out).resolve()
     commit = git_commit()
     plan: dict[str, Any] = {"tune": [], "cells": [], "bases": {}, "seed_plans": {}, "commit": commit,
-                            "final_presets": final_presets(a.final_presets, cells_heads)}
+                            "final_presets": final_presets(a.final_presets, cells_heads),
+                            "tune_presets": tune_presets(a.tune_presets, cells_heads)}
     reused = stored_tunings(a.tuning_from)
     for suite in a.suite:
         base = _base_recipe(suite, a, heads)
@@ -133,15 +137,22 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
                 cell = {"suite": suite, "protocol": protocol, "head": head, "steps": steps, "tune_steps": tune_steps,
                         "tune": [], "variant": hv}
                 grid = [(lr, ema) for lr in a.tune_lr for ema in a.tune_ema] if tune_steps > 0 else []
+                tp = plan["tune_presets"].get(head, "")
                 stored = reused.get((suite, protocol, head))
+                if stored is not None and grid and stored["entry"].get("tune_preset", "") != tp:
+                    print(f"[compare] {suite}/{protocol}/{head}: {stored['file']} was tuned under preset "
+                          f"{stored['entry'].get('tune_preset') or 'first'!r}, this run tunes by {tp or 'first'!r}: tuned again")
+                    stored = None
                 if stored is not None and grid:
                     check_reusable(stored, suite=suite, protocol=protocol, steps=steps, tune_steps=tune_steps, a=a)
                     cell["reused"] = stored
                     grid = []
                 for lr, ema in grid:
                     spec = RunSpec(suite, protocol, head, "tune", lr, ema, a.tune_seed, tune_steps, 1,
-                                   seeds.tune_eval_seeds, seeds.tune_episodes, tasks, tuple(_rows(hv)[:1]),
-                                   str(out), meta={"git_commit": commit, "jobs": a.jobs}, **_variant_fields(hv))
+                                   seeds.tune_eval_seeds, seeds.tune_episodes, tasks,
+                                   tuple(_rows(hv, warm_rows=False, presets=(tp,) if tp else None)[:1]),
+                                   str(out), meta={"git_commit": commit, "jobs": a.jobs}, tune_preset=tp,
+                                   **_variant_fields(hv))
                     cfg = train_config(base, suite=suite, head=hv.head, protocol=protocol, lr=lr,
                                        ema_decay=tune_decay(ema, steps, tune_steps), seed=a.tune_seed, steps=tune_steps,
                                        checkpoints=1, run_dir=spec.run_dir, demo_cache=a.demo_cache,
@@ -204,7 +215,19 @@ def _rows(hv: HeadVariant, warm_rows: bool = True, presets: Sequence[str] | None
     return head_variants(hv.head, warm_rows=warm_rows, name=hv.name, presets=presets)
 
 
-def final_presets(specs: Sequence[str], cells_heads: Sequence[HeadVariant]) -> dict[str, tuple[str, ...]]:
+def tune_presets(specs: Sequence[str], cells_heads: Sequence[HeadVariant]) -> dict[str, str]:
+    """``--tune-presets HEAD=PRESET ...`` -> {cell name: preset}; ValueError naming the flag as for
+    ``--final-presets``, and for more than one preset per head."""
+    out = {}
+    for name, presets in final_presets(specs, cells_heads, flag="--tune-presets").items():
+        if len(presets) != 1:
+            raise ValueError(f"--tune-presets {name}={','.join(presets)}: one preset per head")
+        out[name] = presets[0]
+    return out
+
+
+def final_presets(specs: Sequence[str], cells_heads: Sequence[HeadVariant],
+                  flag: str = "--final-presets") -> dict[str, tuple[str, ...]]:
     """``--final-presets HEAD=P1,P2 ...`` -> {cell name: presets}; ValueError naming the flag for an
     unknown cell name or a preset its head does not declare."""
     from recipes.studies.head_to_head import eval_variants
@@ -215,13 +238,13 @@ def final_presets(specs: Sequence[str], cells_heads: Sequence[HeadVariant]) -> d
         name, sep, rest = item.partition("=")
         presets = tuple(p for p in rest.split(",") if p)
         if not sep or not presets:
-            raise ValueError(f"--final-presets {item!r}: expected HEAD=PRESET[,PRESET...]")
+            raise ValueError(f"{flag} {item!r}: expected HEAD=PRESET[,PRESET...]")
         if name not in by_name:
-            raise ValueError(f"--final-presets {item!r}: {name!r} is not a head of this run ({list(by_name)})")
+            raise ValueError(f"{flag} {item!r}: {name!r} is not a head of this run ({list(by_name)})")
         known = [label for label, _ in eval_variants(by_name[name].head)]
         bad = [p for p in presets if p not in known]
         if bad:
-            raise ValueError(f"--final-presets {item!r}: head {by_name[name].head!r} has no preset(s) {bad}; "
+            raise ValueError(f"{flag} {item!r}: head {by_name[name].head!r} has no preset(s) {bad}; "
                              f"its presets: {known}")
         out[name] = presets
     return out
@@ -312,6 +335,8 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
         else:
             sel = (select_hparams([tuned[s.key] for s in c["tune"]]) if c["tune"] else
                    {"candidates": [], "complete": True, "chosen": None})
+            if plan["tune_presets"].get(c["head"]):
+                sel["tune_preset"] = plan["tune_presets"][c["head"]]
         base = plan["bases"][c["suite"]]
         if "reused" in c:
             hp = {**sel["chosen"], "tuned": True}

@@ -141,6 +141,9 @@ class RunSpec:
     #: episodes per task and eval seed at the checkpoints before the last (the first ones of the final
     #: checkpoint's list, so the same env seeds); 0: ``episodes_per_task`` at every checkpoint
     curve_episodes: int = 0
+    #: tuning runs evaluated under this preset instead of the head's first (``--tune-presets``); it
+    #: names the run folder too, so tunings under different presets never share one; "" = the first
+    tune_preset: str = ""
 
     def episodes_at(self, step: int) -> int:
         """Episodes per task and eval seed evaluated at checkpoint ``step`` (the last gets them all)."""
@@ -151,8 +154,9 @@ class RunSpec:
     @property
     def key(self) -> str:
         """``suite/protocol/stage/head/lr<lr>_ema<decay>/seed<N>`` (also the run folder below ``out``)."""
+        preset = f"_{self.tune_preset}" if self.tune_preset else ""
         return (f"{self.suite}/{self.protocol}/{self.stage}/{self.head}/"
-                f"lr{_slug(self.lr)}_ema{_slug(self.ema_decay)}/seed{self.train_seed}")
+                f"lr{_slug(self.lr)}_ema{_slug(self.ema_decay)}{preset}/seed{self.train_seed}")
 
     @property
     def model_head(self) -> str:
