@@ -600,3 +600,29 @@ def test_tuning_from_a_stored_tuning_skips_its_cells_tuning_and_records_the_sour
         main([*argv, "--heads", "ebt", "--out", str(out), "--tuning-from", str(stored_path)], execute=fake)
     with pytest.raises(SystemExit, match=r"cannot read a tuning.json"):
         main([*argv, "--heads", "ebt", "--out", str(out), "--tuning-from", str(tmp_path / "none.json")], execute=fake)
+
+
+def test_tune_presets_choose_by_the_scored_preset_in_their_own_folders(tmp_path):
+    """--tune-presets diffusion=ddim-10: tuning rows evaluate DDIM-10, in folders named after it (never a
+    DDPM-100 tuning's), tuning.json records the preset; a stored tuning under the first preset is tuned
+    again rather than reused; one preset per head."""
+    from recipes.compare.cli import main
+
+    fake = FakeTrainer()
+    argv = ["--suite", "reach2d", "--heads", "diffusion", "--seeds", "0", "--steps", "20", "--checkpoints", "2",
+            "--tune-steps", "4", "--tune-lr", "1e-3", "--tune-ema", "0.9", "--protocols", "frozen", "--jobs", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a")], execute=fake) == 0  # tuned by DDPM-100 (its first)
+    out = tmp_path / "b"
+    stored = tmp_path / "a/reach2d/frozen/tuning.json"
+    assert main([*argv, "--out", str(out), "--tune-presets", "diffusion=ddim-10", "--final-presets",
+                 "diffusion=ddim-10", "--tuning-from", str(stored)], execute=fake) == 0
+    tune_dir = out / "reach2d/frozen/tune/diffusion/lr0.001_ema0.9_ddim-10/seed0"
+    spec = RunSpec.from_dict(json.loads((tune_dir / "spec.json").read_text()))
+    assert [v.label for v in spec.variants] == ["ddim-10"] and spec.tune_preset == "ddim-10"
+    tuning = json.loads((out / "reach2d/frozen/tuning.json").read_text())
+    assert tuning["heads"]["diffusion"]["tune_preset"] == "ddim-10"
+    assert "reused_from" not in tuning["heads"]["diffusion"]
+    with pytest.raises(SystemExit, match="--tune-presets diffusion=ddim-10,ddpm-100: one preset per head"):
+        main([*argv, "--out", str(out), "--tune-presets", "diffusion=ddim-10,ddpm-100"], execute=fake)
+    with pytest.raises(SystemExit, match=r"--tune-presets 'diffusion=ddim-5': head 'diffusion' has no preset"):
+        main([*argv, "--out", str(out), "--tune-presets", "diffusion=ddim-5"], execute=fake)
