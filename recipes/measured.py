@@ -461,6 +461,7 @@ FORMATTERS: dict[str, Formatter] = {
     "policy_latency.json": format_policy_latency,
     "policy_latency_224px.json": format_policy_latency,
     "policy_latency_cuda.json": format_policy_latency,
+    "policy_latency_cuda_224px.json": format_policy_latency,
     "head_latency.json": format_head_latency,
     "train_throughput.json": format_train_throughput,
     "sim_eval_default.json": format_sim_eval,
