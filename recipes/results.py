@@ -43,6 +43,10 @@ def _tuning_lines(path: Path) -> list[str]:
                           else f"{c['lr']:g}, {c['ema_decay']:g}: {c['status']}" for c in h["candidates"])
         ch = h["chosen"]
         chosen = "-" if ch is None else f"{ch['lr']:g}, {ch['ema_decay']:g}" + ("" if ch.get("tuned", True) else " (recipe, not tuned)")
+        if h.get("tune_preset"):
+            chosen += f" (tuned by {h['tune_preset']})"
+        if h.get("reused_from"):  # --tuning-from: the candidates ran in an earlier grid
+            chosen += f" (reused from `{h['reused_from']}` at {str(h.get('reused_at_commit', '?'))[:7]})"
         lines.append(f"| {head} | {cands or '-'} | {chosen} |")
     return lines
 
@@ -117,7 +121,8 @@ def cpu_hours_line(cells: list[Cell], tuning: Path) -> str:
         tune = [c.get("cpu_seconds") for c in (cands.get(head) or {}).get("candidates", [])]
         if tune and all(t is not None for t in tune):
             tune_h = sum(tune) / 3600
-            parts.append(f"{head} {finals + tune_h:.2f} ({finals:.2f} final runs + {tune_h:.2f} tuning)")
+            reused = ", reused from an earlier grid" if (cands.get(head) or {}).get("reused_from") else ""
+            parts.append(f"{head} {finals + tune_h:.2f} ({finals:.2f} final runs + {tune_h:.2f} tuning{reused})")
             total += finals + tune_h
         else:
             untimed |= bool(tune)

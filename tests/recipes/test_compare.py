@@ -513,6 +513,23 @@ def test_cpu_hours_line_adds_tuning_only_where_every_candidate_was_timed(tmp_pat
     line = cpu_hours_line(cells, tuning)  # 2 ebt runs x 42 s (the +warm row shares them), 1 regression run
     assert "ebt 1.52 (0.02 final runs + 1.50 tuning)" in line and "regression 0.01 (final runs)" in line
     assert "total 1.54" in line and "tuning runs not timed" in line  # 1.5 + 84 s + 42 s
+    tuning.write_text(json.dumps({"heads": {"ebt": {"candidates": [{"cpu_seconds": 3600.0}], "reused_from": "t.json"}}}))
+    assert "ebt 1.02 (0.02 final runs + 1.00 tuning, reused from an earlier grid)" in cpu_hours_line(cells, tuning)
+
+
+def test_tuning_table_names_the_tuning_preset_and_a_reused_source(tmp_path):
+    from recipes.results import _tuning_lines
+
+    t = {"tune_steps": 4, "tune_seed": 0, "tune_eval_seeds": [20000], "tune_episodes": 2, "rule": "r",
+         "heads": {"diffusion": {"candidates": [{"lr": 1e-3, "ema_decay": 0.9, "success": 0.5}], "tune_preset": "ddim-10",
+                                 "chosen": {"lr": 1e-3, "ema_decay": 0.9, "tuned": True}},
+                   "ebt": {"candidates": [{"lr": 1e-3, "ema_decay": 0.9, "success": 0.7}], "reused_from": "a/tuning.json",
+                           "reused_at_commit": "0123456789", "chosen": {"lr": 1e-3, "ema_decay": 0.9, "tuned": True}}}}
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps(t))
+    lines = "\n".join(_tuning_lines(path))
+    assert "| diffusion | 0.001, 0.9: 0.50 | 0.001, 0.9 (tuned by ddim-10) |" in lines
+    assert "| ebt | 0.001, 0.9: 0.70 | 0.001, 0.9 (reused from `a/tuning.json` at 0123456) |" in lines
 
 
 def test_larger_set_line_scales_evaluation_by_tasks_and_keeps_training():
