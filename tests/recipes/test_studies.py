@@ -192,16 +192,16 @@ def test_head_to_head_trains_evaluates_and_reuses_runs(tmp_path):
     sps = {"ebt": 100.0, "regression": 50.0}  # regression twice as fast: twice the steps at equal wall-clock
     rows = run_head_to_head(cfg, ["reach2d_detour"], ["ebt", "regression"], 2, 1, 0, tmp_path / "h2h", True, sps)
     assert [(r["budget"], r["head"]) for r in rows] == [
-        ("equal steps", "ebt-2"), ("equal steps", "regression"), ("equal wall-clock", "ebt-2"),
-        ("equal wall-clock", "regression")]
-    assert rows[1]["train_steps"] == 2 and rows[3]["train_steps"] == 4
-    for r in rows:
-        assert r["episodes"] == 1 and r["nfe"] == (2.0 if r["head"] == "ebt-2" else 1.0)
+        ("equal steps", "ebt-2"), ("equal steps", "ebt-4"), ("equal steps", "regression"),
+        ("equal wall-clock", "ebt-2"), ("equal wall-clock", "ebt-4"), ("equal wall-clock", "regression")]
+    assert rows[2]["train_steps"] == 2 and rows[5]["train_steps"] == 4
+    for r in rows:  # EBT's presets: its configured 2 steps and 4 steps, from the same training
+        assert r["episodes"] == 1 and r["nfe"] == {"ebt-2": 2.0, "ebt-4": 4.0}.get(r["head"], 1.0)
         assert r["mode_left"] + r["mode_right"] + r["mode_collision"] + r["mode_none"] == pytest.approx(1.0)
     summary = tmp_path / "h2h" / "reach2d_detour" / "ebt_steps2" / "summary.json"
     before = summary.stat().st_mtime_ns
     again = run_head_to_head(cfg, ["reach2d_detour"], ["ebt", "regression"], 2, 1, 0, tmp_path / "h2h", True, sps)
-    assert summary.stat().st_mtime_ns == before and len(again) == 4
+    assert summary.stat().st_mtime_ns == before and len(again) == 6
 
 
 @pytest.mark.slow
@@ -216,7 +216,8 @@ def test_head_to_head_variants_train_with_their_config_fields(tmp_path):
         main(["--recipe", "reach2d_ebt", "--variant", "x:ebt:objectiv=path", "--out", str(tmp_path / "bad")])
     cfg = _tiny_reach2d_recipe(tmp_path)
     rows = run_head_to_head(cfg, ["reach2d"], [v], 2, 1, 0, tmp_path / "h2h", equal_wall_clock=False)
-    assert [(r["head"], r["train_steps"]) for r in rows] == [("ebt-path", 2)]
-    assert rows[0]["nfe"] == 3.0  # 3 inference steps (the energy is the last step's)
+    assert [(r["head"], r["train_steps"]) for r in rows] == [("ebt-path/ebt-2", 2), ("ebt-path/ebt-4", 2)]
+    # the first preset keeps the configured 3 inference steps (the energy is the last step's); ebt-4 sets 4
+    assert rows[0]["nfe"] == 3.0 and rows[1]["nfe"] == 4.0
     saved = json.loads((tmp_path / "h2h" / "reach2d" / "ebt-path_steps2" / "policy" / "config.json").read_text())
     assert saved["ebt"]["objective"] == "path" and saved["head"] == "ebt"
