@@ -169,12 +169,11 @@ def run(args: argparse.Namespace) -> dict:
         graph_policies = build_policies(args)  # separate policies: the eager rows stay eager
         for m, (kind, knobs) in METHODS.items():
             try:
-                graph_policies[kind].capture_cuda_graph(obs, **knobs)
+                graphed = graph_policies[kind].capture_cuda_graph(obs, **knobs)
             except Exception as e:  # noqa: BLE001 - a head whose call cannot be captured is reported, not fatal
                 captures[m] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 continue
             captures[m] = "captured"
-            graphed = graph_policies[kind]._graphed[policy_module._knob_key(knobs)]
             fns[f"{m}_head_graph"] = (lambda g=graphed: g(ctx))
             fns[f"{m}_policy_graph"] = (lambda pol=graph_policies[kind], k=knobs: pol.predict_chunk(obs, **k))
     if not args.skip_reference:

@@ -25,7 +25,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -46,6 +46,9 @@ from .lora import apply_finetune_mode, load_lora, merge_lora, save_lora
 from .normalize import Normalizer
 from .normalize.normalizer import pad_last_dim
 from .schema import ObservationSpec, validate_batch, validate_observation
+
+if TYPE_CHECKING:
+    from .heads.cuda_graph import GraphedPredict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -226,13 +229,14 @@ class VLAPolicy(nn.Module):
         return self.encoder(obs["images"].to(dev), obs["instruction"], state, obs["embodiment"].to(dev))
 
     # ------------------------------------------------------------------ CUDA graphs
-    def capture_cuda_graph(self, obs: Mapping[str, Any], **head_overrides: Any) -> None:
+    def capture_cuda_graph(self, obs: Mapping[str, Any], **head_overrides: Any) -> GraphedPredict:
         """Capture the head's chunk for these knobs as a CUDA graph (``heads.cuda_graph``), on ``obs``'s
         batch size and context length. Later ``predict_chunk`` calls with the same knobs and no prefix,
         soft target, warm start or latency budget replay it (the observation is encoded eagerly as
         before). ValueError on a CPU policy or an ungraphable knob; ``train(True)`` or
         :meth:`release_cuda_graphs` drops every capture (the graphs point at the current weights'
-        memory: in-place updates are seen, a move to another device is not)."""
+        memory: in-place updates are seen, a move to another device is not). Returns the capture, whose
+        call on an encoded context replays the head alone."""
         from .heads.cuda_graph import GraphedPredict
 
         o = validate_observation(obs, self.spec)
@@ -241,10 +245,12 @@ class VLAPolicy(nn.Module):
         try:
             with torch.no_grad():
                 ctx = self.encode(o)
-            self._graphed[_knob_key(head_overrides)] = GraphedPredict(self.head, ctx, **head_overrides)
+            graphed = GraphedPredict(self.head, ctx, **head_overrides)
+            self._graphed[_knob_key(head_overrides)] = graphed
         finally:
             if was_training:
                 self.train()
+        return graphed
 
     def release_cuda_graphs(self) -> None:
         self._graphed.clear()

@@ -16,14 +16,13 @@ Required fields (:func:`validate_artifact`)::
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
 from .plan import SCHEMA
 
-__all__ = ["validate_artifact", "load_artifacts", "git_commit", "publish", "REPO", "DEFAULT_RESULTS_DIR"]
+__all__ = ["validate_artifact", "load_artifacts", "git_commit", "publish", "merged_tuning", "REPO", "DEFAULT_RESULTS_DIR"]
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_RESULTS_DIR = REPO / "docs" / "results" / "compare"
@@ -126,7 +125,8 @@ def git_commit(repo: Path = REPO) -> str:
 
 def publish(results: Iterable[dict[str, Any]], tuning_files: Iterable[Path], dest: str | Path = DEFAULT_RESULTS_DIR) -> list[Path]:
     """Copy final-stage artifacts to ``dest/<suite>/<protocol>/<head>/seed<N>.json`` and each
-    ``tuning.json`` to ``dest/<suite>/<protocol>/tuning.json``; returns the written paths."""
+    ``tuning.json`` to ``dest/<suite>/<protocol>/tuning.json`` (merged with a published one, see
+    :func:`merged_tuning`); returns the written paths."""
     from vla_ebt.config_io import atomic_write_json
 
     dest = Path(dest)
@@ -141,7 +141,22 @@ def publish(results: Iterable[dict[str, Any]], tuning_files: Iterable[Path], des
     for t in tuning_files:
         info = json.loads(Path(t).read_text())
         p = dest / info["suite"] / info["protocol"] / "tuning.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(t, p)
+        atomic_write_json(p, merged_tuning(p, info))
         written.append(p)
     return written
+
+
+def merged_tuning(published: Path, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with the heads of an already published ``tuning.json`` it does not cover, when both
+    were made under the same settings (every field but ``heads``): publishing a run of some heads keeps
+    the others' tuning tables. Under other settings ``new`` replaces the file whole."""
+    if not published.exists():
+        return new
+    try:
+        old = json.loads(published.read_text())
+    except ValueError as e:
+        raise ValueError(f"{published}: not a readable tuning.json ({e})") from None
+    same = {k: v for k, v in old.items() if k != "heads"} == {k: v for k, v in new.items() if k != "heads"}
+    if not same:
+        return new
+    return {**new, "heads": {**old.get("heads", {}), **new["heads"]}}

@@ -223,6 +223,28 @@ def test_artifact_schema():
     assert "curve[1].step" in str(e.value) and "outcomes" in str(e.value) and "cost.forward_equiv" in str(e.value)
 
 
+def test_publishing_some_heads_keeps_the_other_heads_tuning_under_the_same_settings(tmp_path):
+    from recipes.compare.artifacts import publish
+
+    def tuning(heads: dict, steps: int = 3000) -> dict:
+        return {"suite": "reach2d", "protocol": "frozen", "steps": steps, "tune_steps": 750, "grid": {"lr": [1e-3]},
+                "heads": {h: {"chosen": {"lr": lr, "ema_decay": 0.99}, "complete": True} for h, lr in heads.items()}}
+
+    src = tmp_path / "run" / "tuning.json"
+    src.parent.mkdir()
+    dest = tmp_path / "pub"
+    src.write_text(json.dumps(tuning({"ebt": 1e-3, "flow": 3e-4, "regression": 1e-3})))
+    publish([], [src], dest)
+    src.write_text(json.dumps(tuning({"ebt": 3e-4, "ebt_eqm": 1e-4})))  # a later run of two heads
+    publish([], [src], dest)
+    heads = json.loads((dest / "reach2d" / "frozen" / "tuning.json").read_text())["heads"]
+    assert {h: e["chosen"]["lr"] for h, e in heads.items()} == {"ebt": 3e-4, "ebt_eqm": 1e-4, "flow": 3e-4,
+                                                                "regression": 1e-3}
+    src.write_text(json.dumps(tuning({"ebt": 1e-3}, steps=600)))  # other settings: the file is replaced whole
+    publish([], [src], dest)
+    assert list(json.loads((dest / "reach2d" / "frozen" / "tuning.json").read_text())["heads"]) == ["ebt"]
+
+
 # ------------------------------------------------------------------------------------------ results
 @pytest.mark.slow
 def test_results_check_passes_on_the_fixture_set_and_fails_when_the_readme_is_edited(tmp_path, capsys):

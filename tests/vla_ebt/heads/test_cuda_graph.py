@@ -6,6 +6,7 @@ import torch
 
 from vla_ebt.heads import Context, EBTConfig, EBTHead, FlowConfig, FlowHead, TrunkConfig
 from vla_ebt.heads.cuda_graph import GraphedPredict
+from vla_ebt.schema import validate_observation
 
 W, H, D, T = 32, 8, 3, 5
 CUDA = torch.cuda.is_available()
@@ -81,8 +82,11 @@ def test_policy_replays_its_capture_only_for_the_same_knobs_and_drops_it_in_trai
     pol = make_policy("ebt", "frozen").cuda().eval()
     calls = []
     pol.head.register_predict_hook(lambda *a: calls.append(1))
-    pol.capture_cuda_graph(_obs(), num_steps=2)
+    graphed = pol.capture_cuda_graph(_obs(), num_steps=2)
     n = len(calls)  # the warm-up and capture calls
+    with torch.no_grad():
+        alone = graphed(pol.encode(validate_observation(_obs(), pol.spec)))  # the head alone, replayed
+    assert len(calls) == n and alone.actions.shape == (1, pol.cfg.horizon, pol.cfg.action_dim)
     out = pol.predict_chunk(_obs(), num_steps=2)
     assert len(calls) == n and out.actions.shape == (1, pol.cfg.horizon, pol.cfg.action_dim)
     assert torch.isfinite(out.actions).all() and out.nfe == 2
