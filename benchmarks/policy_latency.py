@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import sys
@@ -78,7 +79,8 @@ def _normalizer(action_dim: int, state_dim: int) -> Normalizer:
 def build_policies(args: argparse.Namespace) -> dict[str, VLAPolicy]:
     """One policy per head kind, all on the first one's context encoder (identical weights)."""
     cfg = PolicyConfig(
-        backbone=BackboneConfig(image_size=args.image_size, **({"model": args.backbone} if args.backbone else {})),
+        backbone=BackboneConfig(family=args.backbone_family, image_size=args.image_size,
+                                **({"model": args.backbone} if args.backbone else {})),
         finetune=FinetuneConfig(mode="frozen"),
         trunk=TrunkConfig(width=args.width, depth=args.depth, num_heads=args.heads),
         horizon=args.horizon,
@@ -223,7 +225,7 @@ def run(args: argparse.Namespace) -> dict:
         result["load_avg_1min"] = os.getloadavg()[0]
     result["methods"] = {m: {"head": h, "knobs": k} for m, (h, k) in METHODS.items()}
     result["config"] = {
-        "backbone": f"composite {args.backbone or BackboneConfig().model} (frozen)",
+        "backbone": f"{args.backbone_family} {args.backbone or BackboneConfig().model} (frozen)",
         "image_size": args.image_size,
         "context_tokens": int(ctx.tokens.shape[1]),
         "width": args.width,
@@ -235,6 +237,9 @@ def run(args: argparse.Namespace) -> dict:
         "repeats": args.repeats,
         "warmup": args.warmup,
     }
+    marker = Path(args.backbone or "") / "random_weights.json"  # written by benchmarks/random_vlm.py
+    if args.backbone and marker.is_file():
+        result["config"]["backbone_random_weights"] = json.loads(marker.read_text())
     result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result["threads"] = torch.get_num_threads()
     result["torch_version"] = torch.__version__
@@ -290,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--backbone", default=None, help="BackboneConfig.model (default: the embedded composite); e.g. "
                    "efficientnet_lite0+DIR for a text encoder of the same architecture from a local folder")
+    p.add_argument("--backbone-family", default=BackboneConfig().family,
+                   help="BackboneConfig.family, e.g. idefics3 with --backbone DIR from benchmarks/random_vlm.py")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--cuda-graphs", action="store_true",

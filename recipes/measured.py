@@ -238,17 +238,22 @@ def format_policy_latency(a: Artifact) -> Bullet:
         met = "met" if a.get(f"goals.{g}.met", bool) else "**not met**"
         goals.append(f"`{g}` **{a.num(f'goals.{g}.value'):.2f}** (goal <= {a.num(f'goals.{g}.target'):g}: {met})")
     gpu = a.text("device") != "cpu"
-    backbone = a.text(c + "backbone").removeprefix("composite ").removesuffix(" (frozen)")
+    family, backbone = a.text(c + "backbone").removesuffix(" (frozen)").split(" ", 1)
     cmd = _cmd("policy_latency.py", a.name, "--repeats", int(a.num(c + "repeats")), "--warmup", int(a.num(c + "warmup")),
                "--threads", int(a.num("threads")), *(("--device", "cuda") if gpu else ()),
                *(("--cuda-graphs",) if a.opt("cuda_graph_capture") else ()),
                *(("--skip-reference",) if f"{methods[0]}_head_nokv_ms" not in a.data else ()),
+               *(("--backbone-family", family) if family != "composite" else ()),
                *(("--backbone", backbone) if backbone != _DEFAULT_BACKBONE else ()),
                *(("--image-size", int(a.num(c + "image_size"))) if a.num(c + "image_size") != 96 else ()))
     if gpu:  # benchmarks/gpu_latency.sh runs it there, with a random-init text encoder of the same architecture
         setting += (f"; run on the GPU machine by `benchmarks/gpu_latency.sh` (after `benchmarks/gpu_latency_prep.sh` "
                     f"here), whose text encoder ({backbone.split('+', 1)[-1]}) has all-MiniLM-L6-v2's architecture "
                     f"and random weights (the hub is out of reach there; latency does not depend on the values)")
+    if a.opt(c + "backbone_random_weights") is not None:  # benchmarks/random_vlm.py built it
+        setting += (f"; the backbone is {a.text(c + 'backbone_random_weights.layout')}, built by "
+                    f"`benchmarks/random_vlm.py` (the hub is out of reach here; latency does not depend on the values)")
+        cmd = f"python benchmarks/random_vlm.py {shlex.quote(backbone)} && {cmd}"
     if a.opt("load_avg_1min") is not None:
         setting += f", load {a.num('load_avg_1min'):.1f} on the machine"
     floor = ""
@@ -462,6 +467,7 @@ FORMATTERS: dict[str, Formatter] = {
     "policy_latency_224px.json": format_policy_latency,
     "policy_latency_cuda.json": format_policy_latency,
     "policy_latency_cuda_224px.json": format_policy_latency,
+    "policy_latency_vlm.json": format_policy_latency,
     "head_latency.json": format_head_latency,
     "train_throughput.json": format_train_throughput,
     "sim_eval_default.json": format_sim_eval,

@@ -182,3 +182,30 @@ def test_policy_latency_benchmark_writes_every_heads_row_and_the_goals(tmp_path)
     assert extra >= 0
     ratio = (r["ebt_2_policy_ms"] + extra) / (r["regression_policy_ms"] + extra)
     assert ratio == pytest.approx(1.25) if extra > 0 else ratio <= 1.25
+
+
+def test_random_vlm_has_smolvlm_256m_size_and_marks_its_artifact(tmp_path) -> None:
+    """benchmarks/random_vlm.py writes SmolVLM-256M's layout (counted on the meta device: 200-300M
+    parameters); an idefics3 backbone folder with its marker is recorded in the latency artifact, and
+    the Measured line says the weights are random and how to rebuild the folder."""
+    from transformers import Idefics3ForConditionalGeneration
+
+    from benchmarks import policy_latency, random_vlm
+    from recipes import measured
+    from vla_ebt.backbones.tiny import build_tiny_idefics3
+
+    config, processor = random_vlm.config_and_processor()
+    with torch.device("meta"):
+        n = sum(p.numel() for p in Idefics3ForConditionalGeneration(config).parameters())
+    assert 200e6 < n < 300e6 and processor.image_seq_len == 64
+    folder = build_tiny_idefics3(tmp_path / "vlm")  # the same family, small enough for a test
+    (tmp_path / "vlm" / random_vlm.MARKER).write_text(json.dumps(random_vlm.SHAPE))
+    r = policy_latency.main(["--width", "16", "--depth", "1", "--heads", "2", "--horizon", "4", "--action-dim", "3",
+                             "--state-dim", "3", "--repeats", "1", "--warmup", "0", "--skip-reference",
+                             "--backbone-family", "idefics3", "--backbone", folder, "--out", str(tmp_path / "pl.json")])
+    assert r["config"]["backbone"] == f"idefics3 {folder} (frozen)"
+    assert r["config"]["backbone_random_weights"] == random_vlm.SHAPE
+    b = measured.format_policy_latency(measured.Artifact("r/policy_latency_vlm.json", r))
+    assert "SmolVLM-256M" in b.text and "random weights" in b.text
+    assert b.command.startswith(f"python benchmarks/random_vlm.py {folder} && python benchmarks/policy_latency.py")
+    assert f"--backbone-family idefics3 --backbone {folder}" in b.command
