@@ -257,7 +257,7 @@ def format_policy_latency(a: Artifact) -> Bullet:
     if a.opt("load_avg_1min") is not None:
         setting += f", load {a.num('load_avg_1min'):.1f} on the machine"
     floor = ""
-    if a.opt("encode_ms_for_policy_goal") is not None:
+    if a.opt("encode_ms_for_policy_goal") is not None and a.num("encode_ms_for_policy_goal") > a.num("encode_ms"):
         floor = (f" The whole-policy ratio would meet its goal with an observation encoding of "
                  f"{a.num('encode_ms_for_policy_goal'):.0f} ms at these head times.")
     graphs = ""

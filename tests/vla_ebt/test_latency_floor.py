@@ -207,5 +207,7 @@ def test_random_vlm_has_smolvlm_256m_size_and_marks_its_artifact(tmp_path) -> No
     assert r["config"]["backbone_random_weights"] == random_vlm.SHAPE
     b = measured.format_policy_latency(measured.Artifact("r/policy_latency_vlm.json", r))
     assert "SmolVLM-256M" in b.text and "random weights" in b.text
+    r["encode_ms_for_policy_goal"] = r["encode_ms"]  # the goal met: no encoding time to reach it is named
+    assert "would meet its goal" not in measured.format_policy_latency(measured.Artifact("r/p.json", r)).text
     assert b.command.startswith(f"python benchmarks/random_vlm.py {folder} && python benchmarks/policy_latency.py")
     assert f"--backbone-family idefics3 --backbone {folder}" in b.command
