@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", default=[], metavar="NAME:HEAD:key=value,...",
                    help="extra cells: HEAD trained with config fields changed, compared as its own head NAME "
                         "(e.g. ebt_eqm:ebt:objective=eqm,infer_steps=4); tuned and evaluated like every head")
-    p.add_argument("--heads", nargs="+", default=None, help="registered heads (default: all)")
+    p.add_argument("--heads", nargs="*", default=None,
+                   help="registered heads (default: all; the flag alone: none, only the --variants cells)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of the final runs")
     p.add_argument("--out", required=True, help="run folders, tuning.json and artifacts go here")
     p.add_argument("--protocols", nargs="+", default=["lora"], choices=PROTOCOLS, help="backbone fine-tuning modes")
@@ -103,11 +104,13 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
     parsed arguments; ValueError on bad input (overlapping seeds, unknown heads / recipes)."""
     from .artifacts import git_commit
 
-    heads = a.heads or available_heads()
+    heads = available_heads() if a.heads is None else list(a.heads)
     unknown = [h for h in heads if h not in available_heads()]
     if unknown:
         raise ValueError(f"unknown head(s) {unknown}; registered: {available_heads()}")
     cells_heads = [HeadVariant(h, h) for h in heads] + [_variant(s) for s in a.variants]
+    if not cells_heads:
+        raise ValueError("--heads names no head and there are no --variants: nothing to compare")
     names = [v.name for v in cells_heads]
     clash = sorted({n for n in names if names.count(n) > 1} | {v.name for v in cells_heads[len(heads):]
                                                                   if v.name in available_heads()})
@@ -120,7 +123,7 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
                             "tune_presets": tune_presets(a.tune_presets, cells_heads)}
     reused = stored_tunings(a.tuning_from)
     for suite in a.suite:
-        base = _base_recipe(suite, a, heads)
+        base = _base_recipe(suite, a, [v.head for v in cells_heads])  # a variants-only run: its first variant's head
         steps = a.steps or base.optim.steps
         if steps % a.checkpoints:
             raise ValueError(f"--steps {steps} is not a multiple of --checkpoints {a.checkpoints}")
