@@ -432,6 +432,24 @@ def test_head_variant_is_its_own_cell_trained_with_the_changed_config(tmp_path):
             main([*argv[:4], "--variants", *bad, *argv[6:]], execute=fake)
 
 
+def test_heads_flag_alone_runs_only_the_variant_cells(tmp_path):
+    """``--heads`` with no name: the --variants cells alone (their head's recipe is the base); with no
+    variant either, an error says there is nothing to compare."""
+    from recipes.compare.cli import main
+
+    fake = FakeTrainer()
+    argv = ["--suite", "reach2d", "--heads", "--variants", "ebt_eqm:ebt:objective=eqm", "--seeds", "0",
+            "--out", str(tmp_path), "--steps", "20", "--checkpoints", "2", "--tune-steps", "4", "--tune-lr", "1e-3",
+            "--tune-ema", "0.9", "--protocols", "frozen", "--jobs", "1", "--no-warm-rows"]
+    assert main(argv, execute=fake) == 0
+    assert {c.split("/")[3] for c in fake.calls} == {"ebt_eqm"}, fake.calls  # suite/protocol/stage/head/...
+    assert set(json.loads((tmp_path / "reach2d/frozen/tuning.json").read_text())["heads"]) == {"ebt_eqm"}
+    spec = json.loads((tmp_path / "reach2d/frozen/final/ebt_eqm/lr0.001_ema0.9/seed0/spec.json").read_text())
+    assert spec["config"]["policy"]["head"] == "ebt" and spec["config"]["data"]["suite"] == "reach2d"
+    with pytest.raises(SystemExit, match="nothing to compare"):
+        main(["--suite", "reach2d", "--heads", "--out", str(tmp_path / "none")], execute=fake)
+
+
 def test_results_show_a_tuning_without_final_runs_as_no_comparison(tmp_path):
     """A published tuning.json without final artifacts gets its tuning table and one README line saying
     there is no comparison yet (never a table of heads)."""
