@@ -115,7 +115,7 @@ def cpu_hours_line(cells: list[Cell], tuning: Path) -> str:
     """One sentence: CPU-hours per head (its final runs' ``cpu_seconds``, training + evaluation, one thread
     each, plus its tuning runs' where ``tuning.json`` recorded them) and the group's total."""
     cands = json.loads(tuning.read_text()).get("heads", {}) if tuning.exists() else {}
-    parts, total, untimed = [], 0.0, False
+    parts, total, untimed = [], 0.0, []
     for head in dict.fromkeys(c.head for c in cells):
         finals = next(c.cpu_seconds for c in cells if c.head == head) / 3600
         tune = [c.get("cpu_seconds") for c in (cands.get(head) or {}).get("candidates", [])]
@@ -125,10 +125,11 @@ def cpu_hours_line(cells: list[Cell], tuning: Path) -> str:
             parts.append(f"{head} {finals + tune_h:.2f} ({finals:.2f} final runs + {tune_h:.2f} tuning{reused})")
             total += finals + tune_h
         else:
-            untimed |= bool(tune)
+            if tune:
+                untimed.append(head)
             parts.append(f"{head} {finals:.2f} (final runs)")
             total += finals
-    note = "; tuning runs not timed in this tuning.json" if untimed else ""
+    note = f"; the tuning runs of {', '.join(untimed)} were not timed (not in this tuning.json)" if untimed else ""
     return (f"CPU-hours (single-thread runs, training + evaluation): {'; '.join(parts)}; total {total:.2f}{note}.")
 
 

@@ -552,7 +552,7 @@ def test_cpu_hours_line_adds_tuning_only_where_every_candidate_was_timed(tmp_pat
                                             "regression": {"candidates": [{"cpu_seconds": 36.0}, {}]}}}))
     line = cpu_hours_line(cells, tuning)  # 2 ebt runs x 42 s (the +warm row shares them), 1 regression run
     assert "ebt 1.52 (0.02 final runs + 1.50 tuning)" in line and "regression 0.01 (final runs)" in line
-    assert "total 1.54" in line and "tuning runs not timed" in line  # 1.5 + 84 s + 42 s
+    assert "total 1.54" in line and "the tuning runs of regression were not timed" in line  # 1.5 + 84 s + 42 s
     tuning.write_text(json.dumps({"heads": {"ebt": {"candidates": [{"cpu_seconds": 3600.0}], "reused_from": "t.json"}}}))
     assert "ebt 1.02 (0.02 final runs + 1.00 tuning, reused from an earlier grid)" in cpu_hours_line(cells, tuning)
 
