@@ -47,6 +47,7 @@ results, whose README section then summarises them. See docs/realtime.md, "Async
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -150,11 +151,13 @@ def run_realtime(policies: dict[str, Sequence[str] | str], suite_name: str, out:
                  wall_clock: bool = False, control_hz: float = 10.0, on_starve: str = "hold",
                  request_remaining: int | None = None, suite_kwargs: dict[str, Any] | None = None,
                  split: str = "train", presets: dict[str, str] | None = None, warm_start: bool = False,
-                 n_boot: int = N_BOOT, meta: dict[str, Any] | None = None,
+                 n_boot: int = N_BOOT, meta: dict[str, Any] | None = None, merge_from: str | Path | None = None,
                  load: Callable[[str], Any] = load_policy, log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Every (label, strategy, delay) cell of every training seed's policy, resuming from
     ``OUT/cells``; pools the seeds, writes ``realtime.{json,md,png}`` and returns the JSON content.
-    ``policies``: {label: [policy dir per training seed]} (a single dir: one seed)."""
+    ``policies``: {label: [policy dir per training seed]} (a single dir: one seed). ``merge_from``: a
+    stored ``realtime.json`` made under the same settings whose other labels join the tables
+    (:func:`merge_stored`)."""
     from eval.sim.rollout import EvalConfig, execution_problem
     from eval.sim.suites import make_suite
 
@@ -246,7 +249,39 @@ def run_realtime(policies: dict[str, Sequence[str] | str], suite_name: str, out:
         "rows": rows,
         "skipped": skipped,
     }
+    if merge_from is not None:
+        result = merge_stored(result, merge_from)
     return write_study_outputs(out, "realtime", result, to_markdown, lambda r, path: plot(r["rows"], path), log)
+
+
+#: meta fields two realtime.json files must share for their rows to sit in one table
+MERGE_FIELDS = ("suite", "suite_kwargs", "tasks", "eval_seeds", "episodes_per_task", "split", "delays", "strategies",
+                "control_hz", "on_starve", "request_remaining", "warm_start", "n_boot", "boot_seed", "level",
+                "smoothness")
+
+
+def merge_stored(result: dict[str, Any], stored: str | Path) -> dict[str, Any]:
+    """``result`` with the labels of a stored ``realtime.json`` that it does not run (their policies,
+    rows and skipped entries, listed first), e.g. one head re-run beside a published sweep whose other
+    policies are gone. ``meta.merged_from`` records the file, its commit and the labels taken.
+    ValueError naming the file and field where the settings differ."""
+    try:
+        old = json.loads(Path(stored).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--merge-from {stored}: cannot read a realtime.json ({e})") from None
+    if old.get("schema") != result["schema"]:
+        raise ValueError(f"--merge-from {stored}: schema {old.get('schema')!r}, expected {result['schema']!r}")
+    for field in MERGE_FIELDS:
+        if old["meta"].get(field) != result["meta"].get(field):
+            raise ValueError(f"--merge-from {stored}: meta.{field} is {old['meta'].get(field)!r}, this run has "
+                             f"{result['meta'].get(field)!r}; run with the stored settings")
+    taken = [label for label in old["policies"] if label not in result["policies"]]
+    return {**result,
+            "meta": {**result["meta"], "merged_from": {"file": str(stored), "git_commit": old["meta"].get("git_commit"),
+                                                       "labels": taken}},
+            "policies": {**{k: old["policies"][k] for k in taken}, **result["policies"]},
+            "rows": [r for r in old["rows"] if r["label"] in taken] + result["rows"],
+            "skipped": [s for s in old.get("skipped", []) if s["label"] in taken] + result["skipped"]}
 
 
 def _est(r: dict[str, Any], key: str, lo: str, hi: str, nd: int) -> str:
@@ -351,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="request the next chunk when this many actions remain (default horizon - n_action_steps)")
     p.add_argument("--split", choices=["train", "heldout"], default="train")
     p.add_argument("--warm-start", action="store_true", help="warm start on in every cell (default off)")
+    p.add_argument("--merge-from", default=None, metavar="REALTIME.json",
+                   help="a stored realtime.json made with the same settings (e.g. the published one): its labels "
+                        "that this run does not run join the tables")
     p.add_argument("--out", required=True)
     add_publish_arguments(p)
     return p
@@ -368,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           eval_seeds=inp.eval_seeds, delays=a.delays, strategies=a.strategies, wall_clock=a.wall_clock,
                           control_hz=a.control_hz, on_starve=a.on_starve, request_remaining=a.request_remaining,
                           suite_kwargs=inp.suite_kwargs(), split=a.split, presets=inp.presets, warm_start=a.warm_start,
-                          n_boot=a.n_boot, meta=meta)
+                          n_boot=a.n_boot, meta=meta, merge_from=a.merge_from)
     if dest is not None:
         publish_study("realtime", a.out, dest)
     return result

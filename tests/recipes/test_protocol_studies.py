@@ -160,6 +160,18 @@ def test_realtime_pools_two_training_seeds_warm_start_off_and_resumes(tmp_path, 
     monkeypatch.setattr(realtime, "run_cell", lambda *a, **k: pytest.fail("a finished cell was run again"))
     again = realtime.run_realtime({"ebt": dirs}, "reach2d", out, **kw)
     assert again["rows"] == saved["rows"] and again["policies"] == saved["policies"]
+    # a stored sweep's other labels join a re-run of one label (same settings); other settings are refused
+    stored = json.loads(json.dumps(saved).replace('"ebt"', '"flow"'))
+    (tmp_path / "stored.json").write_text(json.dumps(stored))
+    merged = realtime.run_realtime({"ebt": dirs}, "reach2d", out, merge_from=tmp_path / "stored.json", **kw)
+    assert list(merged["policies"]) == ["flow", "ebt"] and merged["meta"]["merged_from"]["labels"] == ["flow"]
+    assert [r for r in merged["rows"] if r["label"] == "ebt"] == saved["rows"]
+    assert len(merged["rows"]) == 2 * len(saved["rows"]) and {s["label"] for s in merged["skipped"]} == {"flow", "ebt"}
+    assert "| flow | rtc | 2 |" in (out / "realtime.md").read_text()
+    stored["meta"]["eval_seeds"] = [4]
+    (tmp_path / "stored.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match=r"stored.json: meta.eval_seeds is \[4\], this run has \[3\]"):
+        realtime.run_realtime({"ebt": dirs}, "reach2d", out, merge_from=tmp_path / "stored.json", **kw)
     # published (a folder outside the results tree: nothing regenerated), its summary renders
     pub = tmp_path / "pub" / "reach2d" / "frozen" / "studies"
     assert {p.name for p in pp.publish_study("realtime", out, pub)} == {"realtime.json", "realtime.md", "realtime.png"}
