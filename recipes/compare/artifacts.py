@@ -126,22 +126,26 @@ def git_commit(repo: Path = REPO) -> str:
 def publish(results: Iterable[dict[str, Any]], tuning_files: Iterable[Path], dest: str | Path = DEFAULT_RESULTS_DIR) -> list[Path]:
     """Copy final-stage artifacts to ``dest/<suite>/<protocol>/<head>/seed<N>.json`` and each
     ``tuning.json`` to ``dest/<suite>/<protocol>/tuning.json`` (merged with a published one, see
-    :func:`merged_tuning`); returns the written paths."""
+    :func:`merged_tuning`); returns the written paths. Every tuning file is checked before anything is
+    written, so a refused merge (ValueError) leaves ``dest`` as it was."""
     from vla_ebt.config_io import atomic_write_json
 
     dest = Path(dest)
+    results = [validate_artifact(a) for a in results]
+    tunings = []
+    for t in tuning_files:
+        info = json.loads(Path(t).read_text())
+        p = dest / info["suite"] / info["protocol"] / "tuning.json"
+        tunings.append((p, merged_tuning(p, info)))
     written = []
     for a in results:
-        validate_artifact(a)
         if a["stage"] != "final":
             continue
         p = dest / a["suite"] / a["protocol"] / a["head"] / f"seed{a['train_seed']}.json"
         atomic_write_json(p, a)
         written.append(p)
-    for t in tuning_files:
-        info = json.loads(Path(t).read_text())
-        p = dest / info["suite"] / info["protocol"] / "tuning.json"
-        atomic_write_json(p, merged_tuning(p, info))
+    for p, info in tunings:
+        atomic_write_json(p, info)
         written.append(p)
     return written
 
@@ -149,14 +153,24 @@ def publish(results: Iterable[dict[str, Any]], tuning_files: Iterable[Path], des
 def merged_tuning(published: Path, new: dict[str, Any]) -> dict[str, Any]:
     """``new`` with the heads of an already published ``tuning.json`` it does not cover, when both
     were made under the same settings (every field but ``heads``): publishing a run of some heads keeps
-    the others' tuning tables. Under other settings ``new`` replaces the file whole."""
+    the others' tuning tables. Under other settings ``new`` replaces the file whole (printed), unless a
+    head it drops still has published artifacts beside it (``<head>/seed*.json``): ValueError naming the
+    file, the differing fields and those heads."""
     if not published.exists():
         return new
     try:
         old = json.loads(published.read_text())
     except ValueError as e:
         raise ValueError(f"{published}: not a readable tuning.json ({e})") from None
-    same = {k: v for k, v in old.items() if k != "heads"} == {k: v for k, v in new.items() if k != "heads"}
-    if not same:
-        return new
-    return {**new, "heads": {**old.get("heads", {}), **new["heads"]}}
+    differ = sorted(k for k in set(old) | set(new) if k != "heads" and old.get(k) != new.get(k))
+    if not differ:
+        return {**new, "heads": {**old.get("heads", {}), **new["heads"]}}
+    dropped = sorted(set(old.get("heads", {})) - set(new["heads"]))
+    orphaned = [h for h in dropped if any((published.parent / h).glob("seed*.json"))]
+    if orphaned:
+        raise ValueError(f"{published}: this run's tuning differs in {differ} and would drop the tuning of "
+                         f"head(s) {orphaned}, whose artifacts are published beside it; re-run them under the "
+                         f"same settings or remove their folders first")
+    print(f"[publish] {published}: tuning settings differ in {differ}; replaced whole (dropped heads {dropped}, "
+          f"none with published artifacts)")
+    return new

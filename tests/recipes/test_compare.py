@@ -240,9 +240,18 @@ def test_publishing_some_heads_keeps_the_other_heads_tuning_under_the_same_setti
     heads = json.loads((dest / "reach2d" / "frozen" / "tuning.json").read_text())["heads"]
     assert {h: e["chosen"]["lr"] for h, e in heads.items()} == {"ebt": 3e-4, "ebt_eqm": 1e-4, "flow": 3e-4,
                                                                 "regression": 1e-3}
-    src.write_text(json.dumps(tuning({"ebt": 1e-3}, steps=600)))  # other settings: the file is replaced whole
+    published = dest / "reach2d" / "frozen" / "tuning.json"
+    (dest / "reach2d" / "frozen" / "flow").mkdir()
+    (dest / "reach2d" / "frozen" / "flow" / "seed0.json").write_text("{}")  # flow's final runs are published
+    src.write_text(json.dumps(tuning({"ebt": 1e-3}, steps=600)))  # other settings would drop flow's table
+    before = published.read_text()
+    artifact = fake_artifact("ebt", 0, {"ebt-2": 0.5})
+    with pytest.raises(ValueError, match=r"differs in \['steps'\].*\['flow'\]"):
+        publish([artifact], [src], dest)
+    assert published.read_text() == before and not (dest / artifact["suite"] / artifact["protocol"] / "ebt").exists()
+    shutil.rmtree(dest / "reach2d" / "frozen" / "flow")  # no dropped head has artifacts: replaced whole
     publish([], [src], dest)
-    assert list(json.loads((dest / "reach2d" / "frozen" / "tuning.json").read_text())["heads"]) == ["ebt"]
+    assert list(json.loads(published.read_text())["heads"]) == ["ebt"]
 
 
 # ------------------------------------------------------------------------------------------ results
