@@ -84,7 +84,16 @@ def _intro(title: str, data: dict[str, Any], link: str, what: str) -> str:
     """``**title** ([name.md](link); git ...; seeds x episodes): what`` from the json's meta and policies."""
     meta = field(data, "meta", "", (dict,))
     commit = field(meta, "git_commit", "meta", (str,))
-    short = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+    short = _short(commit)
+    merged = meta.get("merged_from")
+    if merged is not None:  # labels of an earlier stored study, merged in (recipes.studies.realtime --merge-from)
+        labels = field(merged, "labels", "meta.merged_from", (list,))
+        by_label = merged.get("label_commits") or {}
+        one = field(merged, "git_commit", "meta.merged_from", (str,), null=True)
+        groups: dict[str, list[str]] = {}
+        for label in labels:
+            groups.setdefault(_short(str(by_label.get(label) or one or "unknown")), []).append(str(label))
+        short += "".join(f"; {', '.join(ls)} from git {c} (merged)" for c, ls in groups.items())
     policies = field(data, "policies", "", (dict,))
     n = {label: len(field(p, "seeds", f"policies.{label}", (list,))) for label, p in policies.items()}
     seeds = (f"{next(iter(n.values()))} training seed(s) per head" if len(set(n.values())) == 1
@@ -93,6 +102,10 @@ def _intro(title: str, data: dict[str, Any], link: str, what: str) -> str:
     evs = field(meta, "eval_seeds", "meta", (list,))
     return (f"**{title}** ([{Path(link).name}]({link}); git {short}; {seeds} x {eps} episode(s) per task and eval "
             f"seed, eval seeds {', '.join(map(str, evs))}): {what}")
+
+
+def _short(commit: str) -> str:
+    return commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def _separated(a: tuple[float | None, float | None], b: tuple[float | None, float | None]) -> bool:

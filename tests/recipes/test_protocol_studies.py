@@ -162,9 +162,16 @@ def test_realtime_pools_two_training_seeds_warm_start_off_and_resumes(tmp_path, 
     assert again["rows"] == saved["rows"] and again["policies"] == saved["policies"]
     # a stored sweep's other labels join a re-run of one label (same settings); other settings are refused
     stored = json.loads(json.dumps(saved).replace('"ebt"', '"flow"'))
+    stored["meta"]["git_commit"] = "feedc0de"
     (tmp_path / "stored.json").write_text(json.dumps(stored))
     merged = realtime.run_realtime({"ebt": dirs}, "reach2d", out, merge_from=tmp_path / "stored.json", **kw)
     assert list(merged["policies"]) == ["flow", "ebt"] and merged["meta"]["merged_from"]["labels"] == ["flow"]
+    assert merged["meta"]["merged_from"]["label_commits"] == {"flow": "feedc0de"}
+    assert "cells not re-run: flow (git feedc0de)" in (out / "realtime.md").read_text()
+    # merging again from the merged file keeps the commit that computed flow's cells
+    (tmp_path / "merged.json").write_text(json.dumps(merged))
+    again = realtime.merge_stored({**saved, "meta": {**saved["meta"], "git_commit": "0ther"}}, tmp_path / "merged.json")
+    assert again["meta"]["merged_from"]["label_commits"] == {"flow": "feedc0de"}
     assert [r for r in merged["rows"] if r["label"] == "ebt"] == saved["rows"]
     assert len(merged["rows"]) == 2 * len(saved["rows"]) and {s["label"] for s in merged["skipped"]} == {"flow", "ebt"}
     assert "| flow | rtc | 2 |" in (out / "realtime.md").read_text()
@@ -179,6 +186,7 @@ def test_realtime_pools_two_training_seeds_warm_start_off_and_resumes(tmp_path, 
 
     summary = "\n".join(render_study(pub / "realtime.json", "realtime.md", ("reach2d", "frozen")))
     assert "| ebt: strategy | d = 0 | d = 2 |" in summary and "| rtc | " in summary and "ebt: " in summary
+    assert "; flow from git feedc0de (merged)" in summary
 
 
 def test_recovery_on_a_compare_grid_pools_two_training_seeds_and_resumes(tmp_path, monkeypatch):
