@@ -361,11 +361,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     from vla_ebt.train import NonFiniteLossError
 
+    from vla_ebt.distributed import shutdown_distributed
+
     cfg, launch = parse_launch_args(args)
     try:
         run(cfg, resume=launch.resume, deepspeed_config=launch.deepspeed_config)
     except NonFiniteLossError as e:
         raise SystemExit(diverged_message(cfg, e)) from None
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -77,6 +77,16 @@ def init_distributed() -> None:
     _INITIALIZED = True
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process group, if any, at the end of a rank's work: gloo's threads are stopped in
+    order instead of at interpreter exit, where they can abort the process ("terminate called without
+    an active exception"). A later :func:`init_distributed` starts a new group."""
+    global _INITIALIZED
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _INITIALIZED = False
+
+
 def load_ds_config(path: str | Path, micro_batch_size: int, grad_clip: float) -> dict[str, Any]:
     """Read a DeepSpeed JSON config and fill in batch sizes and clipping from the OptimConfig.
 

@@ -111,3 +111,34 @@ def test_launcher_flags_are_accepted() -> None:
     assert cfg.optim.steps == 3 and launch.resume == "latest" and launch.deepspeed_config == "x.json"
     _, launch = parse_launch_args(["--local-rank", "0", "--resume", "runs/x/checkpoints/step_00000010"])
     assert launch.resume.endswith("step_00000010") and launch.deepspeed_config is None
+
+
+def test_finetune_destroys_its_process_group_and_a_new_one_can_start() -> None:
+    """After a rank's work its process group is destroyed (an orderly gloo teardown, not at exit); a
+    second init in the same process starts a new one. In a subprocess: init sets RANK / WORLD_SIZE."""
+    code = textwrap.dedent("""
+        import torch
+        from vla_ebt import distributed as vdist
+        vdist.init_distributed()
+        assert torch.distributed.is_initialized() and vdist.world_size() == 1
+        vdist.shutdown_distributed()
+        assert not torch.distributed.is_initialized()
+        vdist.shutdown_distributed()  # nothing left: a no-op
+        vdist.init_distributed()
+        assert torch.distributed.is_initialized()
+        vdist.barrier()
+        # finetune.main ends with the group destroyed, also when its run raises
+        from recipes import finetune
+        def fake_run(cfg, resume, deepspeed_config):
+            vdist.init_distributed()
+            raise RuntimeError("boom")
+        finetune.run = fake_run
+        try:
+            finetune.main(["--recipe", "reach2d_ebt", "--deepspeed-config", "recipes/deepspeed/zero0.json"])
+        except RuntimeError:
+            pass
+        assert not torch.distributed.is_initialized()
+        print("ok")
+    """)
+    p = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-2000:]
