@@ -359,9 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     if known.recipe in SWEEP_RECIPES:
         importlib.import_module(SWEEP_RECIPES[known.recipe]).main(rest)
         return
-    from vla_ebt.train import NonFiniteLossError
-
     from vla_ebt.distributed import shutdown_distributed
+    from vla_ebt.train import NonFiniteLossError
 
     cfg, launch = parse_launch_args(args)
     try:

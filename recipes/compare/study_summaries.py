@@ -87,12 +87,12 @@ def _intro(title: str, data: dict[str, Any], link: str, what: str) -> str:
     short = _short(commit)
     merged = meta.get("merged_from")
     if merged is not None:  # labels of an earlier stored study, merged in (recipes.studies.realtime --merge-from)
-        labels = field(merged, "labels", "meta.merged_from", (list,))
-        by_label = merged.get("label_commits") or {}
-        one = field(merged, "git_commit", "meta.merged_from", (str,), null=True)
+        from recipes.studies.realtime import merged_commits
+
+        field(merged, "labels", "meta.merged_from", (list,))
         groups: dict[str, list[str]] = {}
-        for label in labels:
-            groups.setdefault(_short(str(by_label.get(label) or one or "unknown")), []).append(str(label))
+        for label, c in merged_commits(merged).items():
+            groups.setdefault(_short(str(c or "unknown")), []).append(str(label))
         short += "".join(f"; {', '.join(ls)} from git {c} (merged)" for c, ls in groups.items())
     policies = field(data, "policies", "", (dict,))
     n = {label: len(field(p, "seeds", f"policies.{label}", (list,))) for label, p in policies.items()}

@@ -172,6 +172,7 @@ def test_realtime_pools_two_training_seeds_warm_start_off_and_resumes(tmp_path, 
     (tmp_path / "merged.json").write_text(json.dumps(merged))
     again = realtime.merge_stored({**saved, "meta": {**saved["meta"], "git_commit": "0ther"}}, tmp_path / "merged.json")
     assert again["meta"]["merged_from"]["label_commits"] == {"flow": "feedc0de"}
+    assert realtime.merged_commits({"labels": ["flow"], "git_commit": "01d"}) == {"flow": "01d"}  # an older file
     assert [r for r in merged["rows"] if r["label"] == "ebt"] == saved["rows"]
     assert len(merged["rows"]) == 2 * len(saved["rows"]) and {s["label"] for s in merged["skipped"]} == {"flow", "ebt"}
     assert "| flow | rtc | 2 |" in (out / "realtime.md").read_text()
