@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                    "regenerate tables, plots and the README section")
     p.add_argument("--publish-dir", default=None, help="publish to this folder instead (implies --publish; the "
                    "README is regenerated only for the default folder)")
+    p.add_argument("--finished-only", action="store_true", help="run nothing: report (and with --publish, "
+                   "publish) the runs that have finished, e.g. a grid stopped part-way; a head whose tuning is "
+                   "unfinished gets no choice and no final artifacts")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     return p
 
@@ -328,9 +331,11 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
                   f"{len(a.seeds)} x {c['steps']} final steps, rows {[v.label for v in _rows(c['variant'], not a.no_warm_rows, plan['final_presets'].get(c['head']))]}")
         return 0
     if execute is None:
-        _prepare(plan, a)
+        if not a.finished_only:
+            _prepare(plan, a)
         execute = subprocess_execute
-    tuned = {s.key: o for s, o in zip(plan["tune"], run_specs(plan["tune"], execute, a.jobs))}
+    run = not a.finished_only
+    tuned = {s.key: o for s, o in zip(plan["tune"], run_specs(plan["tune"], execute, a.jobs, run=run))}
     finals, failed, tunings = [], [o for o in tuned.values() if o.status == "failed"], {}
     for c in plan["cells"]:
         if "reused" in c:  # --tuning-from: the stored choice, with where it came from
@@ -364,7 +369,7 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
         p = Path(a.out) / suite / protocol / "tuning.json"
         atomic_write_json(p, t)
         tuning_files.append(p)
-    final_out = run_specs(finals, execute, a.jobs)
+    final_out = run_specs(finals, execute, a.jobs, run=run)
     failed += [o for o in final_out if o.status == "failed"]
     done = [o for o in final_out if o.result is not None]
     print(f"[compare] final runs: {len(done)} of {n_final} finished; {len(failed)} failed this time")

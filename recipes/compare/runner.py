@@ -42,7 +42,7 @@ class RunFailed(RuntimeError):
 @dataclass
 class Outcome:
     spec: RunSpec
-    status: str  # "skipped" (done before), "done", "failed"
+    status: str  # "skipped" (done before), "done", "failed", "not run" (run_specs(..., run=False))
     result: dict[str, Any] | None = None
     error: str | None = None
     wall_s: float = 0.0
@@ -93,8 +93,9 @@ def _run_one(spec: RunSpec, execute: Execute, log: Callable[[str], None]) -> Out
 
 
 def run_specs(specs: Sequence[RunSpec], execute: Execute = subprocess_execute, jobs: int = 1,
-              log: Callable[[str], None] = print) -> list[Outcome]:
-    """Execute every spec without ``done.json`` (``jobs`` at a time); outcomes in the order of ``specs``."""
+              log: Callable[[str], None] = print, run: bool = True) -> list[Outcome]:
+    """Execute every spec without ``done.json`` (``jobs`` at a time); outcomes in the order of ``specs``.
+    ``run=False`` executes nothing: unfinished specs come back as ``"not run"`` (nothing is recorded)."""
     keys = [s.key for s in specs]
     if len(set(keys)) != len(keys):
         raise ValueError("run_specs: two specs share a run folder")
@@ -105,7 +106,10 @@ def run_specs(specs: Sequence[RunSpec], execute: Execute = subprocess_execute, j
             outcomes[s.key] = Outcome(s, "skipped", result=json.loads((s.run_dir / RESULT).read_text()))
         else:
             todo.append(s)
-    if todo:
+    if todo and not run:
+        log(f"[compare] {len(todo)} run(s) not finished (not run: --finished-only), {len(specs) - len(todo)} done")
+        outcomes.update({s.key: Outcome(s, "not run") for s in todo})
+    elif todo:
         log(f"[compare] {len(todo)} run(s) to do, {len(specs) - len(todo)} already done; {max(1, jobs)} at a time")
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             for o in pool.map(lambda s: _run_one(s, execute, log), todo):

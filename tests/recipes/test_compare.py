@@ -351,6 +351,29 @@ def torch_equal(a, b) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ end to end
+def test_finished_only_runs_nothing_and_publishes_what_has_finished(tmp_path):
+    """A grid stopped part-way: --finished-only executes no run, publishes the finished finals and the
+    tuning, and a head whose tuning did not finish gets no choice; the exit code says the grid is unfinished."""
+    from recipes.compare.cli import main
+
+    common = ["--suite", "reach2d", "--out", str(tmp_path / "out"), "--steps", "20", "--checkpoints", "2",
+              "--tune-steps", "4", "--tune-lr", "1e-4", "1e-3", "--tune-ema", "0.9", "--protocols", "frozen", "--jobs", "2"]
+    fake = FakeTrainer()
+    assert main(common + ["--heads", "ebt", "regression", "--seeds", "0"], execute=fake) == 0
+    fake.calls.clear()
+    pub = tmp_path / "pub"
+    argv = common + ["--heads", "ebt", "regression", "diffusion", "--seeds", "0", "1", "--finished-only",
+                     "--publish-dir", str(pub)]
+    assert main(argv, execute=fake) == 1
+    assert fake.calls == []
+    assert sorted(p.relative_to(pub).as_posix() for p in pub.rglob("*.json")) == [
+        "reach2d/frozen/ebt/seed0.json", "reach2d/frozen/regression/seed0.json", "reach2d/frozen/tuning.json"]
+    heads = json.loads((pub / "reach2d/frozen/tuning.json").read_text())["heads"]
+    assert heads["ebt"]["chosen"]["tuned"] and heads["diffusion"]["chosen"] is None
+    assert {c["status"] for c in heads["diffusion"]["candidates"]} == {"not run"}
+    assert not any((tmp_path / "out/reach2d/frozen/tune/diffusion").rglob("error.json"))
+
+
 @pytest.mark.slow
 def test_compare_command_end_to_end_on_reach2d(tmp_path):
     """The real command: reach2d, ebt + regression, 1 seed, a 1-candidate tuning of 2 steps, 4 steps
