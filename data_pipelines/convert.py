@@ -367,9 +367,9 @@ def _run_ray(tasks: list[tuple], record, address: str | None, workers: int | Non
                 ray.init(address=address, **kw)
             except ConnectionError as e:
                 hint = ("" if os.environ.get("RAY_AUTH_MODE") else
-                        "; a cluster started with `ray start` uses token authentication by default (Ray 2.60): set "
-                        "RAY_AUTH_MODE=token here, with the head's ~/.ray/auth_token copied to this machine (or its "
-                        "content in RAY_AUTH_TOKEN)")
+                        "; a head started where a token exists (~/.ray/auth_token) uses token authentication (Ray "
+                        "2.60): set RAY_AUTH_MODE=token here, with the head's ~/.ray/auth_token copied to this "
+                        "machine (or its content in RAY_AUTH_TOKEN)")
                 raise ConnectionError(f"--address {address}: {e}{hint}") from None
         started = True
     elif address is not None:

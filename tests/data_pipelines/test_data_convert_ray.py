@@ -131,9 +131,8 @@ def _free_port() -> int:
 
 
 def _wait_until_started(head: subprocess.Popen, timeout: float = 240.0) -> str:
-    """The head's output up to its "Ray runtime started" line (it writes the auth token before that).
-    A client started earlier can find no token yet (seen on a loaded machine). Fails with the output
-    if the head exits or does not start in time."""
+    """The head's output up to its "Ray runtime started" line (a client started earlier can find no
+    cluster yet). Fails with the output if the head exits or does not start in time."""
     import queue
     import threading
 
@@ -157,11 +156,18 @@ def _wait_until_started(head: subprocess.Popen, timeout: float = 240.0) -> str:
 @pytest.mark.slow
 def test_ray_cli_on_a_cluster_started_with_ray_start(tmp_path):
     """`ray start --head` on loopback in a subprocess (its own temp dir and ports; stopped by
-    SIGTERM to that process, which stops what it started), then the CLI with --address, connecting
-    as the README says (the head's default token authentication, RAY_AUTH_MODE=token)."""
+    SIGTERM to that process, which stops what it started), then the CLI with --address, as the README
+    says: token created with `ray get-auth-token --generate`, head and driver with RAY_AUTH_MODE=token.
+    HOME is a fresh folder, so neither a token left in ~/.ray nor another test's can change the outcome."""
     src = write_rlds(tmp_path / "src", "jaco_play", [[1, 2], [3], [4]])
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    assert (home / ".ray" / "auth_token").is_file()
     ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     port = _free_port()
     head = subprocess.Popen(
@@ -174,7 +180,7 @@ def test_ray_cli_on_a_cluster_started_with_ray_start(tmp_path):
         _wait_until_started(head)
         r = subprocess.run([sys.executable, "-m", "data_pipelines.convert", "--src", str(src), "--dataset", "jaco_play",
                             "--out", str(tmp_path / "ray"), "--image-size", "16", "--no-progress", "--engine", "ray",
-                            "--address", f"127.0.0.1:{port}"], cwd=ROOT, env={**env, "RAY_AUTH_MODE": "token"},
+                            "--address", f"127.0.0.1:{port}"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "4 episodes" in r.stdout and "3 converted" in r.stdout
