@@ -172,8 +172,9 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
 
 def stored_tunings(paths: Sequence[str]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """``--tuning-from`` files -> {(suite, protocol, head): {"file": path, "tuning": the file's dict,
-    "entry": its head entry}}; ValueError naming the file for an unreadable file, a missing field or a
-    head entry without a complete choice."""
+    "head": head, "entry": its head entry}}; ValueError naming the file for an unreadable file or a
+    missing field. A head entry without a complete choice is refused only where a cell uses it
+    (:func:`check_reusable`)."""
     import json
 
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -186,18 +187,19 @@ def stored_tunings(paths: Sequence[str]) -> dict[tuple[str, str, str], dict[str,
         if missing:
             raise ValueError(f"--tuning-from {path}: missing field(s) {missing} of a tuning.json")
         for head, entry in t["heads"].items():
-            chosen = entry.get("chosen") or {}
-            if not entry.get("complete") or "lr" not in chosen or "ema_decay" not in chosen:
-                raise ValueError(f"--tuning-from {path}: heads.{head} has no complete choice (lr, ema_decay)")
-            out[(t["suite"], t["protocol"], head)] = {"file": str(path), "tuning": t, "entry": entry}
+            out[(t["suite"], t["protocol"], head)] = {"file": str(path), "tuning": t, "head": head, "entry": entry}
     return out
 
 
 def check_reusable(stored: dict[str, Any], *, suite: str, protocol: str, steps: int, tune_steps: int,
                    a: argparse.Namespace) -> None:
     """ValueError naming the file and field where a stored tuning was made under other settings than
-    this run's (final / tuning budget, lr x EMA grid, tuning seed, evaluation seeds or episodes)."""
+    this run's (final / tuning budget, lr x EMA grid, tuning seed, evaluation seeds or episodes), or where
+    its entry has no complete choice (e.g. published by ``--finished-only`` before its tuning finished)."""
     t, f = stored["tuning"], stored["file"]
+    chosen = stored["entry"].get("chosen") or {}
+    if not stored["entry"].get("complete") or "lr" not in chosen or "ema_decay" not in chosen:
+        raise ValueError(f"--tuning-from {f}: heads.{stored['head']} has no complete choice (lr, ema_decay)")
     want = {"steps": steps, "tune_steps": tune_steps,
             "grid": {"lr": list(a.tune_lr), "ema_decay": list(a.tune_ema)},
             "tune_seed": a.tune_seed, "tune_eval_seeds": list(a.tune_eval_seeds),
