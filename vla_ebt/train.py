@@ -67,6 +67,10 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 disables EMA
+    # EMA warm-up: the decay of update n is min(ema_decay, (1 + n) / (10 + n)) (train_backend.ema_decay_at),
+    # so a run shorter than the average's span does not evaluate mostly its initialization. Off by default:
+    # the published comparison grids were trained without it.
+    ema_warmup: bool = False
     log_every: int = 25
     ckpt_every: int = 0  # checkpoint to run_dir/checkpoints every N optimizer steps; 0: never
     ckpt_keep: int = 2  # keep the last K checkpoints
@@ -145,7 +149,7 @@ def train_policy(
     if cfg.max_seconds < 0 or cfg.eval_every < 0:
         raise ValueError(f"optim.max_seconds and optim.eval_every must be >= 0, got {cfg.max_seconds}, {cfg.eval_every}")
     backend = make_backend(policy, cfg, deepspeed_config)
-    ema = backend.make_ema(policy, cfg.ema_decay)
+    ema = backend.make_ema(policy, cfg.ema_decay, cfg.ema_warmup)
     # backend.eval_policy(policy, ema): the weights evaluated, exported and in every checkpoint's policy/
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .normalize import Normalizer
 from .policy import VLAPolicy
@@ -85,15 +85,42 @@ def _adamw(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Ad
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def ema_decay_at(decay: float, n_averaged: int, warmup: bool) -> float:
+    """The decay of the EMA update that follows ``n_averaged`` earlier ones: ``decay``, or with ``warmup``
+    ``min(decay, (1 + n) / (10 + n))``, so that in a run shorter than ~1 / (1 - decay) steps the average
+    does not keep most of the initialization (0.18 at the second update, 0.9 at the 81st)."""
+    return min(decay, (1 + n_averaged) / (10 + n_averaged)) if warmup else decay
+
+
+def ema_multi_avg_fn(decay: float, warmup: bool = False) -> Callable[[list, list, Any], None]:
+    """``multi_avg_fn(ema_tensors, current_tensors, n_averaged)`` for ``AveragedModel``: each EMA tensor
+    moves ``1 - ema_decay_at(decay, n_averaged, warmup)`` of the way to the current one, in place.
+    Raises ValueError for ``decay`` outside [0, 1]."""
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"optim.ema_decay must be in [0, 1], got {decay}")
+
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], n_averaged: Any) -> None:
+        weight = 1.0 - ema_decay_at(decay, int(n_averaged), warmup)
+        if torch.is_floating_point(ema[0]) or torch.is_complex(ema[0]):
+            torch._foreach_lerp_(ema, current, weight)
+        else:  # integer buffers: rounded toward the average by the tensor's own arithmetic
+            for e, c in zip(ema, current, strict=True):
+                e.copy_(e * (1.0 - weight) + c * weight)
+
+    return update
+
+
 class ModuleEMA:
-    """EMA of every parameter and buffer in a full copy of the policy (``torch`` AveragedModel).
+    """EMA of every parameter and buffer in a full copy of the policy (``torch`` AveragedModel), with the
+    update of :func:`ema_multi_avg_fn` (``warmup``: :func:`ema_decay_at`).
 
     ``module`` is the averaged copy (what is evaluated and exported); a checkpoint stores the averaged
     trainable parameters and buffers (``"ema"``) and ``"ema_n_averaged"``.
     """
 
-    def __init__(self, policy: VLAPolicy, decay: float) -> None:
-        self.averaged = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    def __init__(self, policy: VLAPolicy, decay: float, warmup: bool = False) -> None:
+        self.averaged = AveragedModel(policy, multi_avg_fn=ema_multi_avg_fn(decay, warmup), use_buffers=True)
         self.keys = trainable_keys(policy)
 
     @property
@@ -124,8 +151,8 @@ class ShardedEMA:
     ZeRO checkpoints do), the buffers (``"ema_buffers"``) and ``"ema_n_averaged"``.
     """
 
-    def __init__(self, policy: VLAPolicy, decay: float) -> None:
-        self.avg_fn = get_ema_multi_avg_fn(decay)
+    def __init__(self, policy: VLAPolicy, decay: float, warmup: bool = False) -> None:
+        self.avg_fn = ema_multi_avg_fn(decay, warmup)
         self.params = {n: p for n, p in policy.named_parameters() if p.requires_grad}
         for n, p in self.params.items():
             if getattr(p.ds_tensor, "final_location", None) is not None:
@@ -313,9 +340,10 @@ class TrainBackend(ABC):
         """The same decision on every rank: OR over ranks, or rank ``src``'s value."""
         return flag
 
-    def make_ema(self, policy: VLAPolicy, decay: float) -> EMA | None:
-        """The EMA of ``policy``'s weights (None when ``decay`` is 0): a :class:`ModuleEMA` copy."""
-        return ModuleEMA(policy, decay) if decay > 0 else None
+    def make_ema(self, policy: VLAPolicy, decay: float, warmup: bool = False) -> EMA | None:
+        """The EMA of ``policy``'s weights (None when ``decay`` is 0): a :class:`ModuleEMA` copy
+        (``warmup``: :func:`ema_decay_at`)."""
+        return ModuleEMA(policy, decay, warmup) if decay > 0 else None
 
     def eval_policy(self, policy: VLAPolicy, ema: EMA | None) -> VLAPolicy | None:
         """The weights to evaluate and export (the EMA's if on) as a standalone policy; every rank must call
@@ -453,10 +481,10 @@ class DeepSpeedBackend(TrainBackend):
             torch.distributed.broadcast(t, src=src)
         return bool(t.item() > 0)
 
-    def make_ema(self, policy: VLAPolicy, decay: float) -> EMA | None:
+    def make_ema(self, policy: VLAPolicy, decay: float, warmup: bool = False) -> EMA | None:
         if not self.partitions_params or decay <= 0:
-            return super().make_ema(policy, decay)
-        return ShardedEMA(policy, decay)
+            return super().make_ema(policy, decay, warmup)
+        return ShardedEMA(policy, decay, warmup)
 
     def eval_policy(self, policy: VLAPolicy, ema: EMA | None) -> VLAPolicy | None:
         """ZeRO-3: a fresh :class:`VLAPolicy` on rank 0 holding the gathered weights (the EMA's if on), on

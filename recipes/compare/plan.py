@@ -199,8 +199,9 @@ def train_config(base: Any, *, suite: str, head: str, protocol: str, lr: float, 
     ``checkpoints`` evenly spaced checkpoints (all kept, each with a loadable policy/), every step
     logged (metrics.jsonl carries the training seconds the curves use), warmup at most a tenth of
     the run, no evaluation inside finetune.run (the comparison evaluates the checkpoints).
-    ``head_overrides`` change fields of that head's config (a head variant such as ``ebt_eqm``)."""
-    from recipes.studies.head_to_head import _head_config
+    ``head_overrides`` change fields of that head's config (a head variant such as ``ebt_eqm``) and the
+    ``optim.`` fields a variant may change (``optim.ema_warmup``; ``head_to_head.split_overrides``)."""
+    from recipes.studies.head_to_head import _head_config, variant_optim
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {list(PROTOCOLS)}")
@@ -212,6 +213,7 @@ def train_config(base: Any, *, suite: str, head: str, protocol: str, lr: float, 
                                 warmup_steps=min(base.optim.warmup_steps, steps // 10),
                                 ckpt_every=steps // checkpoints, ckpt_keep=checkpoints, log_every=1,
                                 eval_every=0, max_seconds=0.0, tensorboard=False)
+    optim = variant_optim(optim, head_overrides)
     data = dataclasses.replace(base.data, suite=suite)
     if demo_cache is not None:
         data = dataclasses.replace(data, demo_cache=demo_cache)

@@ -66,8 +66,45 @@ def parse_variant(spec: str) -> HeadVariant:
     return HeadVariant(parts[0], parts[1], tuple(sorted(fields.items())))
 
 
+#: training fields a variant may change besides its head's config (``optim.<field>=value``): ones that
+#: leave the data, the budget and the tuned lr / EMA decay as the comparison sets them
+VARIANT_OPTIM_FIELDS = ("ema_warmup",)
+
+
+def split_overrides(overrides: Sequence[tuple[str, Any]]) -> tuple[tuple[tuple[str, Any], ...], dict[str, Any]]:
+    """A variant's ``overrides`` -> (head config fields, optim fields without the ``optim.`` prefix).
+    Raises ValueError for an ``optim.`` field outside :data:`VARIANT_OPTIM_FIELDS` or of the wrong type."""
+    from vla_ebt.train import OptimConfig
+
+    head: list[tuple[str, Any]] = []
+    optim: dict[str, Any] = {}
+    defaults = OptimConfig()
+    for key, value in overrides:
+        if not key.startswith("optim."):
+            head.append((key, value))
+            continue
+        name = key[len("optim."):]
+        if name not in VARIANT_OPTIM_FIELDS:
+            raise ValueError(f"variant field {key!r}: of the training settings a variant may change only "
+                             f"{['optim.' + f for f in VARIANT_OPTIM_FIELDS]} (the comparison sets data, budget, lr "
+                             "and EMA decay for every cell)")
+        expected = type(getattr(defaults, name))
+        if type(value) is not expected:
+            raise ValueError(f"variant field {key!r}: expected a {expected.__name__}, got {value!r}")
+        optim[name] = value
+    return tuple(head), optim
+
+
+def variant_optim(optim_cfg: Any, overrides: Sequence[tuple[str, Any]]) -> Any:
+    """``optim_cfg`` (an OptimConfig) with the variant's ``optim.`` fields applied (see :func:`split_overrides`)."""
+    changed = split_overrides(overrides)[1]
+    return dataclasses.replace(optim_cfg, **changed) if changed else optim_cfg
+
+
 def _head_config(policy_cfg: Any, head: str, overrides: Sequence[tuple[str, Any]]) -> Any:
-    """policy config with ``head`` selected and ``overrides`` applied to that head's config."""
+    """policy config with ``head`` selected and ``overrides`` applied to that head's config (``optim.``
+    fields are checked here and applied by :func:`variant_optim`)."""
+    overrides = split_overrides(overrides)[0]
     policy_cfg = dataclasses.replace(policy_cfg, head=head)
     if not overrides:
         return policy_cfg
@@ -93,7 +130,7 @@ def train_head(base_cfg: Any, suite: str, head: str, steps: int, run_dir: Path, 
                 "policy_dir": str(run_dir / "policy")}
     from recipes.finetune import run
 
-    optim = dataclasses.replace(base_cfg.optim, steps=int(steps))
+    optim = variant_optim(dataclasses.replace(base_cfg.optim, steps=int(steps)), overrides)
     if max_seconds > 0:
         optim = dataclasses.replace(optim, max_seconds=float(max_seconds))
     cfg = dataclasses.replace(

@@ -464,6 +464,30 @@ def test_head_variant_is_its_own_cell_trained_with_the_changed_config(tmp_path):
             main([*argv[:4], "--variants", *bad, *argv[6:]], execute=fake)
 
 
+def test_variant_may_turn_on_ema_warmup_and_nothing_else_of_training(tmp_path):
+    """--variants NAME:HEAD:optim.ema_warmup=true: the cell trains with the EMA warm-up (the plain head's
+    cell without it); other optim fields and a value of the wrong type are refused with the field named."""
+    from recipes.compare.cli import main
+
+    fake = FakeTrainer()
+    argv = ["--suite", "reach2d", "--heads", "diffusion", "--variants", "ddim_ewu:diffusion:optim.ema_warmup=true",
+            "--seeds", "0", "--out", str(tmp_path), "--steps", "20", "--checkpoints", "2", "--tune-steps", "4",
+            "--tune-lr", "1e-3", "--tune-ema", "0.9", "--protocols", "frozen", "--jobs", "1", "--no-warm-rows"]
+    assert main(argv, execute=fake) == 0
+    cells = tmp_path / "reach2d/frozen"
+    for stage in ("tune", "final"):
+        warm = json.loads(next((cells / stage / "ddim_ewu").rglob("spec.json")).read_text())
+        plain = json.loads(next((cells / stage / "diffusion").rglob("spec.json")).read_text())
+        assert warm["config"]["optim"]["ema_warmup"] is True and plain["config"]["optim"]["ema_warmup"] is False
+        assert warm["config"]["policy"] == plain["config"]["policy"]
+        assert {k: v for k, v in warm["config"]["optim"].items() if k != "ema_warmup"} == \
+            {k: v for k, v in plain["config"]["optim"].items() if k != "ema_warmup"}
+    for bad, msg in (("x:diffusion:optim.lr=0.1", r"variant field 'optim.lr': .*only \['optim.ema_warmup'\]"),
+                     ("x:diffusion:optim.ema_warmup=1", "variant field 'optim.ema_warmup': expected a bool, got 1")):
+        with pytest.raises(SystemExit, match=msg):
+            main([*argv[:4], "--variants", bad, *argv[6:]], execute=fake)
+
+
 def test_heads_flag_alone_runs_only_the_variant_cells(tmp_path):
     """``--heads`` with no name: the --variants cells alone (their head's recipe is the base); with no
     variant either, an error says there is nothing to compare."""
