@@ -282,11 +282,34 @@ def dynamic_compute_summary(data: dict[str, Any], link: str) -> list[str]:
 
 
 #: study name (the json's stem) -> renderer(data, link to the study's .md) -> markdown lines
+# ------------------------------------------------------------------------------------------ reproduction
+def reproduction_summary(data: dict[str, Any], link: str) -> list[str]:
+    """Per head: how far a re-run of the published final runs landed from them (primary row)."""
+    _schema(data, "vla_ebt.reproduction/")
+    meta = field(data, "meta", "", (dict,))
+    commit = _short(field(meta, "git_commit", "meta", (str,)))
+    lines = [f"**Reproduction** ([{Path(link).name}]({link}); re-run at git {commit}): the published final runs "
+             "trained and evaluated again from their recipe, tuning, training seeds and evaluation seeds; per head, "
+             "the largest difference over its seeds.", "",
+             "| head | row | seeds | final success | AUC | same final-episode outcome (lowest share) | final loss (relative) |",
+             "|---|---|---|---|---|---|---|"]
+    for w, r in _items(data, "summary"):
+        seeds = field(r, "seeds", w, (list,))
+        loss = _num(r, "max_final_loss_rel_diff", w)
+        cells = [_num(r, k, w) for k in ("max_abs_final_diff", "max_abs_auc_diff", "min_outcome_agreement")]
+        lines.append(f"| {field(r, 'head', w, (str,))} | {field(r, 'row', w, (str,), null=True) or '-'} | "
+                     f"{', '.join(map(str, seeds))} | "
+                     + " | ".join("-" if c is None else f"{c:.2f}" for c in cells)
+                     + f" | {'-' if loss is None else f'{loss:.1e}'} |")
+    return lines
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "realtime": realtime_summary,
     "recovery": recovery_summary,
     "uncertainty": uncertainty_summary,
     "dynamic_compute": dynamic_compute_summary,
+    "reproduction": reproduction_summary,
 }
 
 

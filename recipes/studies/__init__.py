@@ -14,6 +14,8 @@
   execution strategy x inference delay.
 - ``python -m recipes.studies.language``        success on held-out paraphrases (and held-out tasks where
   the suite has them).
+- ``python -m recipes.studies.reproduction``    a comparison grid's final runs trained again from the
+  published recipe, tuning and seeds, against the published artifacts run by run.
 
 Uncertainty, recovery, realtime and dynamic compute run the comparison protocol's policies (several training seeds per
 head, ``--policies LABEL=DIR,...`` or ``--compare OUT``) and pool the seeds with bootstrap intervals:
