@@ -34,13 +34,16 @@ import numpy as np
 from .contracts import Displacement, DisplaceableEnv, PerturbableSuite
 
 __all__ = ["ImageNoise", "ImageShift", "ActionBurst", "DisplaceObject", "ForceGripperOpen", "PerturbedSuite",
-           "make_perturbation", "PERTURBATIONS"]
+           "make_perturbation", "onset_step", "PERTURBATIONS"]
 
 
 class _Seeded(gym.Wrapper):
-    """Keeps an RNG re-seeded from each reset's seed (+ a per-wrapper salt) and a step counter."""
+    """Keeps an RNG re-seeded from each reset's seed (+ a per-wrapper salt) and a step counter.
+    ``onset_arg``: the constructor argument holding the env step at which it first acts (None: from
+    the reset on, as an observation shift)."""
 
     salt = 0
+    onset_arg: str | None = None
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
@@ -103,6 +106,7 @@ class ActionBurst(_Seeded):
     """Steps [start, start + length): the executed action is uniform in the env's action box."""
 
     salt = 23
+    onset_arg = "start"
 
     def __init__(self, env: gym.Env, start: int = 10, length: int = 8) -> None:
         super().__init__(env)
@@ -121,6 +125,7 @@ class DisplaceObject(_Seeded):
     :class:`~eval.sim.contracts.DisplaceableEnv`); ``displacement`` holds what it returned."""
 
     salt = 37
+    onset_arg = "at"
 
     def __init__(self, env: gym.Env, at: int = 10, scale: float | None = None) -> None:
         super().__init__(env)
@@ -150,6 +155,7 @@ class ForceGripperOpen(_Seeded):
     """Steps [start, start + length): action[dim] = value (the gripper is forced open)."""
 
     salt = 41
+    onset_arg = "start"
 
     def __init__(self, env: gym.Env, start: int = 30, length: int = 10, dim: int = 3, value: float = -1.0) -> None:
         super().__init__(env)
@@ -175,11 +181,7 @@ PERTURBATIONS: dict[str, type[gym.Wrapper]] = {
 }
 
 
-def make_perturbation(spec: str) -> Callable[[gym.Env], gym.Env]:
-    """``"name"`` or ``"name:key=value,key=value"`` -> env wrapper factory (numbers parsed as float/int).
-
-    Names: ``noise`` (sigma), ``shift`` (dy, dx), ``burst`` (start, length), ``displace`` (at, scale),
-    ``gripper_open`` (start, length, dim, value)."""
+def _parse(spec: str) -> tuple[type[gym.Wrapper], dict[str, Any]]:
     name, _, args = spec.partition(":")
     if name not in PERTURBATIONS:
         raise ValueError(f"unknown perturbation {name!r} in {spec!r}; known: {sorted(PERTURBATIONS)}")
@@ -189,8 +191,28 @@ def make_perturbation(spec: str) -> Callable[[gym.Env], gym.Env]:
         if not eq:
             raise ValueError(f"perturbation {spec!r}: expected key=value, got {part!r}")
         kw[k.strip()] = float(v) if any(c in v for c in ".eE") else int(v)
-    cls = PERTURBATIONS[name]
+    return PERTURBATIONS[name], kw
+
+
+def make_perturbation(spec: str) -> Callable[[gym.Env], gym.Env]:
+    """``"name"`` or ``"name:key=value,key=value"`` -> env wrapper factory (numbers parsed as float/int).
+
+    Names: ``noise`` (sigma), ``shift`` (dy, dx), ``burst`` (start, length), ``displace`` (at, scale),
+    ``gripper_open`` (start, length, dim, value)."""
+    cls, kw = _parse(spec)
     return lambda env: cls(env, **kw)
+
+
+def onset_step(spec: str) -> int:
+    """The env step at which the perturbation ``spec`` first acts (its ``onset_arg``, given or the
+    constructor's default); 0 for one that acts from the reset on. ValueError for a bad spec."""
+    import inspect
+
+    cls, kw = _parse(spec)
+    arg = getattr(cls, "onset_arg", None)
+    if arg is None:
+        return 0
+    return int(kw.get(arg, inspect.signature(cls.__init__).parameters[arg].default))
 
 
 class PerturbedSuite:

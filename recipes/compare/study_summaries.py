@@ -191,10 +191,17 @@ def recovery_summary(data: dict[str, Any], link: str) -> list[str]:
             clean[label] = _ci(r, w, _SUCCESS)
             continue
         perts += [cond] if cond not in perts else []
-        ratios.setdefault(label, {})[cond] = _ci(r, w, ("recovery", "recovery_lo", "recovery_hi"),
-                                                 undefined="n/a (no clean success)")
+        cell = _ci(r, w, ("recovery", "recovery_lo", "recovery_hi"), undefined="n/a (no clean success)")
+        if "reached" in r:  # recovery/3: the ratio over the episodes still running at the onset
+            n = field(r, "reached", w, (int,))
+            cell += f"; reached {n}: " + (_ci(r, w, ("recovery_reached", "recovery_reached_lo", "recovery_reached_hi"),
+                                              undefined="n/a") if n else "none")
+        ratios.setdefault(label, {})[cond] = cell
+    reached = any("reached" in r for _, r in _items(data, "rows"))
     lines = [_intro("Recovery", data, link, "clean success and, per injected failure, the recovery ratio (success "
-                    "under it / clean success, the ratio of the pooled means) [95% CI]."), "",
+                    "under it / clean success, the ratio of the pooled means) [95% CI]" + (
+                        " over all episodes and over the N episodes it reached (still running at its onset step; "
+                        "one that ended before was never perturbed)." if reached else ".")), "",
              "| head | clean success | " + " | ".join(perts) + " |", "|---|---|" + "---|" * len(perts)]
     for label in dict.fromkeys([*clean, *ratios]):
         lines.append(f"| {label} | {clean.get(label, '-')} | "

@@ -26,7 +26,10 @@ x episodes, and the **recovery ratio** = success under the perturbation / clean 
 interval: clean and perturbed ran the same episodes, so each bootstrap replicate draws the seeds and
 then the episodes within task once for both and takes the ratio of the two means
 (``recipes.studies.protocol_policies.ratio_estimate``; replicates with no clean success are left out
-and counted). Episodes are cached per policy and condition under ``OUT/episodes/`` (a rerun with the
+and counted). Beside it, the ratio over the episode pairs the perturbation **reached** (clean and
+perturbed episode both still running at its onset step, ``eval.sim.perturb.onset_step``): episodes
+that end on success before the onset were never perturbed and pull the all-episode ratio toward 1.
+Episodes are cached per policy and condition under ``OUT/episodes/`` (a rerun with the
 same settings reuses them; labels can run in separate processes sharing ``--out``). Writes
 ``recovery.json`` (configuration, policies with their training seeds, eval seeds, git commit, rows),
 ``recovery.md`` (generated from it) and ``recovery.png``; ``--publish`` copies them beside the
@@ -43,7 +46,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from eval.sim.perturb import PerturbedSuite, make_perturbation
+from eval.sim.perturb import PerturbedSuite, make_perturbation, onset_step
 from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import load_policy, predict_overrides, pyplot, save_figure
@@ -54,7 +57,7 @@ from .protocol_policies import (write_study_outputs, add_policy_arguments, add_p
 __all__ = ["SCHEMA", "CLEAN", "DEFAULT_PERTURBATIONS", "default_perturbations", "run_condition", "analyse",
            "run_recovery", "render_markdown", "plot", "build_parser", "main"]
 
-SCHEMA = "vla_ebt.recovery/2"
+SCHEMA = "vla_ebt.recovery/3"  # /3: rows add the ratio over the reached episodes
 CLEAN = "none"
 DEFAULT_PERTURBATIONS = ("burst:start=4,length=6", "displace:at=8")
 #: extra default perturbations of a suite
@@ -102,8 +105,27 @@ def analyse(labels: dict[str, dict[str, Any]], tasks: Sequence[str], perturbatio
                 r = ratio_estimate(clean, eps, tasks, n_boot)
                 row.update({"recovery": r["value"], "recovery_lo": r["lo"], "recovery_hi": r["hi"],
                             "recovery_undefined_replicates": r["undefined_replicates"]})
+                row.update(_reached_ratio(clean, eps, tasks, onset_step(cond), n_boot))
             rows.append(row)
     return rows
+
+
+def _reached_ratio(clean: Sequence[Sequence[dict[str, Any]]], perturbed: Sequence[Sequence[dict[str, Any]]],
+                   tasks: Sequence[str], onset: int, n_boot: int) -> dict[str, Any]:
+    """The recovery ratio over the episode pairs the perturbation reached: both the clean and the
+    perturbed episode still running at step ``onset`` (an episode that ended before it, e.g. on an early
+    success, was never perturbed, and counting it pulls the ratio toward 1). Both lengths are decided
+    before the onset, so the selection does not look at the perturbation's effect."""
+    kept_c, kept_p = [], []
+    for c, p in zip(clean, perturbed):
+        pairs = [(a, b) for a, b in zip(c, p) if int(a["length"]) > onset and int(b["length"]) > onset]
+        kept_c.append([a for a, _ in pairs])
+        kept_p.append([b for _, b in pairs])
+    r = ratio_estimate(kept_c, kept_p, tasks, n_boot)
+    return {"onset": int(onset), "reached": int(sum(len(x) for x in kept_c)),
+            "reached_clean_success": (float(np.mean([np.mean([bool(e["success"]) and not e.get("error") for e in x])
+                                                     for x in kept_c if x])) if any(kept_c) else None),
+            "recovery_reached": r["value"], "recovery_reached_lo": r["lo"], "recovery_reached_hi": r["hi"]}
 
 
 def run_recovery(policies: dict[str, Sequence[str] | str], suite: Any, tasks: Sequence[str],
@@ -193,14 +215,22 @@ def render_markdown(result: dict[str, Any]) -> str:
         cs = p.get("compare_success")
         lines.append(f"| {label} | {p['head']} | {p['preset'] or '-'}: {knobs} | "
                      f"{', '.join(str(s.get('train_seed')) for s in p['seeds'])} | {'-' if cs is None else f'{cs:.2f}'} |")
-    lines += ["", "| label | perturbation | success | per seed | recovery (perturbed / clean) | episodes (errors) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "Reached: the episode pairs (clean, perturbed) both still running at the perturbation's onset step; "
+              "an episode that ended before it was never perturbed. Its clean success is that of those pairs.", "",
+              "| label | perturbation | success | per seed | recovery (perturbed / clean) | onset step: reached "
+              "episodes, their clean success | recovery of the reached | episodes (errors) |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         per = ", ".join("-" if x is None else f"{x:.2f}" for x in r["per_seed"])
         rec = "-" if r["perturbation"] == CLEAN else estimate_cell(
             {"value": r.get("recovery"), "lo": r.get("recovery_lo"), "hi": r.get("recovery_hi")})
+        reached = "-" if "reached" not in r else (
+            f"{r['onset']}: {r['reached']}, " + ("-" if r["reached_clean_success"] is None else f"{r['reached_clean_success']:.2f}"))
+        rec_r = "-" if "reached" not in r else estimate_cell(
+            {"value": r["recovery_reached"], "lo": r["recovery_reached_lo"], "hi": r["recovery_reached_hi"]})
         succ = estimate_cell({"value": r["success"], "lo": r["ci_low"], "hi": r["ci_high"]})
-        lines.append(f"| {r['label']} | {r['perturbation']} | {succ} | {per} | {rec} | {r['episodes']} ({r['errors']}) |")
+        lines.append(f"| {r['label']} | {r['perturbation']} | {succ} | {per} | {rec} | {reached} | {rec_r} | "
+                     f"{r['episodes']} ({r['errors']}) |")
     return "\n".join(lines) + "\n"
 
 

@@ -190,6 +190,41 @@ def test_realtime_pools_two_training_seeds_warm_start_off_and_resumes(tmp_path, 
     assert "; flow from git feedc0de (merged)" in summary
 
 
+def test_recovery_over_reached_episodes_leaves_out_the_pairs_that_ended_before_the_onset():
+    """Episodes that end (on success) before the perturbation's onset step were never perturbed: the
+    all-episode ratio counts them, the reached ratio only the pairs still running at the onset."""
+    # clean: 2 short successes (length 3) + 2 long successes; perturbed: the short ones the same, the
+    # long ones: one fails -> all-episode ratio 3/4, reached (length > 5) ratio 1/2
+    clean = [_eps([1, 1, 1, 1], length=[3, 3, 20, 20])]
+    pert = [_eps([1, 1, 1, 0], length=[3, 3, 20, 60])]
+    rows = recovery.analyse({"x": {"head": "ebt", "seeds": [{"none": clean[0], "burst:start=5,length=4": pert[0]}]}},
+                            ["a"], ["burst:start=5,length=4"], n_boot=200)
+    row = rows[1]
+    assert row["recovery"] == pytest.approx(0.75) and row["onset"] == 5 and row["reached"] == 2
+    assert row["recovery_reached"] == pytest.approx(0.5) and row["reached_clean_success"] == 1.0
+    assert row["recovery_reached_lo"] <= 0.5 <= row["recovery_reached_hi"]
+    # a perturbation from the reset on (onset 0) reaches every episode
+    rows = recovery.analyse({"x": {"head": "ebt", "seeds": [{"none": clean[0], "noise:sigma=5": pert[0]}]}},
+                            ["a"], ["noise:sigma=5"], n_boot=50)
+    assert rows[1]["reached"] == 4 and rows[1]["recovery_reached"] == pytest.approx(rows[1]["recovery"])
+    # none reached: undefined, said so
+    rows = recovery.analyse({"x": {"head": "ebt", "seeds": [{"none": clean[0], "displace:at=90": pert[0]}]}},
+                            ["a"], ["displace:at=90"], n_boot=50)
+    assert rows[1]["reached"] == 0 and rows[1]["recovery_reached"] is None and rows[1]["reached_clean_success"] is None
+    md = recovery.render_markdown({"meta": {"git_commit": "x", "tasks": ["a"], "eval_seeds": [0], "episodes_per_task": 4,
+                                            "n_boot": 50}, "policies": {}, "rows": rows})
+    assert "| 90: 0, - | - |" in md
+
+
+def test_onset_step_of_each_perturbation():
+    from eval.sim.perturb import onset_step
+
+    assert [onset_step(s) for s in ("burst:start=4,length=6", "displace:at=14,scale=0.5", "gripper_open:start=30")] == [4, 14, 30]
+    assert onset_step("burst") == 10 and onset_step("noise:sigma=25") == 0 and onset_step("shift:dy=6,dx=6") == 0
+    with pytest.raises(ValueError, match="unknown perturbation 'bump'"):
+        onset_step("bump:at=3")
+
+
 def test_recovery_on_a_compare_grid_pools_two_training_seeds_and_resumes(tmp_path, monkeypatch):
     grid, dirs = _grid(tmp_path, real=True, outcomes={0: {"reach_red": [1, 0, 1]}, 1: {"reach_red": [0, 0, 1]}})
     args = ["--compare", str(grid), "--suite", "reach2d", "--protocol", "frozen", "--episodes", "2",
@@ -221,3 +256,4 @@ def test_recovery_on_a_compare_grid_pools_two_training_seeds_and_resumes(tmp_pat
 
     summary = "\n".join(render_study(pub / "recovery.json", "recovery.md", ("reach2d", "frozen")))
     assert "| head | clean success | burst:start=1,length=4 |" in summary and "| ebt | " in summary
+    assert f"; reached {burst['reached']}: " in summary and burst["onset"] == 1
