@@ -68,8 +68,9 @@ class OptimConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 disables EMA
     # EMA warm-up: the decay of update n is min(ema_decay, (1 + n) / (10 + n)) (train_backend.ema_decay_at),
-    # so a run shorter than the average's span does not evaluate mostly its initialization. Off by default:
-    # the published comparison grids were trained without it.
+    # so a run shorter than the average's span does not evaluate mostly its initialization (the cap is below
+    # 0.99 for the first 890 updates, so there it, not ema_decay, sets the average). Off by default: the
+    # published comparison grids were trained without it.
     ema_warmup: bool = False
     log_every: int = 25
     ckpt_every: int = 0  # checkpoint to run_dir/checkpoints every N optimizer steps; 0: never

@@ -22,6 +22,8 @@ def test_warmup_decay_rises_from_small_to_the_configured_decay() -> None:
     assert got == pytest.approx([2 / 11, 0.9, 0.999])
     assert all(a < b for a, b in zip(got, got[1:]))
     assert ema_decay_at(0.5, 100, warmup=True) == 0.5  # never above the configured decay
+    # the cap stays below 0.99 for the first 890 updates: there 0.99 and 0.999 average alike
+    assert ema_decay_at(0.999, 889, True) == ema_decay_at(0.99, 889, True) < 0.99 == ema_decay_at(0.99, 890, True)
 
 
 def _walk(update_fn, steps: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
