@@ -101,7 +101,8 @@ def ema_multi_avg_fn(decay: float, warmup: bool = False) -> Callable[[list, list
 
     @torch.no_grad()
     def update(ema: list[torch.Tensor], current: list[torch.Tensor], n_averaged: Any) -> None:
-        weight = 1.0 - ema_decay_at(decay, int(n_averaged), warmup)
+        # int(n_averaged) reads a device tensor (a sync on GPU): only the warm-up needs it
+        weight = 1.0 - (ema_decay_at(decay, int(n_averaged), True) if warmup else decay)
         if torch.is_floating_point(ema[0]) or torch.is_complex(ema[0]):
             torch._foreach_lerp_(ema, current, weight)
         else:  # integer buffers: rounded toward the average by the tensor's own arithmetic

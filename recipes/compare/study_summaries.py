@@ -288,7 +288,6 @@ def dynamic_compute_summary(data: dict[str, Any], link: str) -> list[str]:
     return lines
 
 
-#: study name (the json's stem) -> renderer(data, link to the study's .md) -> markdown lines
 # ------------------------------------------------------------------------------------------ reproduction
 def reproduction_summary(data: dict[str, Any], link: str) -> list[str]:
     """Per head: how far a re-run of the published final runs landed from them (primary row)."""
@@ -311,6 +310,7 @@ def reproduction_summary(data: dict[str, Any], link: str) -> list[str]:
     return lines
 
 
+#: study name (the json's stem) -> renderer(data, link to the study's .md) -> markdown lines
 RENDERERS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "realtime": realtime_summary,
     "recovery": recovery_summary,

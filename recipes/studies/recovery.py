@@ -51,7 +51,7 @@ from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import load_policy, predict_overrides, pyplot, save_figure
 from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
-                                compare_success, estimate_cell, policy_settings, publish_destination, publish_study,
+                                compare_success, episode_arrays, estimate_cell, policy_settings, publish_destination, publish_study,
                                 ratio_estimate, resolve_policy_arguments, run_info, seed_tag, slug, success_estimate)
 
 __all__ = ["SCHEMA", "CLEAN", "DEFAULT_PERTURBATIONS", "default_perturbations", "run_condition", "analyse",
@@ -123,8 +123,8 @@ def _reached_ratio(clean: Sequence[Sequence[dict[str, Any]]], perturbed: Sequenc
         kept_p.append([b for _, b in pairs])
     r = ratio_estimate(kept_c, kept_p, tasks, n_boot)
     return {"onset": int(onset), "reached": int(sum(len(x) for x in kept_c)),
-            "reached_clean_success": (float(np.mean([np.mean([bool(e["success"]) and not e.get("error") for e in x])
-                                                     for x in kept_c if x])) if any(kept_c) else None),
+            "reached_clean_success": (float(np.mean([episode_arrays(x, "success", tasks)[0].mean() for x in kept_c if x]))
+                                      if any(kept_c) else None),
             "recovery_reached": r["value"], "recovery_reached_lo": r["lo"], "recovery_reached_hi": r["hi"]}
 
 

@@ -112,6 +112,11 @@ def compare_pair(rerun: dict[str, Any], pub: dict[str, Any], where: str = "") ->
             "final_loss_rel_diff": (abs(ln - lp) / abs(lp)) if lp and ln is not None else None, "rows": rows}
 
 
+def _primary(pair: dict[str, Any]) -> dict[str, Any] | None:
+    """A pair's primary row: its first row without warm start (None if it has none)."""
+    return next((r for r in pair["rows"] if not r["warm_start"]), None)
+
+
 def analyse(pairs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per head (its primary row: the first row without warm start): the largest |final success
     difference|, |AUC difference| and final-loss relative difference, the lowest outcome agreement."""
@@ -120,8 +125,7 @@ def analyse(pairs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         by_head.setdefault(p["head"], []).append(p)
     out = []
     for head, ps in by_head.items():
-        prim = [next((r for r in p["rows"] if not r["warm_start"]), None) for p in ps]
-        prim = [r for r in prim if r is not None]
+        prim = [r for r in map(_primary, ps) if r is not None]
         agree = [r["outcome_agreement"] for r in prim if r["outcome_agreement"] is not None]
         losses = [p["final_loss_rel_diff"] for p in ps if p["final_loss_rel_diff"] is not None]
         out.append({"head": head, "row": prim[0]["label"] if prim else None,
@@ -148,7 +152,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     for s in result["summary"]:
         lines.append(f"| {s['head']} | {s['row'] or '-'} | {', '.join(map(str, s['seeds']))} | "
                      f"{_f(s['max_abs_final_diff'])} | {_f(s['max_abs_auc_diff'])} | {_f(s['min_outcome_agreement'])} | "
-                     f"{_f(s['max_final_loss_rel_diff'], 5) if s['max_final_loss_rel_diff'] is not None else '-'} |")
+                     f"{_f(s['max_final_loss_rel_diff'], 5)} |")
     lines += ["", "Per run and row (success at each checkpoint, published -> re-run):", "",
               "| head | seed | row | success per checkpoint | final | AUC | same outcome (episodes) |",
               "|---|---|---|---|---|---|---|"]
@@ -169,8 +173,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for ax, key, title in ((axes[0], "final", "final success"), (axes[1], "auc", "learning-curve AUC")):
         for head in dict.fromkeys(p["head"] for p in result["pairs"]):
-            pts = [next((r for r in p["rows"] if not r["warm_start"]), None) for p in result["pairs"] if p["head"] == head]
-            pts = [r for r in pts if r is not None]
+            pts = [r for r in (_primary(p) for p in result["pairs"] if p["head"] == head) if r is not None]
             ax.scatter([r[f"{key}_published"] for r in pts], [r[f"{key}_rerun"] for r in pts], label=head)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
         ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="published", ylabel="re-run", title=title)
