@@ -42,7 +42,8 @@ def _tuning_lines(path: Path) -> list[str]:
         cands = "; ".join(f"{c['lr']:g}, {c['ema_decay']:g}: {c['success']:.2f}" if c.get("success") is not None
                           else f"{c['lr']:g}, {c['ema_decay']:g}: {c['status']}" for c in h["candidates"])
         ch = h["chosen"]
-        chosen = "-" if ch is None else f"{ch['lr']:g}, {ch['ema_decay']:g}" + ("" if ch.get("tuned", True) else " (recipe, not tuned)")
+        untuned = " (fixed by --fixed-hparams, not tuned)" if ch and ch.get("fixed") else " (recipe, not tuned)"
+        chosen = "-" if ch is None else f"{ch['lr']:g}, {ch['ema_decay']:g}" + ("" if ch.get("tuned", True) else untuned)
         if h.get("tune_preset"):
             chosen += f" (tuned by {h['tune_preset']})"
         if h.get("reused_from"):  # --tuning-from: the candidates ran in an earlier grid

@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-presets", nargs="+", default=[], metavar="HEAD=PRESET",
                    help="tune HEAD by this preset instead of its first, e.g. diffusion=ddim-10 with "
                         "--final-presets diffusion=ddim-10, so that it is chosen by the rows it is scored by")
+    p.add_argument("--fixed-hparams", nargs="+", default=[], metavar="HEAD=LR,EMA",
+                   help="train HEAD (a head or a --variants name) at this lr and EMA decay without tuning it, "
+                        "e.g. an ablation at another cell's choice; its tuning.json entry and table row say "
+                        "'untuned'")
     p.add_argument("--tuning-from", nargs="+", default=[], metavar="TUNING.json",
                    help="reuse the choices of a stored tuning.json (e.g. a published one) for the cells it covers "
                         "instead of re-running their tuning; its budget, grid and tuning seeds must match this run's")
@@ -123,7 +127,8 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
     commit = git_commit()
     plan: dict[str, Any] = {"tune": [], "cells": [], "bases": {}, "seed_plans": {}, "commit": commit,
                             "final_presets": final_presets(a.final_presets, cells_heads),
-                            "tune_presets": tune_presets(a.tune_presets, cells_heads)}
+                            "tune_presets": tune_presets(a.tune_presets, cells_heads),
+                            "fixed": fixed_hparams(a.fixed_hparams, cells_heads)}
     reused = stored_tunings(a.tuning_from)
     for suite in a.suite:
         base = _base_recipe(suite, a, [v.head for v in cells_heads])  # a variants-only run: its first variant's head
@@ -145,6 +150,9 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
                 grid = [(lr, ema) for lr in a.tune_lr for ema in a.tune_ema] if tune_steps > 0 else []
                 tp = plan["tune_presets"].get(head, "")
                 stored = reused.get((suite, protocol, head))
+                if head in plan["fixed"]:
+                    cell["fixed"] = plan["fixed"][head]
+                    grid, stored = [], None
                 if stored is not None and grid and stored["entry"].get("tune_preset", "") != tp:
                     print(f"[compare] {suite}/{protocol}/{head}: {stored['file']} was tuned under preset "
                           f"{stored['entry'].get('tune_preset') or 'first'!r}, this run tunes by {tp or 'first'!r}: tuned again")
@@ -168,6 +176,29 @@ def build_plan(a: argparse.Namespace) -> dict[str, Any]:
                     plan["tune"].append(spec)
                 plan["cells"].append(cell)
     return plan
+
+
+def fixed_hparams(items: Sequence[str], cells_heads: Sequence[HeadVariant]) -> dict[str, tuple[float, float]]:
+    """``--fixed-hparams HEAD=LR,EMA`` items -> {cell name: (lr, ema_decay)}; ValueError naming the item
+    for an unknown cell, a repeated one, or values that are not an lr > 0 and an EMA decay in [0, 1)."""
+    names = {v.name for v in cells_heads}
+    out: dict[str, tuple[float, float]] = {}
+    for item in items:
+        name, _, rest = item.partition("=")
+        parts = rest.split(",")
+        if name not in names:
+            raise ValueError(f"--fixed-hparams {item!r}: {name!r} is not a cell of this run (cells: {sorted(names)})")
+        if name in out:
+            raise ValueError(f"--fixed-hparams {item!r}: {name!r} is given twice")
+        try:
+            lr, ema = (float(x) for x in parts) if len(parts) == 2 else (None, None)
+        except ValueError:
+            lr = ema = None
+        if lr is None or ema is None or not lr > 0 or not 0 <= ema < 1:
+            raise ValueError(f"--fixed-hparams {item!r}: expected HEAD=LR,EMA with LR > 0 and 0 <= EMA < 1, "
+                             "e.g. diffusion=1e-3,0.99")
+        out[name] = (lr, ema)
+    return out
 
 
 def stored_tunings(paths: Sequence[str]) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -328,6 +359,7 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
     if a.dry_run:
         for c in plan["cells"]:
             tuning = (f"tuning reused from {c['reused']['file']}" if "reused" in c
+                      else f"untuned: fixed lr {c['fixed'][0]:g}, EMA {c['fixed'][1]:g}" if "fixed" in c
                       else f"{len(c['tune'])} x {c['tune_steps']} tuning steps")
             print(f"  {c['suite']}/{c['protocol']}/{c['head']}: {tuning}, "
                   f"{len(a.seeds)} x {c['steps']} final steps, rows {[v.label for v in _rows(c['variant'], not a.no_warm_rows, plan['final_presets'].get(c['head']))]}")
@@ -350,6 +382,8 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
         base = plan["bases"][c["suite"]]
         if "reused" in c:
             hp = {**sel["chosen"], "tuned": True}
+        elif "fixed" in c:  # --fixed-hparams: no tuning, the given settings
+            hp = {"lr": c["fixed"][0], "ema_decay": c["fixed"][1], "tuned": False, "fixed": True}
         elif not c["tune"]:  # --tune-steps 0: the recipe's settings for every head
             hp = {"lr": base.optim.lr, "ema_decay": base.optim.ema_decay, "tuned": False}
         else:

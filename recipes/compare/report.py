@@ -37,6 +37,7 @@ class Cell:
     eval_cpu_seconds: float | None = None  # the evaluation part of cpu_seconds (None: not split in an artifact)
     tasks: tuple[str, ...] = ()
     hparams: list[tuple[float, float]] = field(default_factory=list)
+    tuned: bool = True  # False where a run trained at settings it was not tuned for (--fixed-hparams, no tuning)
     episodes: int = 0  # per seed (tasks x eval seeds x episodes) at the final checkpoint
     curve_episodes: int = 0  # per seed at every checkpoint (the learning curve's AUC)
     load: tuple[float, int] | None = None  # highest 1-min load average seen after an evaluation, cores
@@ -124,6 +125,7 @@ def _cell(suite: str, protocol: str, head: str, label: str, runs: list[dict[str,
                           if all(r.get("eval_cpu_seconds") is not None for r in runs) else None),
         tasks=tuple(tasks),
         hparams=sorted({(r["hparams"]["lr"], r["hparams"]["ema_decay"]) for r in runs}),
+        tuned=all(r["hparams"].get("tuned", True) for r in runs),
         episodes=int(final_outcomes[0].shape[0]), curve_episodes=int(curves[0].shape[1]),
         load=max(((r["cost"]["load_avg_1min"], r["cost"].get("cpu_count") or 0) for r in runs
                   if r["cost"].get("load_avg_1min") is not None), default=None),
@@ -168,7 +170,7 @@ def table(cells: Sequence[Cell]) -> str:
              "forward equiv. / chunk | head ms | policy ms | train samples/s | train s | lr, EMA |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
-        hp = "; ".join(f"{lr:g}, {ema:g}" for lr, ema in c.hparams)
+        hp = "; ".join(f"{lr:g}, {ema:g}" for lr, ema in c.hparams) + ("" if c.tuned else " (untuned)")
         lines.append(f"| {c.label} | {len(c.seeds)} x {c.episodes} | {c.final.fmt()} | {c.auc.fmt()} | "
                      f"{_f(c.cost['forward_equiv'])} ({_f(c.cost['nfe'])} nfe) | {_f(c.cost['head_ms'])} | "
                      f"{_f(c.cost['policy_ms'])} | {_f(c.train_samples_per_s)} | {_f(c.train_seconds, 0)} | {hp} |")

@@ -718,6 +718,47 @@ def test_tuning_from_a_stored_tuning_skips_its_cells_tuning_and_records_the_sour
         main([*argv, "--heads", "ebt", "--out", str(out), "--tuning-from", str(tmp_path / "none.json")], execute=fake)
 
 
+def test_fixed_hparams_skip_a_cells_tuning_and_are_reported_untuned(tmp_path):
+    """--fixed-hparams NAME=LR,EMA: that cell runs no tuning and trains its finals at LR / EMA (the spec's
+    config and the artifact's hparams say so, tuned false); the other cells are tuned as before; the
+    tuning table and the results table say 'not tuned' / '(untuned)'; bad items are refused by name."""
+    from recipes.compare.cli import main
+    from recipes.compare.report import build_cells, table
+    from recipes.results import _tuning_lines
+
+    argv = ["--suite", "reach2d", "--seeds", "0", "--steps", "20", "--checkpoints", "2", "--tune-steps", "4",
+            "--tune-lr", "1e-3", "3e-4", "--tune-ema", "0.9", "--protocols", "frozen", "--jobs", "1",
+            "--heads", "regression", "--variants", "ddim_nowu:diffusion:optim.ema_warmup=false", "--out", str(tmp_path)]
+    fake = FakeTrainer()
+    assert main([*argv, "--fixed-hparams", "ddim_nowu=3e-3,0.99"], execute=fake) == 0
+    assert {k.split("/")[3] for k in fake.calls if "/tune/" in k} == {"regression"}
+    spec = json.loads((tmp_path / "reach2d/frozen/final/ddim_nowu/lr0.003_ema0.99/seed0/spec.json").read_text())
+    assert spec["config"]["optim"]["lr"] == pytest.approx(3e-3) and spec["config"]["optim"]["ema_decay"] == 0.99
+    assert spec["meta"]["hparams"] == {"tuned": False}
+    assert spec["config"]["optim"]["ema_warmup"] is False
+    tuning = json.loads((tmp_path / "reach2d/frozen/tuning.json").read_text())
+    assert tuning["heads"]["ddim_nowu"]["candidates"] == [] and tuning["heads"]["regression"]["chosen"]["tuned"]
+    assert tuning["heads"]["ddim_nowu"]["chosen"] == {"lr": 3e-3, "ema_decay": 0.99, "tuned": False, "fixed": True}
+    lines = "\n".join(_tuning_lines(tmp_path / "reach2d/frozen/tuning.json"))
+    assert "| ddim_nowu | - | 0.003, 0.99 (fixed by --fixed-hparams, not tuned) |" in lines
+
+    arts = [fake_artifact("regression", s, {"regression": 0.6}) for s in (0, 1)]
+    untuned = [fake_artifact("ddim_nowu", s, {"ddim_nowu": 0.6}) for s in (0, 1)]
+    for a in untuned:
+        a["hparams"] = {"lr": 3e-3, "ema_decay": 0.99, "tuned": False}
+    (cells,) = build_cells(arts + untuned).values()
+    rows = {line.split(" | ")[0]: line for line in table(cells).splitlines()[2:]}
+    assert rows["| ddim_nowu"].endswith("| 0.003, 0.99 (untuned) |") and rows["| regression"].endswith("| 0.001, 0.99 |")
+
+    for item, msg in (("nope=1e-3,0.99", r"'nope' is not a cell of this run"),
+                      ("ddim_nowu=1e-3", r"expected HEAD=LR,EMA"), ("ddim_nowu=1e-3,1.5", r"expected HEAD=LR,EMA"),
+                      ("ddim_nowu=x,0.9", r"expected HEAD=LR,EMA")):
+        with pytest.raises(SystemExit, match=msg):
+            main([*argv, "--fixed-hparams", item], execute=fake)
+    with pytest.raises(SystemExit, match=r"given twice"):
+        main([*argv, "--fixed-hparams", "ddim_nowu=1e-3,0.9", "ddim_nowu=3e-3,0.9"], execute=fake)
+
+
 def test_tune_presets_choose_by_the_scored_preset_in_their_own_folders(tmp_path):
     """--tune-presets diffusion=ddim-10: tuning rows evaluate DDIM-10, in folders named after it (never a
     DDPM-100 tuning's), tuning.json records the preset; a stored tuning under the first preset is tuned
