@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None, execute: Any = None) -> int:
         else:
             sel = (select_hparams([tuned[s.key] for s in c["tune"]]) if c["tune"] else
                    {"candidates": [], "complete": True, "chosen": None})
-            if plan["tune_presets"].get(c["head"]):
+            if plan["tune_presets"].get(c["head"]) and "fixed" not in c:
                 sel["tune_preset"] = plan["tune_presets"][c["head"]]
         base = plan["bases"][c["suite"]]
         if "reused" in c:

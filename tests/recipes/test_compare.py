@@ -730,7 +730,8 @@ def test_fixed_hparams_skip_a_cells_tuning_and_are_reported_untuned(tmp_path):
             "--tune-lr", "1e-3", "3e-4", "--tune-ema", "0.9", "--protocols", "frozen", "--jobs", "1",
             "--heads", "regression", "--variants", "ddim_nowu:diffusion:optim.ema_warmup=false", "--out", str(tmp_path)]
     fake = FakeTrainer()
-    assert main([*argv, "--fixed-hparams", "ddim_nowu=3e-3,0.99"], execute=fake) == 0
+    assert main([*argv, "--fixed-hparams", "ddim_nowu=3e-3,0.99", "--tune-presets", "ddim_nowu=ddim-10"],
+                execute=fake) == 0
     assert {k.split("/")[3] for k in fake.calls if "/tune/" in k} == {"regression"}
     spec = json.loads((tmp_path / "reach2d/frozen/final/ddim_nowu/lr0.003_ema0.99/seed0/spec.json").read_text())
     assert spec["config"]["optim"]["lr"] == pytest.approx(3e-3) and spec["config"]["optim"]["ema_decay"] == 0.99
@@ -740,7 +741,7 @@ def test_fixed_hparams_skip_a_cells_tuning_and_are_reported_untuned(tmp_path):
     assert tuning["heads"]["ddim_nowu"]["candidates"] == [] and tuning["heads"]["regression"]["chosen"]["tuned"]
     assert tuning["heads"]["ddim_nowu"]["chosen"] == {"lr": 3e-3, "ema_decay": 0.99, "tuned": False, "fixed": True}
     lines = "\n".join(_tuning_lines(tmp_path / "reach2d/frozen/tuning.json"))
-    assert "| ddim_nowu | - | 0.003, 0.99 (fixed by --fixed-hparams, not tuned) |" in lines
+    assert "| ddim_nowu | - | 0.003, 0.99 (fixed by --fixed-hparams, not tuned) |" in lines  # no "tuned by"
 
     arts = [fake_artifact("regression", s, {"regression": 0.6}) for s in (0, 1)]
     untuned = [fake_artifact("ddim_nowu", s, {"ddim_nowu": 0.6}) for s in (0, 1)]
