@@ -310,6 +310,28 @@ def reproduction_summary(data: dict[str, Any], link: str) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------------------ CPU time
+def cpu_line(data: dict[str, Any]) -> str:
+    """One sentence: the study's CPU time, from ``meta.cpu_seconds`` (with ``meta.cpu_unrecorded_parts``,
+    parts cached before CPU time was recorded) or else the sum of its rows' ``cpu_s``; says so where the
+    artifact records none."""
+    meta = field(data, "meta", "", (dict,))
+    what = "the re-runs' training + evaluation" if str(data.get("schema", "")).startswith("vla_ebt.reproduction/") \
+        else "its episodes, single-thread processes"
+    secs = _num(meta, "cpu_seconds", "meta") if "cpu_seconds" in meta else None
+    missing = meta.get("cpu_unrecorded_parts") or 0
+    if secs is None:
+        rows = data.get("rows")
+        vals = [r.get("cpu_s") for r in rows] if isinstance(rows, list) and rows else []
+        if not vals or any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in vals):
+            return "* CPU time: not recorded in this artifact (published before studies recorded it)."
+        secs = float(sum(vals))
+    if missing and not secs:
+        return f"* CPU time: not recorded ({missing} part(s) reused from a cache written before it was recorded)."
+    extra = f", not counting {missing} part(s) reused from a cache written before it was recorded" if missing else ""
+    return f"* CPU time: {secs / 3600:.2f} CPU-h ({what}{extra})."
+
+
 #: study name (the json's stem) -> renderer(data, link to the study's .md) -> markdown lines
 RENDERERS: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "realtime": realtime_summary,
@@ -357,7 +379,7 @@ def render_study(path: str | Path, link: str, group: tuple[str, str] | None = No
             field(data, "meta", "", (dict,))
             return [f"**{path.stem}**: published ([{Path(link).name}]({link})); no summary renderer is registered "
                     "(recipes/compare/study_summaries.py, RENDERERS)."]
-        return render(data, link)
+        return [*render(data, link), cpu_line(data)]
     except StudyFormatError as e:
         raise ValueError(f"{path}: {e}") from None
 

@@ -14,6 +14,10 @@ dynamic compute):
 * **Episodes** are cached per policy and condition (:func:`cached_episodes`: a JSON file holding the
   settings it was run with; a rerun with the same settings reuses it, so a study resumes and labels
   can run in separate processes sharing one ``--out``).
+* **CPU time.** :func:`timed_cached_episodes` stores the process CPU seconds a cached part took with
+  its episodes; :class:`CpuTally` sums them into the study's ``meta.cpu_seconds`` (counting the parts
+  cached before CPU time was recorded in ``meta.cpu_unrecorded_parts``), so a resumed study still
+  reports what all of its episodes cost.
 * **Pooling training seeds.** Every number is pooled over the training seeds of a label (seeds weigh
   equally: the mean over seeds of each seed's mean over episodes) with a 95% bootstrap interval over
   training seeds x episodes (``recipes.compare.stats.bootstrap``: seeds resampled, then the episodes
@@ -44,7 +48,7 @@ import numpy as np
 from recipes.compare.stats import N_BOOT, bootstrap
 
 __all__ = ["parse_policies", "run_info", "find_compare_policies", "policy_settings", "compare_success", "seed_tag",
-           "slug", "cached_episodes", "add_policy_arguments", "StudyInputs", "resolve_policy_arguments",
+           "slug", "cached_episodes", "timed_cached_episodes", "CpuTally", "add_policy_arguments", "StudyInputs", "resolve_policy_arguments",
            "episode_arrays", "success_estimate", "mean_estimate", "ratio_estimate", "estimate_cell", "check_same_head",
            "add_publish_arguments", "publish_destination", "publish_study", "STUDY_FILES", "write_study_outputs"]
 
@@ -215,6 +219,41 @@ def cached_episodes(path: Path, key: dict[str, Any], run: Callable[[], Any]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, json_safe({"key": key, "episodes": eps}))
     return eps, False
+
+
+def timed_cached_episodes(path: Path, key: dict[str, Any], run: Callable[[], Any]) -> tuple[Any, bool, float | None]:
+    """:func:`cached_episodes` with the CPU time of ``run`` stored beside its episodes: (episodes, hit,
+    cpu_s), cpu_s the process CPU seconds the episodes took when they were run (also on a cache hit),
+    None for a cache written before CPU time was recorded (a bare episode list)."""
+    import time
+
+    def timed() -> dict[str, Any]:
+        c0 = time.process_time()
+        eps = run()
+        return {"episodes": eps, "cpu_s": time.process_time() - c0}
+
+    res, hit = cached_episodes(path, key, timed)
+    if isinstance(res, dict) and "episodes" in res:
+        return res["episodes"], hit, (None if res.get("cpu_s") is None else float(res["cpu_s"]))
+    return res, hit, None
+
+
+@dataclass
+class CpuTally:
+    """Sum of the CPU seconds of a study's parts; a part without a record (None) is counted apart."""
+
+    seconds: float = 0.0
+    unrecorded: int = 0
+
+    def add(self, cpu_s: float | None) -> None:
+        if cpu_s is None:
+            self.unrecorded += 1
+        else:
+            self.seconds += float(cpu_s)
+
+    def meta(self) -> dict[str, Any]:
+        """``{"cpu_seconds", "cpu_unrecorded_parts"}`` for a study's ``meta``."""
+        return {"cpu_seconds": self.seconds, "cpu_unrecorded_parts": self.unrecorded}
 
 
 # ------------------------------------------------------------------------------------- command line

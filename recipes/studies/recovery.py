@@ -50,7 +50,8 @@ from eval.sim.perturb import PerturbedSuite, make_perturbation, onset_step
 from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import load_policy, predict_overrides, pyplot, save_figure
-from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+from .protocol_policies import (CpuTally, write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head,
+                                timed_cached_episodes,
                                 compare_success, episode_arrays, estimate_cell, policy_settings, publish_destination, publish_study,
                                 ratio_estimate, resolve_policy_arguments, run_info, seed_tag, slug, success_estimate)
 
@@ -154,6 +155,7 @@ def run_recovery(policies: dict[str, Sequence[str] | str], suite: Any, tasks: Se
     say = log or (lambda _msg: None)
     labels: dict[str, dict[str, Any]] = {}
     pol_meta: dict[str, dict[str, Any]] = {}
+    cpu = CpuTally()
     for label, dirs in policies.items():
         seeds_info, per_seed, head, settings = [], [], None, None
         for i, d in enumerate(dirs):
@@ -170,8 +172,9 @@ def run_recovery(policies: dict[str, Sequence[str] | str], suite: Any, tasks: Se
                        "suite_args": meta.get("suite_args"), "tasks": list(tasks), "eval_seeds": seeds,
                        "episodes": int(episodes), "overrides": settings["overrides"], "warm_start": False}
                 path = out / "episodes" / slug(label) / seed_tag(i, info) / f"{slug(cond)}.json"
-                eps, hit = cached_episodes(path, key, lambda p=policy: run_condition(
+                eps, hit, cpu_s = timed_cached_episodes(path, key, lambda p=policy: run_condition(
                     p, suite, tasks, seeds, episodes, cond, settings["overrides"]))
+                cpu.add(cpu_s)
                 by_cond[cond] = eps
                 say(f"[recovery] {label} seed {info.get('train_seed')} {cond}: " + (
                     f"{len(eps)} episodes (cached)" if hit else
@@ -189,7 +192,7 @@ def run_recovery(policies: dict[str, Sequence[str] | str], suite: Any, tasks: Se
         "meta": {**meta, "tasks": list(tasks), "eval_seeds": seeds, "episodes_per_task": int(episodes),
                  "perturbations": list(perturbations), "warm_start": False, "n_boot": int(n_boot),
                  "boot_seed": BOOT_SEED, "level": 0.95, "git_commit": git_commit(),
-                 "episodes_cache": str(out / "episodes")},
+                 "episodes_cache": str(out / "episodes"), **cpu.meta()},
         "policies": pol_meta,
         "rows": analyse(labels, tasks, perturbations, n_boot),
     }

@@ -204,14 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         paths, unpaired = pair_runs(a.compare, a.suite, a.protocol, a.published, a.heads)
-        pairs = [compare_pair(_load(r), _load(p), where=f"{r} vs {p}") for r, p in paths]
+        reruns = [_load(r) for r, _ in paths]
+        pairs = [compare_pair(rerun, _load(p), where=f"{r} vs {p}") for rerun, (r, p) in zip(reruns, paths)]
+        cpu = [rerun.get("cpu_seconds") for rerun in reruns]
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     if not pairs:
         raise SystemExit(f"error: no re-run under {a.compare} has a published artifact under {a.published}")
     result = {"schema": SCHEMA,
               "meta": {"suite": a.suite, "protocol": a.protocol, "git_commit": git_commit(),
-                       "published": _shown(a.published)},
+                       "published": _shown(a.published),
+                       # the re-runs' own training + evaluation CPU time (their artifacts' cpu_seconds)
+                       "cpu_seconds": float(sum(c for c in cpu if c is not None)),
+                       "cpu_unrecorded_parts": sum(c is None for c in cpu)},
               "summary": analyse(pairs), "pairs": pairs, "unpaired": unpaired}
     write_study_outputs(a.out, "reproduction", result, render_markdown, plot)
     if a.publish:

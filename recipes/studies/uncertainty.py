@@ -87,7 +87,8 @@ from recipes.compare.stats import BOOT_SEED, N_BOOT, bootstrap
 
 from .common import auroc, load_policy, predict_overrides, pyplot, save_figure
 from .episodes import run_study_episodes
-from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+from .protocol_policies import (CpuTally, write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head,
+                                timed_cached_episodes,
                                 compare_success, find_compare_policies, parse_policies, policy_settings,
                                 publish_destination, publish_study, resolve_policy_arguments, run_info, seed_tag, slug)
 
@@ -431,6 +432,7 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
     meta = dict(meta or {})
     labels: dict[str, dict[str, Any]] = {}
     pol_meta: dict[str, dict[str, Any]] = {}
+    cpu = CpuTally()
     for label, dirs in policies.items():
         seeds_info, head, caps, settings = [], None, None, None
         for i, d in enumerate(dirs):
@@ -448,8 +450,9 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
                        "episodes": int(episodes), "samples": int(samples), "overrides": settings["overrides"],
                        "warm_start": False}
                 cache = out / "episodes" / slug(label) / seed_tag(i, info) / f"{slug(cond)}.json"
-                eps, hit = cached_episodes(cache, key, lambda p=policy: run_policy_episodes(
+                eps, hit, cpu_s = timed_cached_episodes(cache, key, lambda p=policy: run_policy_episodes(
                     p, suite, tasks, eval_seeds, episodes, cond, settings["overrides"], samples))
+                cpu.add(cpu_s)
                 eps_by_cond[cond] = eps
                 log(f"[uncertainty] {label} {d} {cond}: {len(eps)} episodes (cached)" if hit else
                     f"[uncertainty] {label} {d} {cond}: success {_success(eps):.2f} over {len(eps)} episodes")
@@ -473,7 +476,7 @@ def run_uncertainty(policies: dict[str, list[str]], suite: Any, tasks: Sequence[
                  "level": 0.95, "git_commit": git_commit(), "signals": SIGNALS,
                  "auroc": "within (training seed, task), mean over those with both classes; positive = failed "
                           "(failure) or shifted (shift) episode; episodes with an env error left out",
-                 "episodes_cache": str(out / "episodes")},
+                 "episodes_cache": str(out / "episodes"), **cpu.meta()},
         "policies": pol_meta,
         "tables": tables,
     }

@@ -257,3 +257,46 @@ def test_recovery_on_a_compare_grid_pools_two_training_seeds_and_resumes(tmp_pat
     summary = "\n".join(render_study(pub / "recovery.json", "recovery.md", ("reach2d", "frozen")))
     assert "| head | clean success | burst:start=1,length=4 |" in summary and "| ebt | " in summary
     assert f"; reached {burst['reached']}: " in summary and burst["onset"] == 1
+    # CPU time: recorded with each cached condition, so the resumed study reports the same total
+    assert meta["cpu_seconds"] > 0 and meta["cpu_unrecorded_parts"] == 0
+    assert again["meta"]["cpu_seconds"] == pytest.approx(meta["cpu_seconds"])
+    assert f"* CPU time: {meta['cpu_seconds'] / 3600:.2f} CPU-h (its episodes" in summary
+
+
+def test_timed_cache_stores_cpu_time_and_reads_an_older_cache_as_unrecorded(tmp_path):
+    import time
+
+    from recipes.studies.protocol_policies import CpuTally, timed_cached_episodes
+
+    def work() -> list[int]:
+        t = time.process_time()
+        while time.process_time() - t < 0.05:  # burn CPU, not wall time
+            pass
+        return [1, 2]
+
+    path, key = tmp_path / "c.json", {"policy": "p", "episodes": 2}
+    eps, hit, cpu = timed_cached_episodes(path, key, work)
+    assert (eps, hit) == ([1, 2], False) and cpu >= 0.05
+    eps2, hit2, cpu2 = timed_cached_episodes(path, key, lambda: pytest.fail("cached episodes were run again"))
+    assert (eps2, hit2) == ([1, 2], True) and cpu2 == pytest.approx(cpu)
+    old = tmp_path / "old.json"  # a cache written before CPU time was recorded: a bare episode list
+    old.write_text(json.dumps({"key": key, "episodes": [3]}))
+    assert timed_cached_episodes(old, key, lambda: pytest.fail("run")) == ([3], True, None)
+    tally = CpuTally()
+    for c in (cpu, None, 1.5):
+        tally.add(c)
+    assert tally.meta() == {"cpu_seconds": pytest.approx(cpu + 1.5), "cpu_unrecorded_parts": 1}
+
+
+def test_study_cpu_line_from_meta_or_rows_and_says_where_none_was_recorded():
+    from recipes.compare.study_summaries import cpu_line
+
+    assert cpu_line({"meta": {"cpu_seconds": 7200.0, "cpu_unrecorded_parts": 0}}) == \
+        "* CPU time: 2.00 CPU-h (its episodes, single-thread processes)."
+    assert "not counting 3 part(s) reused from a cache" in cpu_line({"meta": {"cpu_seconds": 36.0, "cpu_unrecorded_parts": 3}})
+    assert cpu_line({"meta": {"cpu_seconds": 0.0, "cpu_unrecorded_parts": 3}}).startswith("* CPU time: not recorded (3 part(s)")
+    assert cpu_line({"meta": {}, "rows": [{"cpu_s": 1800.0}, {"cpu_s": 1800.0}]}).startswith("* CPU time: 1.00 CPU-h")
+    assert "not recorded in this artifact" in cpu_line({"meta": {}, "rows": [{"cpu_s": 1.0}, {}]})
+    assert "not recorded in this artifact" in cpu_line({"meta": {}})
+    assert "(the re-runs' training + evaluation)" in cpu_line({"schema": "vla_ebt.reproduction/1",
+                                                              "meta": {"cpu_seconds": 3600.0}})

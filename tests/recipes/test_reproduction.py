@@ -77,6 +77,9 @@ def test_reproduction_measures_the_differences_of_each_run(tmp_path):
     ebt_line = next(line for line in lines if line.startswith("| ebt |"))
     assert f"{summary['max_abs_final_diff']:.2f}" in ebt_line and f"{(n - 2) / n:.2f}" in ebt_line
     assert "0.10 ->" not in (tmp_path / "study/reproduction.md").read_text().split("Per run")[0]
+    # CPU time: the paired re-runs' own (the unpaired flow re-run is not counted)
+    assert data["meta"]["cpu_seconds"] == pytest.approx(rerun["cpu_seconds"]) and data["meta"]["cpu_unrecorded_parts"] == 0
+    assert lines[-1] == f"* CPU time: {rerun['cpu_seconds'] / 3600:.2f} CPU-h (the re-runs' training + evaluation)."
 
 
 def test_a_rerun_of_other_settings_is_refused_with_the_field(tmp_path):

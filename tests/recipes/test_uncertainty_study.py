@@ -179,6 +179,7 @@ def test_study_end_to_end_two_heads(tmp_path):
     assert saved == res and saved["schema"] == unc.SCHEMA
     meta = saved["meta"]
     assert meta["warm_start"] is False and meta["eval_seeds"] == [0] and meta["git_commit"]
+    assert meta["cpu_seconds"] > 0 and meta["cpu_unrecorded_parts"] == 0  # every part ran (and was timed) here
     assert [s["train_seed"] for s in saved["policies"]["ebt"]["seeds"]] == [0, 1]
     assert saved["policies"]["ebt"]["overrides"] == {"final_eval": True}
     fail = saved["tables"]["failure"]
