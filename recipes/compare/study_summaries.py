@@ -294,7 +294,9 @@ def reproduction_summary(data: dict[str, Any], link: str) -> list[str]:
     _schema(data, "vla_ebt.reproduction/")
     meta = field(data, "meta", "", (dict,))
     commit = _short(field(meta, "git_commit", "meta", (str,)))
-    lines = [f"**Reproduction** ([{Path(link).name}]({link}); re-run at git {commit}): the published final runs "
+    trained = sorted({_short(str(field(p, "commit_rerun", w, (str,)))) for w, p in _items(data, "pairs")})
+    lines = [f"**Reproduction** ([{Path(link).name}]({link}); re-runs trained at git {', '.join(trained) or '-'}, "
+             f"compared at git {commit}): the published final runs "
              "trained and evaluated again from their recipe, tuning, training seeds and evaluation seeds; per head, "
              "the largest difference over its seeds.", "",
              "| head | row | seeds | final success | AUC | same final-episode outcome (lowest share) | final loss (relative) |",

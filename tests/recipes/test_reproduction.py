@@ -79,6 +79,7 @@ def test_reproduction_measures_the_differences_of_each_run(tmp_path):
     assert "0.10 ->" not in (tmp_path / "study/reproduction.md").read_text().split("Per run")[0]
     # CPU time: the paired re-runs' own (the unpaired flow re-run is not counted)
     assert data["meta"]["cpu_seconds"] == pytest.approx(rerun["cpu_seconds"]) and data["meta"]["cpu_unrecorded_parts"] == 0
+    assert f"re-runs trained at git {'f' * 10}, compared at git " in lines[0]  # the re-run's commit, not the analysis'
     assert lines[-1] == f"* CPU time: {rerun['cpu_seconds'] / 3600:.2f} CPU-h (the re-runs' training + evaluation)."
 
 
