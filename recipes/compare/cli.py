@@ -194,7 +194,7 @@ def fixed_hparams(items: Sequence[str], cells_heads: Sequence[HeadVariant]) -> d
             lr, ema = (float(x) for x in parts) if len(parts) == 2 else (None, None)
         except ValueError:
             lr = ema = None
-        if lr is None or ema is None or not lr > 0 or not 0 <= ema < 1:
+        if lr is None or ema is None or not 0 < lr < float("inf") or not 0 <= ema < 1:
             raise ValueError(f"--fixed-hparams {item!r}: expected HEAD=LR,EMA with LR > 0 and 0 <= EMA < 1, "
                              "e.g. diffusion=1e-3,0.99")
         out[name] = (lr, ema)

@@ -753,7 +753,7 @@ def test_fixed_hparams_skip_a_cells_tuning_and_are_reported_untuned(tmp_path):
 
     for item, msg in (("nope=1e-3,0.99", r"'nope' is not a cell of this run"),
                       ("ddim_nowu=1e-3", r"expected HEAD=LR,EMA"), ("ddim_nowu=1e-3,1.5", r"expected HEAD=LR,EMA"),
-                      ("ddim_nowu=x,0.9", r"expected HEAD=LR,EMA")):
+                      ("ddim_nowu=x,0.9", r"expected HEAD=LR,EMA"), ("ddim_nowu=inf,0.9", r"expected HEAD=LR,EMA")):
         with pytest.raises(SystemExit, match=msg):
             main([*argv, "--fixed-hparams", item], execute=fake)
     with pytest.raises(SystemExit, match=r"given twice"):
