@@ -5,7 +5,6 @@ while it ran. Every benchmark's JSON carries these, so its numbers can be traced
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import threading
 from pathlib import Path
@@ -15,33 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict[str, Any]:
-    """nproc (usable cores), CPU model and count from /proc/cpuinfo, memory, Python and torch versions."""
-    model, cpus = "", 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = model or line.split(":", 1)[1].strip()
-                cpus += 1
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
-        mem_gb = round(kb / 2**20, 1)
-    except (OSError, StopIteration, ValueError):
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count() or 1
-    try:
-        import torch
+    """nproc (usable cores), CPU model and count, torch's CPU capability, memory, Python and torch versions
+    (:func:`vla_ebt.machine.machine_info`)."""
+    from vla_ebt.machine import machine_info
 
-        torch_version = torch.__version__
-    except ImportError:  # pragma: no cover
-        torch_version = None
-    return {"nproc": nproc, "cpu_model": model, "cpus_in_cpuinfo": cpus, "mem_total_gb": mem_gb,
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch_version}
+    return machine_info()
 
 
 def git_state() -> dict[str, Any]:

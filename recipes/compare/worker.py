@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vla_ebt.machine import machine_info
+
 from .plan import SCHEMA, RunSpec
 
 __all__ = ["execute_run", "checkpoint_seconds", "main"]
@@ -123,7 +125,7 @@ def _artifact(spec: RunSpec, summary: dict[str, Any], evals: list[dict[str, Any]
         "curve": [{k: c[k] for k in ("step", "train_seconds", "success")} for c in primary["curve"]],
         "rows": rows, "cost": cost, "cpu_seconds": cpu,
         "train_cpu_seconds": acct.get("train_cpu_seconds", 0.0), "eval_cpu_seconds": acct.get("eval_cpu_seconds", 0.0),
-        "run": spec.key, "jobs": spec.meta.get("jobs"), "threads": 1,
+        "run": spec.key, "jobs": spec.meta.get("jobs"), "threads": 1, "machine": machine_info(),
     }
 
 

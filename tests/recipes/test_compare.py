@@ -391,6 +391,7 @@ def test_compare_command_end_to_end_on_reach2d(tmp_path):
     validate_artifact(art)
     assert [c["step"] for c in art["curve"]] == [2, 4] and art["protocol"] == "frozen"
     assert all(c["train_seconds"] > 0 for c in art["curve"]) and art["cpu_seconds"] > 0
+    assert art["machine"]["nproc"] >= 1 and art["machine"]["torch_cpu_capability"]  # where it ran, for re-runs
     assert [r["label"] for r in art["rows"]] == [v.label for v in head_variants("ebt")]
     assert art["cost"]["forward_equiv"] == pytest.approx(art["cost"]["nfe"] * art["cost"]["eval_cost"])
     assert art["cost"]["head_ms"] > 0 and art["cost"]["policy_ms"] >= art["cost"]["head_ms"]
