@@ -1,6 +1,7 @@
 """The machine a run or measurement happened on, as recorded beside its numbers: usable cores, CPU model
 and the CPU kernels torch dispatches to (``torch.backends.cpu.get_cpu_capability()``: float results of a
-run can differ between machines whose capability differs), memory, Python and torch versions."""
+run can differ between machines whose capability differs), memory, Python, torch and numpy versions
+(numpy is pinned to a range, so a fresh install may resolve another)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ __all__ = ["machine_info"]
 
 def machine_info() -> dict[str, Any]:
     """{"nproc", "cpu_model", "cpus_in_cpuinfo", "mem_total_gb", "platform", "python", "torch",
-    "torch_cpu_capability"}; a field that cannot be read here is "" / 0 / None."""
+    "torch_cpu_capability", "numpy"}; a field that cannot be read here is "" / 0 / None."""
     model, cpus = "", 0
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -39,6 +40,12 @@ def machine_info() -> dict[str, Any]:
         torch_version, capability = torch.__version__, torch.backends.cpu.get_cpu_capability()
     except (ImportError, AttributeError):  # pragma: no cover
         torch_version, capability = None, None
+    try:
+        import numpy
+
+        numpy_version = numpy.__version__
+    except ImportError:  # pragma: no cover
+        numpy_version = None
     return {"nproc": nproc, "cpu_model": model, "cpus_in_cpuinfo": cpus, "mem_total_gb": mem_gb,
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch_version,
-            "torch_cpu_capability": capability}
+            "torch_cpu_capability": capability, "numpy": numpy_version}

@@ -344,6 +344,29 @@ def test_training_seed_reaches_initialization_and_data_order(tmp_path, monkeypat
     assert same_batches(b0, b0b) and not same_batches(b0, b1)
 
 
+def test_same_seed_training_is_bit_identical_on_one_machine(tmp_path):
+    """Two trainings of the same recipe and seed in one environment give the same loss at every step
+    and the same weights (a re-run that differs comes from another machine or environment, which the
+    artifacts record, not from the training code)."""
+    from safetensors.torch import load_file
+
+    from recipes.finetune import run
+    from tests.recipes.test_studies import _tiny_reach2d_recipe
+
+    cfg = _tiny_reach2d_recipe(tmp_path)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=8, log_every=1), eval=dataclasses.replace(
+        cfg.eval, episodes_per_task=1))
+    losses, weights = [], []
+    for i in range(2):
+        d = tmp_path / f"run{i}"
+        run(dataclasses.replace(cfg, seed=3, run_dir=str(d)), progress=False)
+        losses.append([json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()
+                       if '"loss"' in line])
+        weights.append(load_file(str(next(d.glob("policy/*.safetensors")))))
+    assert len(losses[0]) == 8 and losses[0] == losses[1]
+    assert weights[0].keys() == weights[1].keys() and all(torch_equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def torch_equal(a, b) -> bool:
     import torch
 
