@@ -315,11 +315,10 @@ def reproduction_summary(data: dict[str, Any], link: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ CPU time
 def cpu_line(data: dict[str, Any]) -> str:
     """One sentence: the study's CPU time, from ``meta.cpu_seconds`` (with ``meta.cpu_unrecorded_parts``,
-    parts cached before CPU time was recorded) or else the sum of its rows' ``cpu_s``; says so where the
-    artifact records none."""
+    parts cached before CPU time was recorded, and ``meta.cpu_scope``, what it covers when not the
+    study's own episodes) or else the sum of its rows' ``cpu_s``; says so where the artifact records none."""
     meta = field(data, "meta", "", (dict,))
-    what = "the re-runs' training + evaluation" if str(data.get("schema", "")).startswith("vla_ebt.reproduction/") \
-        else "its episodes, single-thread processes"
+    what = meta.get("cpu_scope") or "its episodes, single-thread processes"
     secs = _num(meta, "cpu_seconds", "meta") if "cpu_seconds" in meta else None
     missing = meta.get("cpu_unrecorded_parts") or 0
     if secs is None:

@@ -50,7 +50,6 @@ import contextlib
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -61,7 +60,8 @@ from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import load_policy, predict_overrides, pyplot, save_figure
 from .episodes import run_study_episodes
-from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head,
+                                timed_cached_episodes,
                                 compare_success, estimate_cell, mean_estimate, policy_settings, publish_destination,
                                 publish_study, resolve_policy_arguments, run_info, seed_tag, slug, success_estimate)
 
@@ -198,13 +198,12 @@ def _mean(xs: Sequence[float]) -> float | None:
 
 def run_setting(policy: Any, suite: Any, tasks: Sequence[str], episodes: int, eval_seeds: Sequence[int],
                 setting: Setting) -> dict[str, Any]:
-    """One training seed's cell, warm start off: ``{"episodes": [record per episode], "cpu_s",
-    "wall_s"}``; a record holds the episode's id, success, error, length, chunks and its per-chunk means
+    """One training seed's cell, warm start off: one record per episode (timed and cached by
+    ``protocol_policies.timed_cached_episodes``); a record holds the episode's id, success, error, length, chunks and its per-chunk means
     ``chunk_ms``, ``nfe``, ``steps`` and (budget cells) ``over_budget`` (share of chunks over it)."""
     from recipes.compare.evaluation import warm_start
 
     seeds = [int(s) for s in eval_seeds]
-    t0, c0 = time.perf_counter(), time.process_time()
     with warm_start(policy, False), predict_overrides(policy, **dict(setting.overrides)), \
             chunk_budget(policy, setting.budget_ms):
         res = run_study_episodes(policy, suite, list(tasks), int(episodes), seeds[0], seeds=seeds)
@@ -216,7 +215,7 @@ def run_setting(policy: Any, suite: Any, tasks: Sequence[str], episodes: int, ev
                     "index": int(e.index), "env_seed": int(e.seed), "success": bool(e.success), "error": e.error,
                     "length": int(e.length), "chunks": len(sig.nfe), "chunk_ms": _mean(lat), "nfe": _mean(sig.nfe),
                     "steps": _mean(sig.steps), "over_budget": over})
-    return {"episodes": eps, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0}
+    return eps
 
 
 def pool_setting(per_seed: Sequence[Sequence[dict[str, Any]]], tasks: Sequence[str], eval_cost: float,
@@ -300,13 +299,13 @@ def run_dynamic_compute(policies: dict[str, Sequence[str] | str], suite_name: st
                        "tasks": task_list, "episodes": int(episodes), "eval_seeds": seeds, "setting": st.name,
                        "overrides": dict(st.overrides), "budget_ms": st.budget_ms, "warm_start": False}
                 path = out / "cells" / slug(label) / seed_tag(i, info) / f"{slug(st.name)}.json"
-                res, hit = cached_episodes(path, key, lambda p=policy, st=st: run_setting(p, suite, task_list, episodes, seeds, st))
-                per_setting[st.name].append(res["episodes"])
-                cpu[st.name] += float(res.get("cpu_s") or 0.0)
-                eps = res["episodes"]
+                eps, hit, cpu_s = timed_cached_episodes(
+                    path, key, lambda p=policy, st=st: run_setting(p, suite, task_list, episodes, seeds, st))
+                per_setting[st.name].append(eps)
+                cpu[st.name] += cpu_s or 0.0
                 say(f"[dynamic_compute] {label} seed {info.get('train_seed')} / {st.name}: " + (
                     "cached" if hit else f"success {np.mean([e['success'] for e in eps]):.2f} over {len(eps)} "
-                                         f"episodes, {res['cpu_s']:.0f} CPU s"))
+                                         f"episodes, {cpu_s:.0f} CPU s"))
             seeds_info.append({"dir": str(d), **{k: v for k, v in info.items() if k != "outcomes_by_preset"},
                                "compare_outcomes": info.get("outcomes_by_preset")})
             del policy

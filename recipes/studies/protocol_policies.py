@@ -222,15 +222,16 @@ def cached_episodes(path: Path, key: dict[str, Any], run: Callable[[], Any]) -> 
 
 
 def timed_cached_episodes(path: Path, key: dict[str, Any], run: Callable[[], Any]) -> tuple[Any, bool, float | None]:
-    """:func:`cached_episodes` with the CPU time of ``run`` stored beside its episodes: (episodes, hit,
-    cpu_s), cpu_s the process CPU seconds the episodes took when they were run (also on a cache hit),
-    None for a cache written before CPU time was recorded (a bare episode list)."""
+    """:func:`cached_episodes` with the time of ``run`` stored beside its episodes (``{"episodes",
+    "cpu_s", "wall_s"}``): (episodes, hit, cpu_s), cpu_s the process CPU seconds the episodes took when
+    they were run (also on a cache hit), None for a cache written before CPU time was recorded (a bare
+    episode list)."""
     import time
 
     def timed() -> dict[str, Any]:
-        c0 = time.process_time()
+        t0, c0 = time.perf_counter(), time.process_time()
         eps = run()
-        return {"episodes": eps, "cpu_s": time.process_time() - c0}
+        return {"episodes": eps, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0}
 
     res, hit = cached_episodes(path, key, timed)
     if isinstance(res, dict) and "episodes" in res:

@@ -51,7 +51,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -60,7 +59,8 @@ import numpy as np
 from recipes.compare.stats import BOOT_SEED, N_BOOT
 
 from .common import fmt, load_policy, predict_overrides, pyplot, save_figure
-from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head, cached_episodes,
+from .protocol_policies import (write_study_outputs, add_policy_arguments, add_publish_arguments, check_same_head,
+                                timed_cached_episodes,
                                 compare_success, estimate_cell, mean_estimate, policy_settings, publish_destination,
                                 publish_study, resolve_policy_arguments, run_info, seed_tag, slug, success_estimate)
 
@@ -103,8 +103,8 @@ def run_cell(policy: Any, suite: Any, tasks: Sequence[str], episodes: int, eval_
              request_remaining: int | None = None, split: str = "train", overrides: dict[str, Any] | None = None,
              warm_start: bool = False) -> dict[str, Any]:
     """One training seed's cell: ``evaluate`` with the strategy and delay (``"wall"``: measured
-    latency) under the head ``overrides`` and warm start ``warm_start``; ``{"episodes": [record per
-    episode], "cpu_s", "wall_s"}``."""
+    latency) under the head ``overrides`` and warm start ``warm_start``; one record per episode (timed
+    and cached by ``protocol_policies.timed_cached_episodes``)."""
     from eval.sim.rollout import EvalConfig, evaluate
     from recipes.compare.evaluation import warm_start as warm
 
@@ -114,7 +114,6 @@ def run_cell(policy: Any, suite: Any, tasks: Sequence[str], episodes: int, eval_
                      num_workers=0, strategy=strategy, delay_steps=0 if wall else int(delay),
                      delay_mode="wall_clock" if wall else "steps", control_hz=control_hz, on_starve=on_starve,
                      request_remaining=request_remaining)
-    t0, c0 = time.perf_counter(), time.process_time()
     with warm(policy, warm_start), predict_overrides(policy, **(overrides or {})):
         rep = evaluate(policy, suite, cfg)
     eps = [{"task": e.task, "eval_seed": int(e.base_seed if e.base_seed is not None else seeds[0]),
@@ -123,7 +122,7 @@ def run_cell(policy: Any, suite: Any, tasks: Sequence[str], episodes: int, eval_
             "gate_rejections": int(e.gate_rejections), "max_switch_jump": e.max_switch_jump,
             "mean_switch_jump": e.mean_switch_jump, "mean_sq_second_diff": e.mean_sq_second_diff,
             "chunks": int(e.num_chunks), "chunk_ms": _finite_mean(e.chunk_latency_ms)} for e in rep.episodes]
-    return {"episodes": eps, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0}
+    return eps
 
 
 def pool_cell(per_seed: Sequence[Sequence[dict[str, Any]]], tasks: Sequence[str], n_boot: int = N_BOOT) -> dict[str, Any]:
@@ -214,16 +213,15 @@ def run_realtime(policies: dict[str, Sequence[str] | str], suite_name: str, out:
                            "request_remaining": request_remaining, "overrides": settings["overrides"],
                            "warm_start": bool(warm_start)}
                     path = out / "cells" / slug(label) / seed_tag(i, info) / f"{cell_name(strategy, dl)}.json"
-                    res, hit = cached_episodes(path, key, lambda p=policy: run_cell(
+                    eps, hit, cpu_s = timed_cached_episodes(path, key, lambda p=policy: run_cell(
                         p, suite, task_list, episodes, seeds, strategy, dl, control_hz=control_hz,
                         on_starve=on_starve, request_remaining=request_remaining, split=split,
                         overrides=settings["overrides"], warm_start=warm_start))
-                    per_cell.setdefault((label, strategy, dl), []).append(res["episodes"])
-                    cpu[(label, strategy, dl)] = cpu.get((label, strategy, dl), 0.0) + float(res.get("cpu_s") or 0.0)
-                    eps = res["episodes"]
+                    per_cell.setdefault((label, strategy, dl), []).append(eps)
+                    cpu[(label, strategy, dl)] = cpu.get((label, strategy, dl), 0.0) + (cpu_s or 0.0)
                     say(f"[realtime] {label} seed {info.get('train_seed')} / {strategy} / d={dl}: "
                         + ("cached" if hit else f"success {np.mean([e['success'] for e in eps]):.2f} over {len(eps)} "
-                           f"episodes, {res['cpu_s']:.0f} CPU s"))
+                           f"episodes, {cpu_s:.0f} CPU s"))
             seeds_info.append({"dir": str(d), **{k: v for k, v in info.items() if k != "outcomes_by_preset"},
                                "compare_outcomes": info.get("outcomes_by_preset")})
             del policy

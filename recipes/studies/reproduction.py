@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"schema": SCHEMA,
               "meta": {"suite": a.suite, "protocol": a.protocol, "git_commit": git_commit(),
                        "published": _shown(a.published),
-                       # the re-runs' own training + evaluation CPU time (their artifacts' cpu_seconds)
+                       "cpu_scope": "the re-runs' training + evaluation",  # their artifacts' cpu_seconds
                        "cpu_seconds": float(sum(c for c in cpu if c is not None)),
                        "cpu_unrecorded_parts": sum(c is None for c in cpu)},
               "summary": analyse(pairs), "pairs": pairs, "unpaired": unpaired}

@@ -298,5 +298,5 @@ def test_study_cpu_line_from_meta_or_rows_and_says_where_none_was_recorded():
     assert cpu_line({"meta": {}, "rows": [{"cpu_s": 1800.0}, {"cpu_s": 1800.0}]}).startswith("* CPU time: 1.00 CPU-h")
     assert "not recorded in this artifact" in cpu_line({"meta": {}, "rows": [{"cpu_s": 1.0}, {}]})
     assert "not recorded in this artifact" in cpu_line({"meta": {}})
-    assert "(the re-runs' training + evaluation)" in cpu_line({"schema": "vla_ebt.reproduction/1",
-                                                              "meta": {"cpu_seconds": 3600.0}})
+    assert "(the re-runs' training + evaluation)" in cpu_line({"meta": {"cpu_seconds": 3600.0,
+                                                                        "cpu_scope": "the re-runs' training + evaluation"}})
